@@ -11,7 +11,7 @@ lint: setup
 	.venv/bin/ruff check .
 
 bench: setup
-	.venv/bin/python bench/bench_codec.py
+	.venv/bin/python -m loadtest.bench_codec
 
 run: setup
 	.venv/bin/fleetwatch --help

@@ -15,6 +15,7 @@ from .body import REGISTRY, Body, RawBody
 from .errors import JT808Error
 from .framing import check_code, unescape, wrap
 from .header import V2011, V2013, V2019, Header, build_header, parse_header
+from .location import LocationReport
 from .wire import BEIJING, Reader, Writer
 
 MAX_BODY = 1023
@@ -86,7 +87,10 @@ def decode_frame(
     """
     if len(frame) < 2 or frame[0] != 0x7E or frame[-1] != 0x7E:
         raise JT808Error("framing", "a frame must start and end with 0x7e")
-    payload, clean = unescape(frame[1:-1])
+    payload = frame[1:-1]
+    clean = True
+    if b"\x7d" in payload:
+        payload, clean = unescape(payload)
     if len(payload) < 13:
         raise JT808Error("header", f"{len(payload)} bytes are too short for a frame")
     content = payload[:-1]
@@ -109,7 +113,10 @@ def decode_frame(
     else:
         edition = V2019 if header.version == V2019 else (profile.version or V2013)
         try:
-            body = decode_body(header.msg_id, raw_body, edition, profile.tz, problems)
+            if header.msg_id == 0x0200:  # the hot path: skip the registry and trailing check
+                body = LocationReport.decode(Reader(raw_body, edition, profile.tz))
+            else:
+                body = decode_body(header.msg_id, raw_body, edition, profile.tz, problems)
         except JT808Error as exc:
             raise JT808Error(exc.kind, exc.reason, header) from None
     return Message(header, body, checksum_ok, problems, raw_body)

@@ -63,11 +63,6 @@ class Header:
         return out
 
 
-def _fits(n: int, attr: int, as_2019: bool) -> bool:
-    size = (17 if as_2019 else 12) + (4 if attr & _ATTR_SUBPACKAGE else 0)
-    return n - size == attr & _ATTR_LEN
-
-
 def parse_header(content: bytes, force_version: int | None = None) -> tuple[Header, list[str]]:
     """Parse the header of an unescaped frame (header + body, no check code).
 
@@ -79,30 +74,37 @@ def parse_header(content: bytes, force_version: int | None = None) -> tuple[Head
         raise JT808Error("header", f"{n} bytes are too short for a header")
     msg_id, attr = _PKG.unpack_from(content, 0)
     problems: list[str] = []
-    as_2019 = bool(attr & _ATTR_2019)
-    if force_version is not None:
+    body_len = attr & _ATTR_LEN
+    extra = 4 if attr & _ATTR_SUBPACKAGE else 0
+    if force_version is None:
+        as_2019 = bool(attr & _ATTR_2019)
+        size, other = (17, 12) if as_2019 else (12, 17)
+        if n - size - extra != body_len and n - other - extra == body_len:
+            problems.append(
+                "version flag set but the frame has the 2013 header layout"
+                if as_2019
+                else "2019 header layout without the version flag"
+            )
+            as_2019 = not as_2019
+    else:
         as_2019 = force_version == V2019
-    elif not _fits(n, attr, as_2019) and _fits(n, attr, not as_2019):
-        problems.append(
-            "version flag set but the frame has the 2013 header layout"
-            if as_2019
-            else "2019 header layout without the version flag"
-        )
-        as_2019 = not as_2019
+    encryption = (attr & _ATTR_ENCRYPTION) >> 10
+    reserved = bool(attr & _ATTR_RESERVED)
     if as_2019:
         if n < 17:
             raise JT808Error("header", f"{n} bytes are too short for a 2019 header")
         _, _, proto, phone, serial = _H2019.unpack_from(content, 0)
-        header = Header(msg_id, phone.hex(), serial, V2019, proto)
+        header = Header(
+            msg_id, phone.hex(), serial, V2019, proto, body_len, encryption, None, None, reserved
+        )
         offset = 17
     else:
         _, _, phone, serial = _H2013.unpack_from(content, 0)
-        header = Header(msg_id, phone.hex(), serial)
+        header = Header(
+            msg_id, phone.hex(), serial, V2013, None, body_len, encryption, None, None, reserved
+        )
         offset = 12
-    header.body_len = attr & _ATTR_LEN
-    header.encryption = (attr & _ATTR_ENCRYPTION) >> 10
-    header.reserved_bit = bool(attr & _ATTR_RESERVED)
-    if attr & _ATTR_SUBPACKAGE:
+    if extra:
         if n < offset + 4:
             raise JT808Error("header", "subpackage flag set but the header has no package fields")
         header.pkg_total, header.pkg_index = _PKG.unpack_from(content, offset)
@@ -111,9 +113,8 @@ def parse_header(content: bytes, force_version: int | None = None) -> tuple[Head
             problems.append(f"package index {header.pkg_index} outside 1..{header.pkg_total}")
     if not header.phone.isdigit():
         problems.append("phone number is not BCD")
-    actual = n - offset
-    if actual != header.body_len:
-        problems.append(f"body length: header says {header.body_len}, frame has {actual}")
+    if n - offset != body_len:
+        problems.append(f"body length: header says {body_len}, frame has {n - offset}")
     return header, problems
 
 

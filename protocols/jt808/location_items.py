@@ -290,7 +290,7 @@ def interpret_items(items: list[tuple[int, bytes]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item_id, raw in items:
         known = ITEMS.get(item_id)
-        key = f"0x{item_id:02X}"
+        key: str | None = None
         value: Any = raw
         if known is not None and (known[1] is None or len(raw) in known[1]):
             try:
@@ -298,11 +298,11 @@ def interpret_items(items: list[tuple[int, bytes]]) -> dict[str, Any]:
                 key = known[0]
             except (JT808Error, IndexError, ValueError, TypeError):
                 value = raw
+        if key is None:
+            key = f"0x{item_id:02X}"
         if key in out:
             prev = out[key]
-            out[key] = (
-                [*prev, value] if isinstance(prev, list) and key.startswith("0x") else [prev, value]
-            )
+            out[key] = [*prev, value] if isinstance(prev, list) and key[1] == "x" else [prev, value]
         else:
             out[key] = value
     return out

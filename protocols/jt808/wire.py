@@ -23,11 +23,10 @@ _BCD = [((b >> 4) * 10 + (b & 15)) if (b >> 4) < 10 and (b & 15) < 10 else -1 fo
 
 def bcd_time(raw: bytes, tz: tzinfo = BEIJING) -> datetime | None:
     """BCD ``YYMMDDhhmmss`` → aware datetime, or None if the digits are not a valid time."""
-    t = _BCD
-    y, mo, d, h, mi, s = t[raw[0]], t[raw[1]], t[raw[2]], t[raw[3]], t[raw[4]], t[raw[5]]
-    if min(y, mo, d, h, mi, s) < 0:
+    y, mo, d, h, mi, s = map(_BCD.__getitem__, raw)
+    if y < 0:
         return None
-    try:
+    try:  # any other non-decimal byte is -1, which datetime rejects
         return datetime(2000 + y, mo, d, h, mi, s, tzinfo=tz)
     except ValueError:
         return None
