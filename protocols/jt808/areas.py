@@ -7,7 +7,7 @@ Coordinates are degrees (magnitudes; south/west are attribute bits 6/7, as on th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from datetime import datetime
 
 from .body import (
@@ -140,28 +140,17 @@ class DeleteAreas(Body):
     ids: list[int] = wire(Many(U32, U8), factory=list)
 
 
-@message(0x8601)
-@dataclass(slots=True, kw_only=True)
-class DeleteCircleAreas(DeleteAreas):
-    pass
+def _delete_message(name: str, msg_id: int) -> type[DeleteAreas]:
+    cls = make_dataclass(name, [], bases=(DeleteAreas,), slots=True, kw_only=True)
+    cls.__module__ = __name__
+    cls.__doc__ = f"0x{msg_id:04X}: {DeleteAreas.__doc__.split(': ', 1)[1]}"  # type: ignore[union-attr]
+    return message(msg_id)(cls)  # type: ignore[return-value]
 
 
-@message(0x8603)
-@dataclass(slots=True, kw_only=True)
-class DeleteRectangleAreas(DeleteAreas):
-    pass
-
-
-@message(0x8605)
-@dataclass(slots=True, kw_only=True)
-class DeletePolygonAreas(DeleteAreas):
-    pass
-
-
-@message(0x8607)
-@dataclass(slots=True, kw_only=True)
-class DeleteRoutes(DeleteAreas):
-    pass
+DeleteCircleAreas = _delete_message("DeleteCircleAreas", 0x8601)
+DeleteRectangleAreas = _delete_message("DeleteRectangleAreas", 0x8603)
+DeletePolygonAreas = _delete_message("DeletePolygonAreas", 0x8605)
+DeleteRoutes = _delete_message("DeleteRoutes", 0x8607)
 
 
 @message(0x8608)

@@ -365,10 +365,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def empty_body(name: str, msg_id: int) -> type[Body]:
+def empty_body(name: str, msg_id: int, module: str) -> type[Body]:
     """A message whose body is empty (heartbeat, queries without arguments)."""
     cls = dataclasses.make_dataclass(name, [], bases=(Body,), slots=True, kw_only=True)
     cls.__doc__ = f"0x{msg_id:04X}: empty body."
+    cls.__module__ = module
     return message(msg_id)(cls)
 
 

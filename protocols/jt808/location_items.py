@@ -104,6 +104,18 @@ class AlarmIdentification(Struct):
 
 
 @dataclass(slots=True, kw_only=True)
+class AlarmSite(Struct):
+    """Where and when an active-safety alarm happened: shared by all four alarm items."""
+
+    speed_kmh: int = wire(U8)
+    altitude_m: int = wire(U16)
+    lat_raw: int = wire(U32)
+    lon_raw: int = wire(U32)
+    time: datetime | str | None = wire(Time(partial=True))
+    vehicle_status: int = wire(U16)
+
+
+@dataclass(slots=True, kw_only=True)
 class AdasAlarm(Struct):
     """0x64 advanced driver assistance alarm (T/JSATL 12-2017)."""
 
@@ -116,12 +128,7 @@ class AdasAlarm(Struct):
     departure_type: int = wire(U8)
     road_sign_type: int = wire(U8)
     road_sign_data: int = wire(U8)
-    speed_kmh: int = wire(U8)
-    altitude_m: int = wire(U16)
-    lat_raw: int = wire(U32)
-    lon_raw: int = wire(U32)
-    time: datetime | str | None = wire(Time(partial=True))
-    vehicle_status: int = wire(U16)
+    site: AlarmSite = wire(One(AlarmSite))
     identification: AlarmIdentification = wire(One(AlarmIdentification))
 
 
@@ -135,12 +142,7 @@ class DsmAlarm(Struct):
     level: int = wire(U8)
     fatigue_degree: int = wire(U8)
     reserved: bytes = wire(Raw(4))
-    speed_kmh: int = wire(U8)
-    altitude_m: int = wire(U16)
-    lat_raw: int = wire(U32)
-    lon_raw: int = wire(U32)
-    time: datetime | str | None = wire(Time(partial=True))
-    vehicle_status: int = wire(U16)
+    site: AlarmSite = wire(One(AlarmSite))
     identification: AlarmIdentification = wire(One(AlarmIdentification))
 
 
@@ -159,25 +161,20 @@ class TpmsAlarm(Struct):
 
     alarm_id: int = wire(U32)
     flag: int = wire(U8)
-    speed_kmh: int = wire(U8)
-    altitude_m: int = wire(U16)
-    lat_raw: int = wire(U32)
-    lon_raw: int = wire(U32)
-    time: datetime | str | None = wire(Time(partial=True))
-    vehicle_status: int = wire(U16)
+    site: AlarmSite = wire(One(AlarmSite))
     identification: AlarmIdentification = wire(One(AlarmIdentification))
     events: list[TyreEvent] = wire(Many(TyreEvent), factory=list)
 
     @classmethod
     def decode(cls, r: Reader) -> TpmsAlarm:
         """The event list follows the identification, so its form is told by the event count."""
-        fixed = {name: spec.read(r) for name, spec in cls._layout()[:8]}
+        alarm_id, flag, site = r.u32(), r.u8(), AlarmSite.decode(r)
         left = r.remaining()
         short = AlarmIdentification.SHORT
         long = not (left > short and left == short + 1 + 9 * r.data[r.pos + short])
-        fixed["identification"] = AlarmIdentification.decode(r, long=long)
-        fixed["events"] = Many(TyreEvent).read(r)
-        return cls(**fixed)
+        identification = AlarmIdentification.decode(r, long=long)
+        return cls(alarm_id=alarm_id, flag=flag, site=site, identification=identification,
+                   events=Many(TyreEvent).read(r))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -187,12 +184,7 @@ class BsdAlarm(Struct):
     alarm_id: int = wire(U32)
     flag: int = wire(U8)
     type: int = wire(U8)
-    speed_kmh: int = wire(U8)
-    altitude_m: int = wire(U16)
-    lat_raw: int = wire(U32)
-    lon_raw: int = wire(U32)
-    time: datetime | str | None = wire(Time(partial=True))
-    vehicle_status: int = wire(U16)
+    site: AlarmSite = wire(One(AlarmSite))
     identification: AlarmIdentification = wire(One(AlarmIdentification))
 
 

@@ -80,7 +80,7 @@ class SetParameters(Body):
     params: list[Param] = wire(Many(PARAM, count=U8), factory=list)
 
 
-QueryAllParameters = empty_body("QueryAllParameters", 0x8104)
+QueryAllParameters = empty_body("QueryAllParameters", 0x8104, __name__)
 
 
 @message(0x8105)
@@ -99,7 +99,7 @@ class QueryParameters(Body):
     ids: list[int] = wire(Many(U32, U8), factory=list)
 
 
-QueryAttributes = empty_body("QueryAttributes", 0x8107)
+QueryAttributes = empty_body("QueryAttributes", 0x8107, __name__)
 
 
 @message(0x8108)
@@ -111,7 +111,7 @@ class UpgradePackage(Body):
     data: bytes = wire(Raw(prefix=4))
 
 
-QueryLocation = empty_body("QueryLocation", 0x8201)
+QueryLocation = empty_body("QueryLocation", 0x8201, __name__)
 
 
 @message(0x8202)
@@ -222,7 +222,7 @@ class VehicleControl(Body):
     flag: int = wire(U8)
 
 
-RequestDriverIdentity = empty_body("RequestDriverIdentity", 0x8702)
+RequestDriverIdentity = empty_body("RequestDriverIdentity", 0x8702, __name__)
 
 
 @message(0x8800)
@@ -261,12 +261,9 @@ class MediaSearch(Body):
 
 @message(0x8803)
 @dataclass(slots=True, kw_only=True)
-class UploadStoredMedia(Body):
-    media_type: int = wire(U8)
-    channel: int = wire(U8)
-    event: int = wire(U8)
-    start: datetime | str | None = wire(Time(partial=True))
-    end: datetime | str | None = wire(Time(partial=True))
+class UploadStoredMedia(MediaSearch):
+    """Upload the stored media matching a search; ``delete`` removes them afterwards."""
+
     delete: int = wire(U8)
 
 

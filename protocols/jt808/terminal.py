@@ -44,9 +44,9 @@ class TerminalGeneralResponse(Body):
     result: int = wire(U8)  # 0 ok, 1 failed, 2 message error, 3 unsupported
 
 
-Heartbeat = empty_body("Heartbeat", 0x0002)
-Logout = empty_body("Logout", 0x0003)
-ServerTimeQuery = empty_body("ServerTimeQuery", 0x0004)
+Heartbeat = empty_body("Heartbeat", 0x0002, __name__)
+Logout = empty_body("Logout", 0x0003, __name__)
+ServerTimeQuery = empty_body("ServerTimeQuery", 0x0004, __name__)
 
 
 @message(0x0005)
@@ -167,9 +167,8 @@ class LocationQueryReply(Body):
 
 @message(0x0500)
 @dataclass(slots=True, kw_only=True)
-class VehicleControlReply(Body):
-    reply_serial: int = wire(U16)
-    location: LocationReport = wire(Location())
+class VehicleControlReply(LocationQueryReply):
+    """Reply to 0x8500: where the vehicle is once the command took effect."""
 
 
 @message(0x0301)
