@@ -14,7 +14,7 @@ from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from typing import Any, ClassVar, Self
 
-from .wire import Reader, Writer, bcd_time, ungbk
+from .wire import Reader, Writer, bcd_time, time_bcd, ungbk
 
 
 class Spec:
@@ -86,7 +86,8 @@ class Time(Spec):
 
     def write(self, w: Writer, value: datetime | str | None) -> None:
         if self.tz is not None and isinstance(value, datetime):
-            value = value.astimezone(self.tz)
+            w.put(time_bcd(value, self.tz))  # not w.time(): that converts to the writer's zone
+            return
         w.time(value)
 
 

@@ -133,7 +133,7 @@ def build_header(header: Header, body_len: int) -> bytes:
             out = _H2019.pack(
                 header.msg_id,
                 attr,
-                header.protocol_version or 1,
+                1 if header.protocol_version is None else header.protocol_version,
                 bcd(header.phone, 10),
                 header.serial,
             )

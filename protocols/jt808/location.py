@@ -126,8 +126,10 @@ class LocationReport(Body):
         report = _new(cls)
         report.alarm = alarm
         report.status = status
-        report.latitude = -lat / 1e6 if status & STATUS_SOUTH else lat / 1e6
-        report.longitude = -lon / 1e6 if status & STATUS_WEST else lon / 1e6
+        # -(x / 1e6), not -x / 1e6: a zero south/west coordinate must stay -0.0, or re-encoding
+        # the report clears the status bit
+        report.latitude = -(lat / 1e6) if status & STATUS_SOUTH else lat / 1e6
+        report.longitude = -(lon / 1e6) if status & STATUS_WEST else lon / 1e6
         report.altitude_m = alt
         report.speed_kmh = speed / 10
         report.heading = heading

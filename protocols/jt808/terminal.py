@@ -66,7 +66,8 @@ _REGISTER_FIXED = {V2011: 25, V2013: 37, V2019: 76}
 @dataclass(slots=True, kw_only=True)
 class Register(Body):
     """Terminal registration. The 2011 and 2013 layouts differ only in field widths, so the
-    body length tells them apart; ``edition`` says which layout was read."""
+    body length tells them apart; ``edition`` says which layout was read, and re-encoding
+    writes that layout again (0, for a body built in code: the frame's layout)."""
 
     province: int = wire(U16)
     city: int = wire(U16)
@@ -91,6 +92,14 @@ class Register(Body):
         body.edition = edition
         r.pos = size
         return body
+
+    def encode(self, w: Writer) -> None:
+        if not self.edition or self.edition == w.version:
+            Struct.encode(self, w)
+            return
+        layout = Writer(self.edition, w.tz)
+        Struct.encode(self, layout)
+        w.put(layout.getvalue())
 
 
 @message(0x0102)

@@ -1,0 +1,61 @@
+"""The ``fleetwatch`` command line: one argparse parser and a registry of subcommands.
+
+Each subcommand lives in its own module and exposes ``register(subparsers)``, which adds its
+parser and sets ``handler`` (``argparse.Namespace -> exit status``) as a default. This file only
+lists those modules, so later subcommands (``serve``, ``db``, ``vehicles``, ``simulate``) are one
+line each here. Subcommand modules keep heavy imports (twisted, asyncpg) inside their handlers,
+so ``--help`` and ``fleetwatch decode`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from fleetwatch import decode
+
+#: ``register`` functions of the subcommands, in the order ``--help`` lists them.
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    decode.register,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser tree (also used by tests and docs to render ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="fleetwatch",
+        description="FleetWatch: JT/T 808 vehicle monitoring platform.",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand and return its exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2); argparse has printed why
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`fleetwatch decode ... | head`): stop quietly, and point stdout
+        # at /dev/null so the interpreter's final flush does not print a traceback either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
