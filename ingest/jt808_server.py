@@ -1,0 +1,413 @@
+"""The JT/T 808 TCP server: one :class:`JT808Protocol` per terminal connection.
+
+A connection's frames are handled strictly in order. Registration and authentication wait for
+the database, so frames arriving meanwhile are held back until the answer is known. Location
+reports are acknowledged (0x8001) only once the writer says their rows are durable; replies go
+out in the header layout (2013/2019) the terminal used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from geo.position import Position
+from ingest.directory import Directory, Vehicle
+from ingest.metrics import Metrics
+from ingest.positions import positions_of
+from protocols.jt808 import (
+    V2019,
+    Authenticate,
+    Body,
+    FrameSplitter,
+    JT808Error,
+    Message,
+    PlatformGeneralResponse,
+    Reassembler,
+    Register,
+    RegisterResponse,
+    ResendSubpackages,
+    TerminalProfile,
+    decode_frame,
+    encode_frame,
+)
+from protocols.jt808.header import Header
+from protocols.jt808.platform import (
+    RESULT_FAILED,
+    RESULT_MESSAGE_ERROR,
+    RESULT_OK,
+    RESULT_UNSUPPORTED,
+)
+
+log = Logger()
+
+LOCATION_IDS = frozenset((0x0200, 0x0201, 0x0500, 0x0704))
+#: Accepted before authentication (a terminal may also log out or beat its heart).
+PRE_AUTH_IDS = frozenset((0x0100, 0x0102, 0x0002, 0x0003))
+#: Terminal messages the platform does not answer with 0x8001.
+NO_ACK_IDS = frozenset((0x0001, 0x0100))
+
+SubmitPositions = Callable[[list[Position]], "asyncio.Future[str]"]
+
+
+def aio(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+    """asyncio coroutine → Deferred (the one bridge between Twisted and asyncpg)."""
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
+
+
+class IngestService:
+    """What all connections share: the directory, the writer, live sessions, metrics."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        submit: SubmitPositions,
+        metrics: Metrics | None = None,
+        *,
+        idle_timeout: float = 180.0,
+        max_auth_failures: int = 3,
+        reassembly_timeout: float = 10.0,
+    ) -> None:
+        self.directory = directory
+        self.submit = submit
+        self.metrics = metrics or Metrics()
+        self.idle_timeout = idle_timeout
+        self.max_auth_failures = max_auth_failures
+        self.reassembly_timeout = reassembly_timeout
+        self.connections: set[JT808Protocol] = set()
+        self.sessions: dict[str, JT808Protocol] = {}  # phone (normalised) -> authenticated
+        self.paused = False
+        self.metrics.gauge(
+            "fleetwatch_terminals_connected",
+            "open terminal connections",
+            lambda: len(self.connections),
+        )
+        self.metrics.gauge(
+            "fleetwatch_terminals_authenticated",
+            "authenticated terminals",
+            lambda: len(self.sessions),
+        )
+
+    def set_pressure(self, on: bool) -> None:
+        """Writer backpressure: stop reading from every socket until it has caught up."""
+        self.paused = on
+        self.metrics.inc("fleetwatch_backpressure_events_total", state="on" if on else "off")
+        for conn in self.connections:
+            conn.set_paused(on)
+
+    def bind(self, conn: JT808Protocol) -> None:
+        """A terminal authenticated: a second connection of the same terminal replaces the first."""
+        assert conn.vehicle is not None
+        phone = conn.vehicle.phone
+        old = self.sessions.get(phone)
+        self.sessions[phone] = conn
+        if old is not None and old is not conn:
+            log.info("terminal {phone} reconnected; closing its previous connection", phone=phone)
+            old.close("replaced by a new connection")
+
+    def unbind(self, conn: JT808Protocol) -> None:
+        self.connections.discard(conn)
+        if conn.vehicle is not None and self.sessions.get(conn.vehicle.phone) is conn:
+            del self.sessions[conn.vehicle.phone]
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections and re-request missing subpackages (run every few seconds)."""
+        for conn in list(self.connections):
+            if now - conn.last_seen > self.idle_timeout:
+                conn.close("idle timeout")
+            else:
+                conn.request_missing_parts(now)
+
+
+class JT808Factory(protocol.ServerFactory):
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: IAddress) -> JT808Protocol:
+        return JT808Protocol(self.service)
+
+
+class JT808Protocol(protocol.Protocol):
+    """One terminal connection."""
+
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+        self.metrics = service.metrics
+        self.splitter = FrameSplitter()
+        self.reassembler = Reassembler(timeout=service.reassembly_timeout)
+        self.profile = TerminalProfile(strict=True)
+        self.vehicle: Vehicle | None = None
+        self.phone = ""
+        self.version = 2013
+        self.protocol_version = 1
+        self.auth_failures = 0
+        self.last_seen = time.monotonic()
+        self.peer = ""
+        self._serial = 0
+        self._backlog: deque[bytes] = deque()
+        self._waiting = False  # a registration/authentication answer is pending
+        self._closed = False
+        self.pending_acks = 0
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.service.connections.add(self)
+        self.metrics.inc("fleetwatch_connections_total")
+        if self.service.paused:
+            self.set_paused(True)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._closed = True
+        self.service.unbind(self)
+
+    def close(self, why: str) -> None:
+        if not self._closed:
+            log.info("closing {peer} ({phone}): {why}", peer=self.peer, phone=self.phone, why=why)
+            self.metrics.inc("fleetwatch_disconnects_total", reason=why.split(" (")[0])
+            self._closed = True
+            self.transport.loseConnection()
+
+    def set_paused(self, on: bool) -> None:
+        if on:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
+    # -- input -----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        frames = self.splitter.feed(data)
+        if self.splitter.dropped:
+            for dropped in self.splitter.take_dropped():
+                self.metrics.inc("fleetwatch_decode_errors_total", kind=dropped.reason)
+                log.warn(
+                    "dropped {size} bytes ({reason}) from {peer}: {hex}",
+                    size=dropped.size,
+                    reason=dropped.reason,
+                    peer=self.peer,
+                    hex=dropped.head.hex(),
+                )
+        if self._waiting:
+            self._backlog.extend(frames)
+            return
+        for i, frame in enumerate(frames):
+            self.handle_frame(frame)
+            if self._waiting:
+                self._backlog.extend(frames[i + 1 :])
+                return
+
+    def _resume_input(self) -> None:
+        self._waiting = False
+        while self._backlog and not self._waiting and not self._closed:
+            self.handle_frame(self._backlog.popleft())
+
+    def handle_frame(self, frame: bytes) -> None:
+        try:
+            message = decode_frame(frame, profile=self.profile)
+        except JT808Error as exc:
+            self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
+            log.warn(
+                "bad frame from {peer} ({phone}): {error}; hex {hex}",
+                peer=self.peer,
+                phone=self.phone,
+                error=str(exc),
+                hex=frame.hex(),
+            )
+            if exc.header is not None and exc.header.msg_id not in NO_ACK_IDS:
+                self._adopt_layout(exc.header)
+                self.reply(exc.header, RESULT_MESSAGE_ERROR)
+            return
+        header = message.header
+        self.metrics.inc("fleetwatch_frames_total", msg_id=f"0x{header.msg_id:04X}")
+        if message.problems:
+            log.debug(
+                "frame from {phone} with problems {problems}: {hex}",
+                phone=self.phone,
+                problems=message.problems,
+                hex=frame.hex(),
+            )
+        self._adopt_layout(header)
+        if header.pkg_total is not None:
+            try:
+                whole = self.reassembler.add(message, time.monotonic())
+            except JT808Error as exc:
+                self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
+                log.warn(
+                    "subpackage from {phone} refused: {error}", phone=self.phone, error=str(exc)
+                )
+                self.reply(header, RESULT_MESSAGE_ERROR)
+                return
+            if whole is None:
+                self.reply(header, RESULT_OK)  # each part is acknowledged on its own
+                return
+            message = whole
+        self.dispatch(message)
+
+    def _adopt_layout(self, header: Header) -> None:
+        self.version = header.version
+        if header.protocol_version is not None:
+            self.protocol_version = header.protocol_version
+        if not self.phone:
+            self.phone = header.phone
+
+    # -- messages --------------------------------------------------------------------------
+
+    def dispatch(self, message: Message) -> None:
+        msg_id = message.header.msg_id
+        if self.vehicle is None and msg_id not in PRE_AUTH_IDS:
+            self.metrics.inc("fleetwatch_unauthenticated_frames_total")
+            self.reply(message.header, RESULT_FAILED)
+            return
+        handler = self.HANDLERS.get(msg_id)
+        if handler is not None:
+            handler(self, message)
+        elif msg_id in LOCATION_IDS:
+            self.on_location(message)
+        elif msg_id not in NO_ACK_IDS:
+            known = type(message.body).__name__ != "RawBody"
+            self.reply(message.header, RESULT_OK if known else RESULT_UNSUPPORTED)
+
+    def on_register(self, message: Message) -> None:
+        body = message.body
+        assert isinstance(body, Register)
+        self._waiting = True
+        d = aio(self.service.directory.register(message.phone, body, message.version))
+
+        def answer(result: tuple[int, str]) -> None:
+            code, auth_code = result
+            self.metrics.inc("fleetwatch_registrations_total", result=str(code))
+            self.send(
+                RegisterResponse(reply_serial=message.serial, result=code, auth_code=auth_code)
+            )
+
+        d.addCallbacks(answer, self._internal_error, errbackArgs=(message,))
+        d.addBoth(lambda _: self._resume_input())
+
+    def on_authenticate(self, message: Message) -> None:
+        body = message.body
+        assert isinstance(body, Authenticate)
+        self._waiting = True
+        d = aio(self.service.directory.authenticate(message.phone, body.auth_code))
+
+        def answer(vehicle: Vehicle | None) -> None:
+            if vehicle is None:
+                self.auth_failures += 1
+                self.metrics.inc("fleetwatch_auth_failures_total")
+                log.warn(
+                    "authentication failed for {phone} from {peer}",
+                    phone=message.phone,
+                    peer=self.peer,
+                )
+                self.reply(message.header, RESULT_FAILED)
+                if self.auth_failures >= self.service.max_auth_failures:
+                    self.close("too many failed authentications")
+                return
+            self.vehicle = vehicle
+            self.phone = vehicle.phone
+            self.profile = vehicle.profile
+            self.service.bind(self)
+            self.reply(message.header, RESULT_OK)
+
+        d.addCallbacks(answer, self._internal_error, errbackArgs=(message,))
+        d.addBoth(lambda _: self._resume_input())
+
+    def on_logout(self, message: Message) -> None:
+        self.reply(message.header, RESULT_OK)
+        self.close("logout")
+
+    def on_location(self, message: Message) -> None:
+        assert self.vehicle is not None
+        positions = positions_of(message, self.vehicle.id, datetime.now(UTC))
+        if not positions:  # an empty 0x0704 batch
+            self.reply(message.header, RESULT_OK)
+            return
+        header = message.header
+        started = time.monotonic()
+        self.pending_acks += 1
+        future = self.service.submit(positions)
+
+        def durable(done: asyncio.Future[str]) -> None:
+            self.pending_acks -= 1
+            if done.cancelled() or done.exception() is not None:
+                # Not durable: no ack, so the terminal retransmits it.
+                self.metrics.inc("fleetwatch_positions_unacked_total", len(positions))
+                return
+            self.metrics.inc("fleetwatch_positions_total", len(positions), outcome=done.result())
+            self.metrics.inc("fleetwatch_ack_seconds_sum", time.monotonic() - started)
+            self.metrics.inc("fleetwatch_ack_seconds_count")
+            self.reply(header, RESULT_OK)
+
+        future.add_done_callback(durable)
+
+    def _internal_error(self, failure: Failure, message: Message) -> None:
+        log.failure(
+            "handling 0x{msg_id:04X} from {phone}",
+            failure,
+            msg_id=message.msg_id,
+            phone=message.phone,
+        )
+        self.reply(message.header, RESULT_FAILED)
+
+    HANDLERS: ClassVar[dict[int, Callable[[JT808Protocol, Message], None]]] = {
+        0x0100: on_register,
+        0x0102: on_authenticate,
+        0x0003: on_logout,
+    }
+
+    # -- output ----------------------------------------------------------------------------
+
+    def next_serial(self) -> int:
+        serial = self._serial
+        self._serial = (serial + 1) & 0xFFFF
+        return serial
+
+    def send(self, body: Body, msg_id: int | None = None) -> int:
+        """Encode and write a platform message in the terminal's layout; returns its serial."""
+        serial = self.next_serial()
+        if self._closed:
+            return serial
+        frame = encode_frame(
+            body,
+            phone=self.phone,
+            serial=serial,
+            msg_id=msg_id,
+            version=V2019 if self.version == V2019 else self.version,
+            protocol_version=self.protocol_version,
+        )
+        self.transport.write(frame)
+        return serial
+
+    def reply(self, header: Header, result: int) -> None:
+        self.send(
+            PlatformGeneralResponse(
+                reply_serial=header.serial, reply_id=header.msg_id, result=result
+            )
+        )
+
+    def request_missing_parts(self, now: float) -> None:
+        request, abandon = self.reassembler.due(now)
+        for pending in request:
+            self.metrics.inc("fleetwatch_subpackage_requests_total")
+            self.send(ResendSubpackages(orig_serial=pending.first_serial, ids=pending.missing))
+        for pending in abandon:
+            self.metrics.inc("fleetwatch_subpackage_abandoned_total")
+            log.warn(
+                "gave up on 0x{msg_id:04X} from {phone}: parts {missing} never came",
+                msg_id=pending.msg_id,
+                phone=self.phone,
+                missing=pending.missing,
+            )

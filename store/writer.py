@@ -1,0 +1,293 @@
+"""The batched position writer: COPY into PostGIS, or the spool when the database is away.
+
+Positions are submitted in small groups (one per terminal message) and become durable together:
+a flush happens when ``batch_rows`` are waiting or the oldest has waited ``max_age`` seconds.
+Each flush is one transaction: COPY into a session temp table, then one INSERT ... SELECT that
+builds the points, drops retransmitted duplicates on (vehicle, fix time, serial) and flags late
+fixes, and one upsert of the last-position table. Every submission gets a future that resolves
+to ``"db"`` or ``"spool"`` once its rows survive a crash; only then may the terminal be acked.
+
+While the spool holds anything, new batches go to the spool too (so the database receives them
+in order) and the spool is replayed oldest first whenever the database answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from geo.position import Position
+from store.spool import Row, Spool
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "vehicle_id", "fix_time", "received_time", "lon", "lat", "speed_kmh", "heading",
+    "altitude_m", "alarm", "status", "valid", "serial", "batch", "source", "extras",
+)  # fmt: skip
+_TIMES = (1, 2)
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS positions_in (
+    vehicle_id integer, fix_time timestamptz, received_time timestamptz, lon float8, lat float8,
+    speed_kmh real, heading smallint, altitude_m integer, alarm bigint, status bigint,
+    valid boolean, serial integer, batch boolean, source text, extras jsonb
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT = """
+INSERT INTO positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading, altitude_m,
+                       alarm, status, valid, serial, batch, late, source, extras)
+SELECT i.vehicle_id, i.fix_time, i.received_time, ST_SetSRID(ST_MakePoint(i.lon, i.lat), 4326),
+       i.speed_kmh, i.heading, i.altitude_m, i.alarm, i.status, i.valid, i.serial, i.batch,
+       i.batch OR coalesce(i.fix_time < lp.fix_time, false), i.source, i.extras
+FROM positions_in i LEFT JOIN last_positions lp ON lp.vehicle_id = i.vehicle_id
+ON CONFLICT DO NOTHING
+"""
+
+_LAST = """
+INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading,
+                            altitude_m, alarm, status, valid, extras)
+SELECT DISTINCT ON (vehicle_id) vehicle_id, fix_time, received_time,
+       ST_SetSRID(ST_MakePoint(lon, lat), 4326), speed_kmh, heading, altitude_m, alarm, status,
+       valid, extras
+FROM positions_in ORDER BY vehicle_id, fix_time DESC
+ON CONFLICT (vehicle_id) DO UPDATE SET
+    fix_time = excluded.fix_time, received_time = excluded.received_time, geom = excluded.geom,
+    speed_kmh = excluded.speed_kmh, heading = excluded.heading, altitude_m = excluded.altitude_m,
+    alarm = excluded.alarm, status = excluded.status, valid = excluded.valid,
+    extras = excluded.extras
+WHERE last_positions.fix_time < excluded.fix_time
+"""
+
+
+def position_row(p: Position) -> Row:
+    return (
+        p.vehicle_id, p.fix_time, p.received_time, p.lon, p.lat, p.speed_kmh, p.heading,
+        p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch, p.source,
+        json.dumps(p.extras, ensure_ascii=False, separators=(",", ":")) if p.extras else None,
+    )  # fmt: skip
+
+
+def _revive(row: list[Any]) -> Row:
+    """A spooled row (JSON) back to COPY-ready values."""
+    for i in _TIMES:
+        row[i] = datetime.fromisoformat(row[i])
+    return tuple(row)
+
+
+async def insert_rows(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
+    """One transaction: stage with COPY, insert without duplicates, update last positions."""
+    async with conn.transaction():
+        await conn.execute(_STAGING)
+        await conn.copy_records_to_table("positions_in", records=rows, columns=COLUMNS)
+        await conn.execute(_INSERT)
+        await conn.execute(_LAST)
+
+
+@dataclass
+class WriterStats:
+    rows_submitted: int = 0
+    rows_written: int = 0  # committed to the database directly
+    rows_spooled: int = 0
+    rows_replayed: int = 0  # moved from the spool into the database
+    flushes: int = 0
+    db_failures: int = 0
+    last_flush_s: float = 0.0
+
+
+class PositionWriter:
+    """Collects positions, flushes them in batches, and tells each submitter when it is safe."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        spool: Spool,
+        *,
+        batch_rows: int = 2000,
+        max_age: float = 0.1,
+        db_timeout: float = 5.0,
+        retry_interval: float = 1.0,
+        high_water: int = 50_000,
+        low_water: int = 10_000,
+        on_pressure: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self.spool = spool
+        self.batch_rows = batch_rows
+        self.max_age = max_age
+        self.db_timeout = db_timeout
+        self.retry_interval = retry_interval
+        self.high_water = high_water
+        self.low_water = low_water
+        self.on_pressure = on_pressure
+        self.stats = WriterStats()
+        self._conn: asyncpg.Connection | None = None
+        self._pending: list[tuple[list[Row], asyncio.Future[str]]] = []
+        self._pending_rows = 0
+        self._in_flight = 0
+        self._oldest = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pressed = False
+        self._next_db_try = 0.0
+        self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows submitted and not yet durable."""
+        return self._pending_rows + self._in_flight
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(self, positions: Sequence[Position]) -> asyncio.Future[str]:
+        """Queue positions; the future resolves once they are committed or spooled."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(RuntimeError("the position writer is closed"))
+            return future
+        rows = [position_row(p) for p in positions]
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append((rows, future))
+        self._pending_rows += len(rows)
+        self.stats.rows_submitted += len(rows)
+        if self._pending_rows >= self.batch_rows or len(self._pending) == 1:
+            self._wake.set()
+        self._check_pressure()
+        return future
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self.spool.close()
+
+    def _check_pressure(self) -> None:
+        depth = self.queue_depth
+        if not self._pressed and depth >= self.high_water:
+            self._pressed = True
+        elif self._pressed and depth <= self.low_water:
+            self._pressed = False
+        else:
+            return
+        if self.on_pressure is not None:
+            self.on_pressure(self._pressed)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                wait = self._oldest + self.max_age - time.monotonic()
+                if self._pending_rows < self.batch_rows and wait > 0 and not self._closing:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                        self._wake.clear()
+                        continue  # more arrived: re-check size and age
+                    except TimeoutError:
+                        pass
+                await self._flush()
+            if self._closing:
+                await self._replay(force=True)
+                return
+            if not self.spool.empty:
+                await self._replay()
+                if not self.spool.empty and not self._pending:
+                    # Nothing new to write: keep trying to drain the spool in the background.
+                    await asyncio.sleep(self.retry_interval)
+                    self._wake.set()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        rows = [row for group, _ in batch for row in group]
+        self._in_flight, self._pending_rows = len(rows), 0
+        started = time.monotonic()
+        outcome = "spool"
+        try:
+            if self.spool.empty and await self._try_db(rows):
+                outcome = "db"
+                self.stats.rows_written += len(rows)
+            else:
+                self.spool.append(rows)
+                self.stats.rows_spooled += len(rows)
+        except OSError as exc:  # the spool could not be written either: nothing is acked
+            log.error("spool write failed, %d rows not acknowledged: %s", len(rows), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            self._in_flight = 0
+            self.stats.flushes += 1
+            self.stats.last_flush_s = time.monotonic() - started
+            self._check_pressure()
+
+    async def _try_db(self, rows: Sequence[Row]) -> bool:
+        if time.monotonic() < self._next_db_try:
+            return False
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncio.wait_for(self._connect(), self.db_timeout)
+            await asyncio.wait_for(insert_rows(self._conn, rows), self.db_timeout)
+            return True
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.stats.db_failures += 1
+            self._next_db_try = time.monotonic() + self.retry_interval
+            log.warning("database write failed (%s: %s); spooling", type(exc).__name__, exc)
+            await self._drop_connection()
+            return False
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def _replay(self, force: bool = False) -> None:
+        """Move spooled batches into the database, oldest first; stop at the first failure,
+        or when new positions have waited long enough (they keep their place behind)."""
+        if not force and time.monotonic() < self._next_db_try:
+            return
+        current = None
+        index = 0
+        for segment, rows in self.spool.batches():
+            if segment != current:
+                if current is not None:
+                    self._done_batches.pop(current, None)
+                    self.spool.remove(current)
+                current, index = segment, 0
+            index += 1
+            if index <= self._done_batches.get(segment, 0):
+                continue  # replayed before (this process); the segment is still being drained
+            if not force and self._pending and (
+                self._pending_rows >= self.batch_rows
+                or time.monotonic() - self._oldest >= self.max_age
+            ):
+                return
+            if not await self._try_db([_revive(r) for r in rows]):
+                return
+            self._done_batches[segment] = index
+            self.stats.rows_replayed += len(rows)
+        if current is not None:
+            self._done_batches.pop(current, None)
+            self.spool.remove(current)
