@@ -23,14 +23,17 @@ from twisted.python.failure import Failure
 
 from geo.position import Position
 from ingest.directory import Directory, Vehicle
+from ingest.downlink import PendingCommands
+from ingest.media import MediaStore
 from ingest.metrics import Metrics
 from ingest.positions import positions_of
 from protocols.jt808 import (
-    V2019,
     Authenticate,
     Body,
     FrameSplitter,
     JT808Error,
+    MediaData,
+    MediaUploadResponse,
     Message,
     PlatformGeneralResponse,
     Reassembler,
@@ -55,7 +58,7 @@ LOCATION_IDS = frozenset((0x0200, 0x0201, 0x0500, 0x0704))
 #: Accepted before authentication (a terminal may also log out or beat its heart).
 PRE_AUTH_IDS = frozenset((0x0100, 0x0102, 0x0002, 0x0003))
 #: Terminal messages the platform does not answer with 0x8001.
-NO_ACK_IDS = frozenset((0x0001, 0x0100))
+NO_ACK_IDS = frozenset((0x0001, 0x0100, 0x0801))
 
 SubmitPositions = Callable[[list[Position]], "asyncio.Future[str]"]
 
@@ -77,8 +80,10 @@ class IngestService:
         idle_timeout: float = 180.0,
         max_auth_failures: int = 3,
         reassembly_timeout: float = 10.0,
+        media: MediaStore | None = None,
     ) -> None:
         self.directory = directory
+        self.media = media
         self.submit = submit
         self.metrics = metrics or Metrics()
         self.idle_timeout = idle_timeout
@@ -158,6 +163,7 @@ class JT808Protocol(protocol.Protocol):
         self._waiting = False  # a registration/authentication answer is pending
         self._closed = False
         self.pending_acks = 0
+        self.commands = PendingCommands()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -172,6 +178,7 @@ class JT808Protocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closed = True
         self.service.unbind(self)
+        self.commands.fail_all("the terminal disconnected")
 
     def close(self, why: str) -> None:
         if not self._closed:
@@ -272,6 +279,8 @@ class JT808Protocol(protocol.Protocol):
             self.metrics.inc("fleetwatch_unauthenticated_frames_total")
             self.reply(message.header, RESULT_FAILED)
             return
+        if self.commands.by_serial and self.commands.match(message):
+            self.metrics.inc("fleetwatch_command_replies_total")
         handler = self.HANDLERS.get(msg_id)
         if handler is not None:
             handler(self, message)
@@ -353,6 +362,28 @@ class JT808Protocol(protocol.Protocol):
 
         future.add_done_callback(durable)
 
+    def on_media(self, message: Message) -> None:
+        """A complete multimedia upload: stored as a file with a row, then answered (0x8800)."""
+        body = message.body
+        assert isinstance(body, MediaData) and self.vehicle is not None
+        answer = MediaUploadResponse(media_id=body.media_id, missing=[])
+        if self.service.media is None:
+            self.send(answer)
+            return
+        d = aio(self.service.media.save(self.vehicle.id, body))
+
+        def saved(path: object) -> None:
+            self.metrics.inc("fleetwatch_media_total")
+            log.info(
+                "media {media_id} from {phone} stored as {path}",
+                media_id=body.media_id,
+                phone=self.phone,
+                path=str(path),
+            )
+            self.send(answer)
+
+        d.addCallbacks(saved, self._internal_error, errbackArgs=(message,))
+
     def _internal_error(self, failure: Failure, message: Message) -> None:
         log.failure(
             "handling 0x{msg_id:04X} from {phone}",
@@ -366,6 +397,7 @@ class JT808Protocol(protocol.Protocol):
         0x0100: on_register,
         0x0102: on_authenticate,
         0x0003: on_logout,
+        0x0801: on_media,
     }
 
     # -- output ----------------------------------------------------------------------------
@@ -375,21 +407,23 @@ class JT808Protocol(protocol.Protocol):
         self._serial = (serial + 1) & 0xFFFF
         return serial
 
-    def send(self, body: Body, msg_id: int | None = None) -> int:
+    def send(self, body: Body) -> int:
         """Encode and write a platform message in the terminal's layout; returns its serial."""
         serial = self.next_serial()
+        self.send_with_serial(body, serial)
+        return serial
+
+    def send_with_serial(self, body: Body, serial: int) -> None:
         if self._closed:
-            return serial
+            return
         frame = encode_frame(
             body,
             phone=self.phone,
             serial=serial,
-            msg_id=msg_id,
-            version=V2019 if self.version == V2019 else self.version,
+            version=self.version,
             protocol_version=self.protocol_version,
         )
         self.transport.write(frame)
-        return serial
 
     def reply(self, header: Header, result: int) -> None:
         self.send(
