@@ -104,3 +104,17 @@ def test_limits_bound_memory() -> None:
 def test_unpackaged_message_passes_through() -> None:
     message = decode_frame(encode_frame(_media(10), phone=PHONE, serial=1))
     assert Reassembler().add(message, now=0.0) is message
+
+
+def test_part_retransmitted_after_completion_is_a_duplicate() -> None:
+    parts = _parts()
+    reassembler = Reassembler(timeout=5.0)
+    for part in parts:
+        reassembler.add(decode_frame(part), now=0.0)
+    assert reassembler.add(decode_frame(parts[2]), now=1.0) is None
+    assert reassembler.duplicates == 1 and not reassembler.pending
+    assert reassembler.due(10.0) == ([], [])
+    again = encode_frames(_media(3000), phone=PHONE, serial=500, max_body=512)
+    for part in again[:-1]:  # the next upload with the same part count is a new message
+        assert reassembler.add(decode_frame(part), now=2.0) is None
+    assert reassembler.add(decode_frame(again[-1]), now=2.0) is not None

@@ -173,8 +173,13 @@ class TpmsAlarm(Struct):
         short = AlarmIdentification.SHORT
         long = not (left > short and left == short + 1 + 9 * r.data[r.pos + short])
         identification = AlarmIdentification.decode(r, long=long)
-        return cls(alarm_id=alarm_id, flag=flag, site=site, identification=identification,
-                   events=Many(TyreEvent).read(r))
+        return cls(
+            alarm_id=alarm_id,
+            flag=flag,
+            site=site,
+            identification=identification,
+            events=Many(TyreEvent).read(r),
+        )
 
 
 @dataclass(slots=True, kw_only=True)

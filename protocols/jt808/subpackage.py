@@ -52,6 +52,9 @@ class Reassembler:
         self.profile = profile
         self.pending: dict[Key, PendingMessage] = {}
         self.duplicates = 0
+        # Recently completed messages (key -> first serial, when): a part retransmitted after
+        # its message completed is a duplicate, not the start of a new message to re-request.
+        self._completed: dict[Key, tuple[int, float]] = {}
 
     def add(self, message: Message, now: float) -> Message | None:
         """Add a part (a message whose header has package fields)."""
@@ -63,6 +66,11 @@ class Reassembler:
             raise JT808Error("header", f"package index {index} outside 1..{total}", header)
         key = (header.phone, header.msg_id, total)
         pending = self.pending.get(key)
+        done = self._completed.get(key)
+        late = done is not None and now - done[1] < self.timeout
+        if pending is None and late and (header.serial - index + 1) & 0xFFFF == done[0]:
+            self.duplicates += 1  # a part retransmitted after its message completed
+            return None
         if pending is None:
             if len(self.pending) >= self.max_pending:
                 raise JT808Error(
@@ -91,6 +99,7 @@ class Reassembler:
         if len(pending.parts) < total:
             return None
         del self.pending[key]
+        self._completed[key] = (pending.first_serial, now)
         return self._assemble(pending)
 
     def _assemble(self, pending: PendingMessage) -> Message:
@@ -117,8 +126,11 @@ class Reassembler:
 
         Each returned request counts as one attempt and restarts the message's timer."""
         request, abandon = [], []
+        for key, (_, when) in list(self._completed.items()):
+            if now >= when + self.timeout:
+                del self._completed[key]
         for key, pending in list(self.pending.items()):
-            if now - pending.last_seen < self.timeout:
+            if now < pending.last_seen + self.timeout:  # not now - last_seen: float rounding
                 continue
             if pending.requests >= self.max_requests:
                 del self.pending[key]

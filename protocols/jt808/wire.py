@@ -46,6 +46,8 @@ def time_bcd(value: datetime | str, tz: tzinfo = BEIJING) -> bytes:
         return bcd(value, 6)
     if value.tzinfo is not None:
         value = value.astimezone(tz)
+    if not 2000 <= value.year <= 2099:  # %y would silently wrap it into 2000-2099
+        raise JT808Error("encode", f"{value.isoformat()} is outside 2000-2099 (BCD[6] time)")
     return bytes.fromhex(value.strftime("%y%m%d%H%M%S"))
 
 
