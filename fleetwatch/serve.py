@@ -1,0 +1,237 @@
+"""``fleetwatch serve``: wire the store, the ingest servers and the HTTP endpoint together.
+
+With no ``--db``, a private PostgreSQL+PostGIS cluster is started under ``--data-dir`` and
+stopped on exit. Ctrl-C (or SIGTERM) stops accepting connections, flushes the writer so every
+position already received is durable and acknowledged, then stops the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the JT/T 808 and NMEA servers with their PostGIS store",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where the embedded database, spool and media live (default: data)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="use this PostgreSQL server (postgresql://...) instead of the embedded one",
+    )
+    parser.add_argument("--jt808-port", type=int, default=6808, help="JT/T 808 TCP port")
+    parser.add_argument("--nmea-port", type=int, default=0, help="NMEA 0183 TCP port (0 = off)")
+    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics")
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    parser.add_argument(
+        "--policy",
+        choices=("open", "known"),
+        default="open",
+        help="open: unknown terminals are provisioned into the unassigned pool "
+        "on registration; known: only vehicles provisioned beforehand",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        default=190,
+        help="days of track history to keep (at least 183)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+class Server:
+    """Everything ``serve`` runs, started and stopped in order (inside the reactor)."""
+
+    def __init__(self, args: argparse.Namespace, db_url: str) -> None:
+        self.args = args
+        self.db_url = db_url
+        self.ports: list[Any] = []
+        self.loops: list[Any] = []
+        self.writer: Any = None
+        self.pool: Any = None
+        self.service: Any = None
+
+    async def start(self) -> None:
+        import asyncpg
+        from twisted.internet import reactor
+        from twisted.internet.task import LoopingCall
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from ingest.directory import Directory
+        from ingest.jt808_server import IngestService, JT808Factory
+        from ingest.media import MediaStore
+        from ingest.metrics import Metrics
+        from ingest.metrics_resource import MetricsResource
+        from store.migrations import migrate
+        from store.spool import Spool
+        from store.writer import PositionWriter
+
+        args = self.args
+        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=8)
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+        await self.maintain()
+        metrics = Metrics()
+        spool = Spool(args.data_dir / "spool")
+        self.writer = PositionWriter(lambda: asyncpg.connect(self.db_url), spool)
+        self.service = IngestService(
+            Directory(self.pool, args.policy), self.writer.submit, metrics,
+            media=MediaStore(args.data_dir / "media", self.pool),
+        )  # fmt: skip
+        self.writer.on_pressure = self.service.set_pressure
+        self.writer.start()
+        writer = self.writer
+        metrics.gauge(
+            "fleetwatch_writer_queue_rows",
+            "positions waiting to be durable",
+            lambda: writer.queue_depth,
+        )
+        metrics.gauge("fleetwatch_spool_bytes", "bytes in the spool", lambda: spool.bytes)
+        metrics.gauge(
+            "fleetwatch_rows_written", "rows committed directly", lambda: writer.stats.rows_written
+        )
+        metrics.gauge("fleetwatch_rows_spooled", "rows spooled", lambda: writer.stats.rows_spooled)
+        metrics.gauge(
+            "fleetwatch_rows_replayed",
+            "rows replayed from the spool",
+            lambda: writer.stats.rows_replayed,
+        )
+
+        self.ports.append(
+            reactor.listenTCP(
+                args.jt808_port,
+                JT808Factory(self.service),  # type: ignore[attr-defined]
+                backlog=4096,
+                interface=args.host,
+            )
+        )
+        if args.nmea_port:
+            from ingest.nmea_server import NmeaFactory, find_vehicle_id
+
+            async def lookup(identifier: str) -> int | None:
+                return await find_vehicle_id(self.pool, identifier)
+
+            self.ports.append(
+                reactor.listenTCP(  # type: ignore[attr-defined]
+                    args.nmea_port,
+                    NmeaFactory(lookup, self.writer.submit, metrics),
+                    interface=args.host,
+                )
+            )
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(metrics))
+        self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
+        sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
+        sweep.start(2.0, now=False)
+        maintenance = LoopingCall(lambda: _aio(self.maintain()))
+        maintenance.start(3600.0, now=False)
+        self.loops += [sweep, maintenance]
+        for port in self.ports:
+            host = port.getHost()
+            print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
+
+    async def maintain(self) -> None:
+        """Partitions ahead of time, whole-partition retention."""
+        from store.partitions import drop_expired, ensure_partitions
+
+        today = datetime.now(UTC).date()
+        async with self.pool.acquire() as conn:
+            await ensure_partitions(conn, today)
+            await drop_expired(conn, today, self.args.retention_days)
+
+    async def stop(self) -> None:
+        from twisted.internet.defer import gatherResults
+
+        for loop in self.loops:
+            if loop.running:
+                loop.stop()
+        await _as_future(gatherResults([port.stopListening() for port in self.ports]))
+        if self.writer is not None:
+            await self.writer.close()  # acks for everything received go out before we close
+        if self.service is not None:
+            for conn in list(self.service.connections):
+                conn.close("server shutting down")
+        if self.pool is not None:
+            await self.pool.close()
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _aio(coro: Any) -> Any:
+    from ingest.jt808_server import aio
+
+    return aio(coro)
+
+
+async def _as_future(d: Any) -> Any:
+    import asyncio
+
+    return await d.asFuture(asyncio.get_running_loop())
+
+
+def run(args: argparse.Namespace) -> int:
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.logger import (
+        globalLogBeginner,
+        jsonFileLogObserver,
+        textFileLogObserver,
+    )
+
+    from store.cluster import EmbeddedCluster
+
+    observer = (jsonFileLogObserver if args.log_format == "json" else textFileLogObserver)(
+        sys.stderr
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"fleetwatch: another 'fleetwatch serve' is using {args.data_dir}", file=sys.stderr)
+        return 1
+    cluster = None
+    db_url = args.db
+    if db_url is None:
+        cluster = EmbeddedCluster.in_data_dir(args.data_dir)
+        cluster.start()
+        db_url = cluster.url
+    server = Server(args, db_url)
+    status = {"code": 0}
+
+    def started_failed(failure: Any) -> None:
+        print(f"fleetwatch: could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        failure.printTraceback(file=sys.stderr)
+        status["code"] = 1
+        reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(lambda: _aio(server.start()).addErrback(started_failed))  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
+    try:
+        reactor.run()  # type: ignore[attr-defined]
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return status["code"]
