@@ -47,6 +47,9 @@ class Message:
     checksum_ok: bool = True
     problems: list[str] = field(default_factory=list)
     raw_body: bytes = b""
+    #: For a message reassembled from subpackages: the serial of each part, in index order
+    #: (what the platform acknowledges).
+    part_serials: list[int] = field(default_factory=list)
 
     @property
     def msg_id(self) -> int:

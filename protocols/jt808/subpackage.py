@@ -24,6 +24,7 @@ class PendingMessage:
     total: int
     first: Message  # a part, for the header fields of the whole message
     parts: dict[int, bytes] = field(default_factory=dict)
+    serials: dict[int, int] = field(default_factory=dict)
     first_serial: int = 0  # serial of part 1: the "original serial" of 0x8003
     last_seen: float = 0.0
     requests: int = 0
@@ -89,6 +90,7 @@ class Reassembler:
                     "body", f"reassembled message exceeds {self.max_bytes} bytes", header
                 )
             pending.parts[index] = data
+            pending.serials[index] = header.serial
             pending.size += len(data)
         if index == 1:
             pending.first = message
@@ -119,7 +121,8 @@ class Reassembler:
         except JT808Error as exc:
             raise JT808Error(exc.kind, exc.reason, header) from None
         checksum_ok = part.checksum_ok
-        return Message(header, body, checksum_ok, problems, data)
+        serials = [pending.serials[i] for i in range(1, pending.total + 1)]
+        return Message(header, body, checksum_ok, problems, data, serials)
 
     def due(self, now: float) -> tuple[list[PendingMessage], list[PendingMessage]]:
         """Messages to re-request now (quiet for ``timeout``), and those given up on.
