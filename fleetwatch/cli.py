@@ -14,11 +14,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from fleetwatch import decode
+from fleetwatch import db_cmd, decode, serve, vehicles_cmd
 
 #: ``register`` functions of the subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    serve.register,
     decode.register,
+    db_cmd.register,
+    vehicles_cmd.register,
 )
 
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fleetwatch.dbopts import DEFAULT_DATA_DIR
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -24,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path("data"),
-        help="where the embedded database, spool and media live (default: data)",
+        default=Path(DEFAULT_DATA_DIR),
+        help="where the embedded database, spool and media live "
+        "(default: $FLEETWATCH_DATA_DIR or ./data)",
     )
     parser.add_argument(
         "--db",

@@ -1,0 +1,126 @@
+"""Schema migrations on a real database: fresh, idempotent, status, failure, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from store.migrations import Migration, MigrationError, available, migrate, status
+from tests.aio import aio_test
+
+EXTRA = Migration(2, "extra", "CREATE TABLE extra (x integer); INSERT INTO extra VALUES (1);")
+
+
+def test_available_reads_the_packaged_sql_files() -> None:
+    migrations = available()
+    assert [m.label for m in migrations][:1] == ["0001_initial"]
+    assert [m.version for m in migrations] == sorted(m.version for m in migrations)
+    assert "CREATE TABLE positions" in migrations[0].sql
+
+
+@aio_test
+async def test_fresh_migrate_applies_all_then_nothing(bare_db_url: str) -> None:
+    conn = await asyncpg.connect(bare_db_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('vehicles')") is None
+        applied = await migrate(conn)
+        assert [m.label for m in applied] == [m.label for m in available()]
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        assert {"vehicles", "companies", "positions", "positions_default", "last_positions"} <= (
+            tables
+        )
+        rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations")
+        assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
+        assert rows[0]["applied_at"] is not None
+
+        assert await migrate(conn) == []  # idempotent
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_status_before_and_after(bare_db_url: str) -> None:
+    conn = await asyncpg.connect(bare_db_url)
+    try:
+        applied, pending = await status(conn)
+        assert applied == []
+        assert [m.label for m in pending] == ["0001_initial"]
+
+        await migrate(conn)
+        applied, pending = await status(conn)
+        assert [a.label for a in applied] == ["0001_initial"]
+        assert pending == []
+
+        # A newer release adds migration 2: only it is pending, and only it is applied.
+        newer = [*available(), EXTRA]
+        applied, pending = await status(conn, newer)
+        assert [m.label for m in pending] == ["0002_extra"]
+        assert [m.label for m in await migrate(conn, newer)] == ["0002_extra"]
+        assert await conn.fetchval("SELECT count(*) FROM extra") == 1
+        assert (await status(conn, newer))[1] == []
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_failed_migration_leaves_nothing_behind(bare_db_url: str) -> None:
+    broken = Migration(2, "broken", "CREATE TABLE half_done (x integer); SELECT 1 / 0;")
+    conn = await asyncpg.connect(bare_db_url)
+    try:
+        with pytest.raises(MigrationError, match="0002_broken"):
+            await migrate(conn, [*available(), broken])
+        # 0001 committed on its own; 0002 rolled back entirely and stays pending.
+        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+        applied, pending = await status(conn, [*available(), broken])
+        assert [a.version for a in applied] == [1]
+        assert [m.version for m in pending] == [2]
+        # The advisory lock was released: another connection can migrate at once.
+        other = await asyncpg.connect(bare_db_url)
+        try:
+            done = await asyncio.wait_for(migrate(other, [*available(), EXTRA]), 5)
+            assert [m.version for m in done] == [2]
+        finally:
+            await other.close()
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_concurrent_migrate_applies_once(bare_db_url: str) -> None:
+    slow = Migration(2, "slow", "SELECT pg_sleep(0.3); CREATE TABLE slow_one (x integer);")
+    migrations = [*available(), slow]
+    first, second = await asyncpg.connect(bare_db_url), await asyncpg.connect(bare_db_url)
+    try:
+        results = await asyncio.gather(migrate(first, migrations), migrate(second, migrations))
+        # One connection did everything, the other waited on the lock and found nothing to do.
+        assert sorted(len(r) for r in results) == [0, 2]
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 2
+    finally:
+        await first.close()
+        await second.close()
+
+
+@aio_test
+async def test_migrate_refuses_an_open_transaction(bare_db_url: str) -> None:
+    conn = await asyncpg.connect(bare_db_url)
+    try:
+        async with conn.transaction():
+            with pytest.raises(MigrationError, match="outside a transaction"):
+                await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_session_template_is_migrated(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert (await status(conn))[1] == []
+    finally:
+        await conn.close()
