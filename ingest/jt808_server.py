@@ -253,13 +253,13 @@ class JT808Protocol(protocol.Protocol):
                 whole = self.reassembler.add(message, time.monotonic())
             except JT808Error as exc:
                 self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
-                log.warn(
-                    "subpackage from {phone} refused: {error}", phone=self.phone, error=str(exc)
-                )
+                log.warn("subpackage from {phone} refused: {error}", phone=self.phone,
+                         error=str(exc))
                 self.reply(header, RESULT_MESSAGE_ERROR)
                 return
+            if header.msg_id not in LOCATION_IDS:
+                self.reply(header, RESULT_OK)  # parts of positions wait until they are durable
             if whole is None:
-                self.reply(header, RESULT_OK)  # each part is acknowledged on its own
                 return
             message = whole
         self.dispatch(message)
@@ -286,7 +286,7 @@ class JT808Protocol(protocol.Protocol):
             handler(self, message)
         elif msg_id in LOCATION_IDS:
             self.on_location(message)
-        elif msg_id not in NO_ACK_IDS:
+        elif msg_id not in NO_ACK_IDS and not message.part_serials:  # parts were acked
             known = type(message.body).__name__ != "RawBody"
             self.reply(message.header, RESULT_OK if known else RESULT_UNSUPPORTED)
 
@@ -358,7 +358,9 @@ class JT808Protocol(protocol.Protocol):
             self.metrics.inc("fleetwatch_positions_total", len(positions), outcome=done.result())
             self.metrics.inc("fleetwatch_ack_seconds_sum", time.monotonic() - started)
             self.metrics.inc("fleetwatch_ack_seconds_count")
-            self.reply(header, RESULT_OK)
+            for serial in message.part_serials or (header.serial,):
+                self.send(PlatformGeneralResponse(reply_serial=serial, reply_id=header.msg_id,
+                                                  result=RESULT_OK))
 
         future.add_done_callback(durable)
 

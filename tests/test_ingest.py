@@ -1,0 +1,235 @@
+"""The JT808 server end to end: real sockets, real PostGIS."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from protocols.jt808 import (
+    V2019,
+    Heartbeat,
+    TerminalGeneralResponse,
+    TextMessage,
+    encode_frame,
+)
+from tests.aio import aio_test
+from tests.ingest_harness import running_ingest
+from tests.terminal_client import Terminal, report
+
+
+async def _rows(pool: asyncpg.Pool, phone: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        """SELECT p.fix_time, p.serial, ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat, p.speed_kmh,
+                  p.extras, p.late
+           FROM positions p JOIN vehicles v ON v.id = p.vehicle_id
+           WHERE v.phone = $1 ORDER BY p.fix_time""",
+        phone.lstrip("0"),
+    )
+
+
+@pytest.mark.parametrize("version", [2013, V2019])
+@aio_test
+async def test_register_authenticate_report(db_url: str, short_tmp: Path, version: int) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        phone = "13912345678" if version == 2013 else "8613912345678"
+        terminal = await Terminal.connect(ingest.port, phone, version)
+        await terminal.login("沪A12345")
+        for i in range(3):
+            serial = await terminal.send(report(i))
+            ack = await terminal.receive()
+            assert ack.version == version
+            assert (ack.msg_id, ack.body.reply_serial, ack.body.reply_id, ack.body.result) == (
+                0x8001, serial, 0x0200, 0)
+        rows = await _rows(ingest.pool, phone)
+        assert len(rows) == 3
+        first = report(0)
+        assert rows[0]["fix_time"] == first.time.astimezone(UTC)
+        assert (rows[0]["lon"], rows[0]["lat"]) == pytest.approx((121.5, 31.2))
+        assert rows[0]["speed_kmh"] == 40.0
+        assert '"satellites": 12' in rows[0]["extras"]
+        vehicle = await ingest.pool.fetchrow(
+            "SELECT plate, provisioned, protocol_version FROM vehicles WHERE phone = $1",
+            phone.lstrip("0"))
+        assert tuple(vehicle) == ("沪A12345", False, version)
+        await terminal.close()
+
+
+@aio_test
+async def test_no_ack_before_the_row_exists(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp, max_age=0.05, db_timeout=10) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000001")
+        await terminal.login("沪A00001")
+        blocker = await asyncpg.connect(db_url)
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+        await terminal.send(report(0))
+        assert await terminal.nothing_within(1.5)  # the row cannot be written: no ack
+        await tx.rollback()
+        await blocker.close()
+        ack = await terminal.receive()
+        assert ack.msg_id == 0x8001 and ack.body.reply_id == 0x0200
+        assert len(await _rows(ingest.pool, "13900000001")) == 1
+        assert ingest.writer.stats.rows_spooled == 0
+
+
+@aio_test
+async def test_nothing_accepted_before_authentication(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000002")
+        await terminal.send(report(0))
+        nack = await terminal.receive()
+        assert (nack.body.reply_id, nack.body.result) == (0x0200, 1)
+        await terminal.send(Heartbeat())  # heartbeats are fine before authentication
+        assert (await terminal.receive()).body.result == 0
+        assert await ingest.pool.fetchval("SELECT count(*) FROM positions") == 0
+
+
+@aio_test
+async def test_wrong_auth_code_is_refused_and_repeated_failures_close(
+    db_url: str, short_tmp: Path
+) -> None:
+    from protocols.jt808 import Authenticate
+
+    async with running_ingest(db_url, short_tmp, max_auth_failures=3) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000003")
+        answer = await terminal.register("沪A00003")
+        assert answer.body.result == 0
+        for _ in range(2):
+            await terminal.send(Authenticate(auth_code="not-the-code"))
+            assert (await terminal.receive()).body.result == 1
+        await terminal.send(report(0))
+        assert (await terminal.receive()).body.result == 1  # still not authenticated
+        await terminal.send(Authenticate(auth_code="still-wrong"))
+        assert (await terminal.receive()).body.result == 1
+        assert await terminal.closed_by_server()
+        assert ingest.metrics.value("fleetwatch_auth_failures_total") == 3
+
+
+@aio_test
+async def test_unknown_terminal_refused_under_known_policy(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp, policy="known") as ingest:
+        await ingest.pool.execute(
+            "INSERT INTO vehicles (plate, plate_color, phone, class) "
+            "VALUES ('沪A00004', 2, '13900000004', 'coach')")
+        stranger = await Terminal.connect(ingest.port, "13900000099")
+        answer = await stranger.register("沪A99999")
+        assert (answer.msg_id, answer.body.result, answer.body.auth_code) == (0x8100, 4, "")
+        assert await ingest.pool.fetchval("SELECT count(*) FROM vehicles") == 1
+        known = await Terminal.connect(ingest.port, "013900000004")
+        await known.login("沪A00004")
+        await known.send(report(0))
+        assert (await known.receive()).body.result == 0
+        taken = await Terminal.connect(ingest.port, "13900000005")
+        assert (await taken.register("沪A00004")).body.result == 1  # plate bound to another
+
+
+@aio_test
+async def test_malformed_frames_are_answered_or_dropped_and_the_session_goes_on(
+    db_url: str, short_tmp: Path
+) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000006")
+        await terminal.login("沪A00006")
+        good = encode_frame(report(1), phone="13900000006", serial=77)
+        bad_check = good[:-2] + bytes([good[-2] ^ 0xFF]) + good[-1:]
+        await terminal.send_raw(b"\x7e\x01\x02\x7e")  # too short: dropped
+        await terminal.send_raw(b"junk before a flag" + bad_check)  # answered "message error"
+        nack = await terminal.receive()
+        assert (nack.body.reply_serial, nack.body.result) == (77, 2)
+        await terminal.send_raw(good)
+        ack = await terminal.receive()
+        assert (ack.body.reply_serial, ack.body.result) == (77, 0)
+        assert len(await _rows(ingest.pool, "13900000006")) == 1
+        assert ingest.metrics.value("fleetwatch_decode_errors_total", kind="checksum") == 1
+        # The short frame, and the junk (between two flags, so it is read as a frame).
+        assert ingest.metrics.value("fleetwatch_decode_errors_total", kind="header") == 2
+
+
+@aio_test
+async def test_retransmission_is_stored_once(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000007")
+        await terminal.login("沪A00007")
+        for _ in range(3):
+            await terminal.send(report(5), serial=500)
+            assert (await terminal.receive()).body.result == 0
+        assert len(await _rows(ingest.pool, "13900000007")) == 1
+
+
+@aio_test
+async def test_second_connection_replaces_the_first(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        first = await Terminal.connect(ingest.port, "13900000008")
+        code = await first.login("沪A00008")
+        from protocols.jt808 import Authenticate
+
+        second = await Terminal.connect(ingest.port, "13900000008")
+        await second.send(Authenticate(auth_code=code))
+        assert (await second.receive()).body.result == 0
+        assert await first.closed_by_server()
+        await second.send(report(0))
+        assert (await second.receive()).body.result == 0
+
+
+@aio_test
+async def test_text_message_round_trip(db_url: str, short_tmp: Path) -> None:
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000009", version=V2019)
+        await terminal.login("沪A00009")
+        text = TextMessage(flag=0x08 | 0x04, text_type=1, text="您已连续驾驶3.5小时，请注意休息")
+        reply_d = ingest.downlink.send("13900000009", text)
+        command = await terminal.receive()
+        assert command.msg_id == 0x8300 and command.body == text and command.version == V2019
+        await terminal.send(TerminalGeneralResponse(reply_serial=command.serial,
+                                                    reply_id=0x8300, result=0))
+        reply = await reply_d.asFuture(asyncio.get_running_loop())
+        assert reply.msg_id == 0x0001 and reply.body.result == 0
+        assert ingest.metrics.value("fleetwatch_command_replies_total") == 1
+
+
+@aio_test
+async def test_command_to_offline_terminal_fails_at_once(db_url: str, short_tmp: Path) -> None:
+    from ingest.downlink import CommandError
+
+    async with running_ingest(db_url, short_tmp) as ingest:
+        d = ingest.downlink.send("13911111111", TextMessage(flag=8, text="hi"))
+        with pytest.raises(CommandError) as info:
+            await d.asFuture(asyncio.get_running_loop())
+        assert info.value.reason == "offline"
+
+
+@aio_test
+async def test_command_times_out_without_reply(db_url: str, short_tmp: Path) -> None:
+    from ingest.downlink import CommandError
+
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000010")
+        await terminal.login("沪A00010")
+        d = ingest.downlink.send("13900000010", TextMessage(flag=8, text="hi"), timeout=0.3)
+        assert (await terminal.receive()).msg_id == 0x8300
+        with pytest.raises(CommandError) as info:
+            await d.asFuture(asyncio.get_running_loop())
+        assert info.value.reason == "timeout"
+
+
+@aio_test
+async def test_batch_upload_is_stored_and_flagged(db_url: str, short_tmp: Path) -> None:
+    from protocols.jt808 import BatchLocation
+
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000011")
+        await terminal.login("沪A00011")
+        await terminal.send(report(100))
+        assert (await terminal.receive()).body.result == 0
+        await terminal.send(BatchLocation(batch_type=1, items=[report(i) for i in range(10)]))
+        ack = await terminal.receive()
+        assert (ack.body.reply_id, ack.body.result) == (0x0704, 0)
+        rows = await _rows(ingest.pool, "13900000011")
+        assert len(rows) == 11
+        assert [r["late"] for r in rows] == [True] * 10 + [False]
+
