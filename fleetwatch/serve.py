@@ -96,7 +96,6 @@ class Server:
             Directory(self.pool, args.policy), self.writer.submit, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
-        self.writer.on_pressure = self.service.set_pressure
         self.writer.start()
         writer = self.writer
         metrics.gauge(
@@ -123,19 +122,26 @@ class Server:
                 interface=args.host,
             )
         )
+        services = [self.service]
         if args.nmea_port:
-            from ingest.nmea_server import NmeaFactory, find_vehicle_id
+            from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
 
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
+            nmea = NmeaService(lookup, self.writer.submit, metrics)
+            services.append(nmea)
             self.ports.append(
                 reactor.listenTCP(  # type: ignore[attr-defined]
-                    args.nmea_port,
-                    NmeaFactory(lookup, self.writer.submit, metrics),
-                    interface=args.host,
+                    args.nmea_port, NmeaFactory(nmea), interface=args.host
                 )
             )
+
+        def pressure(on: bool) -> None:
+            for service in services:
+                service.set_pressure(on)
+
+        self.writer.on_pressure = pressure
         root = Resource()
         root.putChild(b"metrics", MetricsResource(metrics))
         self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]

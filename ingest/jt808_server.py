@@ -26,6 +26,7 @@ from ingest.directory import Directory, Vehicle
 from ingest.downlink import PendingCommands
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
+from ingest.nmea import gnss_detail
 from ingest.positions import positions_of
 from protocols.jt808 import (
     Authenticate,
@@ -41,6 +42,7 @@ from protocols.jt808 import (
     RegisterResponse,
     ResendSubpackages,
     TerminalProfile,
+    Transparent,
     decode_frame,
     encode_frame,
 )
@@ -59,6 +61,10 @@ LOCATION_IDS = frozenset((0x0200, 0x0201, 0x0500, 0x0704))
 PRE_AUTH_IDS = frozenset((0x0100, 0x0102, 0x0002, 0x0003))
 #: Terminal messages the platform does not answer with 0x8001.
 NO_ACK_IDS = frozenset((0x0001, 0x0100, 0x0801))
+
+#: What 0x0900 GNSS detail adds to positions, and for how long after it arrived.
+GNSS_QUALITY = ("fix_quality", "satellites", "hdop", "pdop", "vdop", "fix_type")
+GNSS_FRESH_S = 60.0
 
 SubmitPositions = Callable[[list[Position]], "asyncio.Future[str]"]
 
@@ -164,6 +170,8 @@ class JT808Protocol(protocol.Protocol):
         self._closed = False
         self.pending_acks = 0
         self.commands = PendingCommands()
+        self.gnss: dict[str, Any] = {}  # quality of the latest 0x0900 GNSS detail data
+        self.gnss_at = 0.0
 
     # -- connection ------------------------------------------------------------------------
 
@@ -253,8 +261,9 @@ class JT808Protocol(protocol.Protocol):
                 whole = self.reassembler.add(message, time.monotonic())
             except JT808Error as exc:
                 self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
-                log.warn("subpackage from {phone} refused: {error}", phone=self.phone,
-                         error=str(exc))
+                log.warn(
+                    "subpackage from {phone} refused: {error}", phone=self.phone, error=str(exc)
+                )
                 self.reply(header, RESULT_MESSAGE_ERROR)
                 return
             if header.msg_id not in LOCATION_IDS:
@@ -341,6 +350,10 @@ class JT808Protocol(protocol.Protocol):
     def on_location(self, message: Message) -> None:
         assert self.vehicle is not None
         positions = positions_of(message, self.vehicle.id, datetime.now(UTC))
+        if self.gnss and time.monotonic() - self.gnss_at < GNSS_FRESH_S:
+            for position in positions:
+                if not position.batch:
+                    position.extras.update(self.gnss)
         if not positions:  # an empty 0x0704 batch
             self.reply(message.header, RESULT_OK)
             return
@@ -359,10 +372,26 @@ class JT808Protocol(protocol.Protocol):
             self.metrics.inc("fleetwatch_ack_seconds_sum", time.monotonic() - started)
             self.metrics.inc("fleetwatch_ack_seconds_count")
             for serial in message.part_serials or (header.serial,):
-                self.send(PlatformGeneralResponse(reply_serial=serial, reply_id=header.msg_id,
-                                                  result=RESULT_OK))
+                self.send(
+                    PlatformGeneralResponse(
+                        reply_serial=serial, reply_id=header.msg_id, result=RESULT_OK
+                    )
+                )
 
         future.add_done_callback(durable)
+
+    def on_transparent(self, message: Message) -> None:
+        """0x0900: GNSS detail data (type 0x00) adds fix quality, HDOP and satellites to the
+        vehicle's next positions; other pass-through types are only acknowledged."""
+        body = message.body
+        assert isinstance(body, Transparent)
+        if body.data_type == Transparent.GNSS_DETAIL and body.nmea:
+            detail = gnss_detail(body.nmea)
+            self.gnss = {f"gnss_{k}": detail[k] for k in GNSS_QUALITY if k in detail}
+            self.gnss_at = time.monotonic()
+            if detail.get("errors"):
+                self.metrics.inc("fleetwatch_decode_errors_total", kind="nmea")
+        self.reply(message.header, RESULT_OK)
 
     def on_media(self, message: Message) -> None:
         """A complete multimedia upload: stored as a file with a row, then answered (0x8800)."""
@@ -400,6 +429,7 @@ class JT808Protocol(protocol.Protocol):
         0x0102: on_authenticate,
         0x0003: on_logout,
         0x0801: on_media,
+        0x0900: on_transparent,
     }
 
     # -- output ----------------------------------------------------------------------------

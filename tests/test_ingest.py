@@ -43,7 +43,11 @@ async def test_register_authenticate_report(db_url: str, short_tmp: Path, versio
             ack = await terminal.receive()
             assert ack.version == version
             assert (ack.msg_id, ack.body.reply_serial, ack.body.reply_id, ack.body.result) == (
-                0x8001, serial, 0x0200, 0)
+                0x8001,
+                serial,
+                0x0200,
+                0,
+            )
         rows = await _rows(ingest.pool, phone)
         assert len(rows) == 3
         first = report(0)
@@ -53,7 +57,8 @@ async def test_register_authenticate_report(db_url: str, short_tmp: Path, versio
         assert '"satellites": 12' in rows[0]["extras"]
         vehicle = await ingest.pool.fetchrow(
             "SELECT plate, provisioned, protocol_version FROM vehicles WHERE phone = $1",
-            phone.lstrip("0"))
+            phone.lstrip("0"),
+        )
         assert tuple(vehicle) == ("沪A12345", False, version)
         await terminal.close()
 
@@ -115,7 +120,8 @@ async def test_unknown_terminal_refused_under_known_policy(db_url: str, short_tm
     async with running_ingest(db_url, short_tmp, policy="known") as ingest:
         await ingest.pool.execute(
             "INSERT INTO vehicles (plate, plate_color, phone, class) "
-            "VALUES ('沪A00004', 2, '13900000004', 'coach')")
+            "VALUES ('沪A00004', 2, '13900000004', 'coach')"
+        )
         stranger = await Terminal.connect(ingest.port, "13900000099")
         answer = await stranger.register("沪A99999")
         assert (answer.msg_id, answer.body.result, answer.body.auth_code) == (0x8100, 4, "")
@@ -185,8 +191,9 @@ async def test_text_message_round_trip(db_url: str, short_tmp: Path) -> None:
         reply_d = ingest.downlink.send("13900000009", text)
         command = await terminal.receive()
         assert command.msg_id == 0x8300 and command.body == text and command.version == V2019
-        await terminal.send(TerminalGeneralResponse(reply_serial=command.serial,
-                                                    reply_id=0x8300, result=0))
+        await terminal.send(
+            TerminalGeneralResponse(reply_serial=command.serial, reply_id=0x8300, result=0)
+        )
         reply = await reply_d.asFuture(asyncio.get_running_loop())
         assert reply.msg_id == 0x0001 and reply.body.result == 0
         assert ingest.metrics.value("fleetwatch_command_replies_total") == 1
@@ -233,3 +240,26 @@ async def test_batch_upload_is_stored_and_flagged(db_url: str, short_tmp: Path) 
         assert len(rows) == 11
         assert [r["late"] for r in rows] == [True] * 10 + [False]
 
+
+@aio_test
+async def test_gnss_detail_adds_quality_to_the_next_positions(db_url: str, short_tmp: Path) -> None:
+    from protocols.jt808 import Transparent
+
+    def sentence(body: str) -> str:
+        checksum = 0
+        for char in body.encode():
+            checksum ^= char
+        return f"${body}*{checksum:02X}\r\n"
+
+    nmea = sentence("GPGGA,012345.00,3112.0000,N,12130.0000,E,1,09,0.9,12.3,M,8.0,M,,") + sentence(
+        "GPRMC,012345.00,A,3112.0000,N,12130.0000,E,21.6,90.0,221126,,,A"
+    )
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000012")
+        await terminal.login("沪A00012")
+        await terminal.send(Transparent(data_type=0, data=nmea.encode()))
+        assert (await terminal.receive()).body.result == 0
+        await terminal.send(report(0))
+        assert (await terminal.receive()).body.result == 0
+        extras = (await _rows(ingest.pool, "13900000012"))[0]["extras"]
+        assert '"gnss_hdop": 0.9' in extras and '"gnss_satellites": 9' in extras
