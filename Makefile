@@ -13,8 +13,9 @@ lint: setup
 bench: setup
 	.venv/bin/python -m loadtest.bench_codec
 
+# The main command: JT/T 808 on 6808, NMEA on 6809, /metrics on 8080, embedded PostGIS in ./data.
 run: setup
-	.venv/bin/fleetwatch --help
+	.venv/bin/fleetwatch serve --data-dir data --jt808-port 6808 --nmea-port 6809 --http-port 8080
 
 clean:
 	rm -rf .venv *.egg-info .pytest_cache .hypothesis

@@ -105,6 +105,14 @@ class Server:
         )
         metrics.gauge("fleetwatch_spool_bytes", "bytes in the spool", lambda: spool.bytes)
         metrics.gauge(
+            "fleetwatch_writer_flushes", "writer transactions", lambda: writer.stats.flushes
+        )
+        metrics.gauge(
+            "fleetwatch_writer_last_flush_seconds",
+            "duration of the last flush",
+            lambda: writer.stats.last_flush_s,
+        )
+        metrics.gauge(
             "fleetwatch_rows_written", "rows committed directly", lambda: writer.stats.rows_written
         )
         metrics.gauge("fleetwatch_rows_spooled", "rows spooled", lambda: writer.stats.rows_spooled)

@@ -36,7 +36,6 @@ from protocols.jt808 import (
     MediaData,
     MediaUploadResponse,
     Message,
-    PlatformGeneralResponse,
     Reassembler,
     Register,
     RegisterResponse,
@@ -45,6 +44,7 @@ from protocols.jt808 import (
     Transparent,
     decode_frame,
     encode_frame,
+    encode_general_response,
 )
 from protocols.jt808.header import Header
 from protocols.jt808.platform import (
@@ -372,11 +372,7 @@ class JT808Protocol(protocol.Protocol):
             self.metrics.inc("fleetwatch_ack_seconds_sum", time.monotonic() - started)
             self.metrics.inc("fleetwatch_ack_seconds_count")
             for serial in message.part_serials or (header.serial,):
-                self.send(
-                    PlatformGeneralResponse(
-                        reply_serial=serial, reply_id=header.msg_id, result=RESULT_OK
-                    )
-                )
+                self.reply(header, RESULT_OK, serial)
 
         future.add_done_callback(durable)
 
@@ -457,12 +453,16 @@ class JT808Protocol(protocol.Protocol):
         )
         self.transport.write(frame)
 
-    def reply(self, header: Header, result: int) -> None:
-        self.send(
-            PlatformGeneralResponse(
-                reply_serial=header.serial, reply_id=header.msg_id, result=result
+    def reply(self, header: Header, result: int, serial: int | None = None) -> None:
+        """0x8001 for a terminal message (or for one part of it: ``serial``)."""
+        if self._closed:
+            return
+        self.transport.write(
+            encode_general_response(
+                self.phone, self.next_serial(), header.serial if serial is None else serial,
+                header.msg_id, result, self.version, self.protocol_version,
             )
-        )
+        )  # fmt: skip
 
     def request_missing_parts(self, now: float) -> None:
         request, abandon = self.reassembler.due(now)

@@ -6,6 +6,11 @@ from collections import Counter
 from collections.abc import Callable
 
 
+def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Labels in a canonical order (sorting only when there is something to sort: hot path)."""
+    return tuple(labels.items()) if len(labels) < 2 else tuple(sorted(labels.items()))
+
+
 class Metrics:
     """Labelled counters (``inc``) and gauges read on demand (``gauge``)."""
 
@@ -15,10 +20,10 @@ class Metrics:
         self.help: dict[str, str] = {}
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        self.counters[(name, tuple(sorted(labels.items())))] += amount
+        self.counters[(name, _key(labels))] += amount
 
     def value(self, name: str, **labels: str) -> float:
-        return self.counters[(name, tuple(sorted(labels.items())))]
+        return self.counters[(name, _key(labels))]
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)

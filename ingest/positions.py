@@ -6,6 +6,7 @@ The protocol edge: Beijing (or the terminal's) time becomes UTC here, extras bec
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from geo.position import SOURCE_JT808, Position
 from protocols.jt808 import (
@@ -19,12 +20,17 @@ from protocols.jt808 import (
 _POSITIONED = 0x02
 
 
+def _plain(extras: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready extras; numbers and text (nearly all of them) pass through untouched."""
+    return {k: v if isinstance(v, int | float | str) else jsonable(v) for k, v in extras.items()}
+
+
 def to_position(
     report: LocationReport, vehicle_id: int, serial: int, received: datetime, batch: bool = False
 ) -> Position:
     """One report as a Position. A report without a valid time is kept with the receive time
     and marked invalid, so the fix is stored but never trusted by the rules."""
-    extras = jsonable(report.extras()) if report.items else {}
+    extras = _plain(report.extras()) if report.items else {}
     valid = bool(report.status & _POSITIONED)
     if report.time is None:
         fix_time = received

@@ -1,7 +1,8 @@
 """The batched position writer: COPY into PostGIS, or the spool when the database is away.
 
-Positions are submitted in small groups (one per terminal message) and become durable together:
-a flush happens when ``batch_rows`` are waiting or the oldest has waited ``max_age`` seconds.
+Positions are submitted in small groups (one per terminal message) and become durable together,
+group-commit style: whatever arrives while a flush runs goes in the next flush, so batches grow
+with the load; a burst reaching an idle writer waits at most ``max_age`` (or ``batch_rows``).
 Each flush is one transaction: COPY into a session temp table, then one INSERT ... SELECT that
 builds the points, drops retransmitted duplicates on (vehicle, fix time, serial) and flags late
 fixes, and one upsert of the last-position table. Every submission gets a future that resolves
@@ -14,6 +15,7 @@ in order) and the spool is replayed oldest first whenever the database answers a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -70,11 +72,15 @@ WHERE last_positions.fix_time < excluded.fix_time
 """
 
 
+#: One encoder for every row: json.dumps with options builds a new encoder per call.
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def position_row(p: Position) -> Row:
     return (
         p.vehicle_id, p.fix_time, p.received_time, p.lon, p.lat, p.speed_kmh, p.heading,
         p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch, p.source,
-        json.dumps(p.extras, ensure_ascii=False, separators=(",", ":")) if p.extras else None,
+        _to_json(p.extras) if p.extras else None,
     )  # fmt: skip
 
 
@@ -114,7 +120,7 @@ class PositionWriter:
         spool: Spool,
         *,
         batch_rows: int = 2000,
-        max_age: float = 0.1,
+        max_age: float = 0.02,
         db_timeout: float = 5.0,
         retry_interval: float = 1.0,
         high_water: int = 50_000,
@@ -192,18 +198,17 @@ class PositionWriter:
             self.on_pressure(self._pressed)
 
     async def _run(self) -> None:
+        """Group commit: while a flush runs, new positions gather and go in the next one, so
+        batches grow with the load by themselves. Only a burst arriving at an idle writer waits
+        (at most ``max_age``, or until ``batch_rows``) for company."""
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._pending and self._pending_rows < self.batch_rows and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.max_age)
+                self._wake.clear()
             while self._pending:
-                wait = self._oldest + self.max_age - time.monotonic()
-                if self._pending_rows < self.batch_rows and wait > 0 and not self._closing:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                        self._wake.clear()
-                        continue  # more arrived: re-check size and age
-                    except TimeoutError:
-                        pass
                 await self._flush()
             if self._closing:
                 await self._replay(force=True)

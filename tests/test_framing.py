@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocols.jt808 import (
     FrameSplitter,
@@ -13,6 +15,7 @@ from protocols.jt808 import (
     check_code,
     decode_frame,
     encode_frame,
+    encode_general_response,
     escape,
     unescape,
 )
@@ -159,3 +162,21 @@ def test_replies_keep_the_terminals_header_layout() -> None:
     message = decode_frame(frame)
     assert message.version == 2019 and message.header.protocol_version == 1
     assert message.body == ack
+
+
+@given(
+    phone=st.from_regex(r"\A[0-9]{1,12}\Z"),
+    serial=st.integers(0, 0xFFFF),
+    reply_serial=st.sampled_from([0x7E, 0x7D, 0x7E7D]) | st.integers(0, 0xFFFF),
+    reply_id=st.integers(0, 0xFFFF),
+    result=st.integers(0, 4),
+    v2019=st.booleans(),
+)
+def test_fast_general_response_equals_the_generic_encoder(
+    phone: str, serial: int, reply_serial: int, reply_id: int, result: int, v2019: bool
+) -> None:
+    version = 2019 if v2019 else 2013
+    body = PlatformGeneralResponse(reply_serial=reply_serial, reply_id=reply_id, result=result)
+    assert encode_general_response(
+        phone, serial, reply_serial, reply_id, result, version=version
+    ) == encode_frame(body, phone=phone, serial=serial, version=version)

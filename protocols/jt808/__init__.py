@@ -22,6 +22,7 @@ from .codec import (
     encode_body,
     encode_frame,
     encode_frames,
+    encode_general_response,
 )
 from .errors import JT808Error
 from .framing import DroppedBytes, FrameSplitter, check_code, escape, unescape
@@ -66,6 +67,7 @@ __all__ = [
     "encode_body",
     "encode_frame",
     "encode_frames",
+    "encode_general_response",
     "encode_items",
     "escape",
     "interpret_items",

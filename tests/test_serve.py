@@ -1,0 +1,97 @@
+"""``fleetwatch serve`` as a user runs it: a subprocess on its embedded PostGIS, then Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+from tests.aio import aio_test
+from tests.terminal_client import Terminal, report
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if proc.returncode is not None:
+            raise AssertionError(f"fleetwatch serve exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"port {port} did not open within {timeout} s")
+
+
+@aio_test
+async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path) -> None:
+    jt808, http, nmea = _free_port(), _free_port(), _free_port()
+    data = short_tmp / "data"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleetwatch.cli", "serve", "--data-dir", str(data),
+        "--jt808-port", str(jt808), "--http-port", str(http), "--nmea-port", str(nmea),
+        "--host", "127.0.0.1", "--log-format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        await _wait_for_port(jt808, proc, 60)
+        terminal = await Terminal.connect(jt808, "13955550000")
+        await terminal.login("沪A55550")
+        for i in range(5):
+            await terminal.send(report(i))
+            assert (await terminal.receive()).body.result == 0
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
+        )
+        assert 'fleetwatch_positions_total{outcome="db"} 5' in metrics
+        assert "fleetwatch_terminals_authenticated 1" in metrics
+        await terminal.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert not list((data / "spool").glob("*.spool")) or all(
+        p.stat().st_size == 0 for p in (data / "spool").glob("*.spool"))
+    # The cluster was stopped on exit: start it again (as the CLI does) and read the rows back.
+    output = await asyncio.to_thread(_cli, "db", "status", "--data-dir", str(data))
+    assert "0001" in output
+    from store.cluster import EmbeddedCluster
+
+    cluster = EmbeddedCluster.in_data_dir(data)
+    assert not cluster.running
+    await asyncio.to_thread(cluster.start)
+    try:
+        conn = await asyncpg.connect(cluster.url)
+        assert await conn.fetchval("SELECT count(*) FROM positions") == 5
+        await conn.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    assert any(json.loads(line).get("log_namespace") for line in stderr.decode().splitlines()
+               if line.startswith("{"))
+
+
+def _cli(*args: str) -> str:
+    import contextlib
+    import io
+
+    from fleetwatch.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(list(args)) == 0
+    return out.getvalue()
