@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import signal
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="days of track history to keep (at least 183)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ingest processes sharing the TCP ports (one Python process uses one core)",
+    )
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -86,14 +95,15 @@ class Server:
 
         args = self.args
         self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=8)
-        async with self.pool.acquire() as conn:
-            await migrate(conn)
-        await self.maintain()
+        if args.worker_index == 0:
+            async with self.pool.acquire() as conn:
+                await migrate(conn)
+            await self.maintain()
         metrics = Metrics()
-        spool = Spool(args.data_dir / "spool")
+        spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
         self.writer = PositionWriter(lambda: asyncpg.connect(self.db_url), spool)
         self.service = IngestService(
-            Directory(self.pool, args.policy), self.writer.submit, metrics,
+            Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
         self.writer.start()
@@ -122,14 +132,7 @@ class Server:
             lambda: writer.stats.rows_replayed,
         )
 
-        self.ports.append(
-            reactor.listenTCP(
-                args.jt808_port,
-                JT808Factory(self.service),  # type: ignore[attr-defined]
-                backlog=4096,
-                interface=args.host,
-            )
-        )
+        self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
         services = [self.service]
         if args.nmea_port:
             from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
@@ -139,28 +142,36 @@ class Server:
 
             nmea = NmeaService(lookup, self.writer.submit, metrics)
             services.append(nmea)
-            self.ports.append(
-                reactor.listenTCP(  # type: ignore[attr-defined]
-                    args.nmea_port, NmeaFactory(nmea), interface=args.host
-                )
-            )
+            self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
 
         def pressure(on: bool) -> None:
             for service in services:
                 service.set_pressure(on)
 
         self.writer.on_pressure = pressure
-        root = Resource()
-        root.putChild(b"metrics", MetricsResource(metrics))
-        self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
+        if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
+            root = Resource()
+            root.putChild(b"metrics", MetricsResource(metrics))
+            self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
         sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
         sweep.start(2.0, now=False)
-        maintenance = LoopingCall(lambda: _aio(self.maintain()))
-        maintenance.start(3600.0, now=False)
-        self.loops += [sweep, maintenance]
+        self.loops.append(sweep)
+        if args.worker_index == 0:
+            maintenance = LoopingCall(lambda: _aio(self.maintain()))
+            maintenance.start(3600.0, now=False)
+            self.loops.append(maintenance)
         for port in self.ports:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
+
+    def listen(self, port: int, factory: Any) -> Any:
+        from twisted.internet import reactor
+
+        from ingest.listen import listen_shared
+
+        if self.args.workers > 1:
+            return listen_shared(reactor, port, factory, self.args.host)
+        return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.host)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
         """Partitions ahead of time, whole-partition retention."""
@@ -223,12 +234,13 @@ def run(args: argparse.Namespace) -> int:
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"fleetwatch: another 'fleetwatch serve' is using {args.data_dir}", file=sys.stderr)
-        return 1
+    if args.worker_index == 0:
+        lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"fleetwatch: another 'fleetwatch serve' uses {args.data_dir}", file=sys.stderr)
+            return 1
     cluster = None
     db_url = args.db
     if db_url is None:
@@ -236,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.start()
         db_url = cluster.url
     server = Server(args, db_url)
+    workers = _spawn_workers(args, db_url) if args.worker_index == 0 else []
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
@@ -246,9 +259,38 @@ def run(args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(lambda: _aio(server.start()).addErrback(started_failed))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("during", "shutdown", _stop_workers, workers)  # type: ignore[attr-defined]
     try:
         reactor.run()  # type: ignore[attr-defined]
     finally:
+        _stop_workers(workers)
         if cluster is not None:
             cluster.stop()
     return status["code"]
+
+
+def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Popen[bytes]]:
+    """Workers 1..N-1: the same server on the same ports (SO_REUSEPORT) and database."""
+    workers = []
+    for index in range(1, args.workers):
+        command = [
+            sys.executable, "-m", "fleetwatch.cli", "serve", "--db", db_url,
+            "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
+            "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
+            "--log-format", args.log_format, "--workers", str(args.workers),
+            "--worker-index", str(index),
+        ]  # fmt: skip
+        workers.append(subprocess.Popen(command))
+    return workers
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Ask the workers to stop (they flush their writers first) and wait for them."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()

@@ -66,7 +66,8 @@ NO_ACK_IDS = frozenset((0x0001, 0x0100, 0x0801))
 GNSS_QUALITY = ("fix_quality", "satellites", "hdop", "pdop", "vdop", "fix_type")
 GNSS_FRESH_S = 60.0
 
-SubmitPositions = Callable[[list[Position]], "asyncio.Future[str]"]
+#: The writer's ``write(positions, done)``: ``done`` gets "db"/"spool", or the exception.
+WritePositions = Callable[[list[Position], Callable[[str | BaseException], None]], None]
 
 
 def aio(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
@@ -80,7 +81,7 @@ class IngestService:
     def __init__(
         self,
         directory: Directory,
-        submit: SubmitPositions,
+        write: WritePositions,
         metrics: Metrics | None = None,
         *,
         idle_timeout: float = 180.0,
@@ -90,8 +91,14 @@ class IngestService:
     ) -> None:
         self.directory = directory
         self.media = media
-        self.submit = submit
-        self.metrics = metrics or Metrics()
+        self.metrics = m = metrics or Metrics()
+        self.frame_keys: dict[int, Any] = {}
+        self.k_positions = {
+            o: m.key("fleetwatch_positions_total", outcome=o) for o in ("db", "spool")
+        }
+        self.k_ack_sum = m.key("fleetwatch_ack_seconds_sum")
+        self.k_ack_count = m.key("fleetwatch_ack_seconds_count")
+        self.write = write
         self.idle_timeout = idle_timeout
         self.max_auth_failures = max_auth_failures
         self.reassembly_timeout = reassembly_timeout
@@ -247,7 +254,12 @@ class JT808Protocol(protocol.Protocol):
                 self.reply(exc.header, RESULT_MESSAGE_ERROR)
             return
         header = message.header
-        self.metrics.inc("fleetwatch_frames_total", msg_id=f"0x{header.msg_id:04X}")
+        key = self.service.frame_keys.get(header.msg_id)
+        if key is None:
+            key = self.service.frame_keys[header.msg_id] = self.metrics.key(
+                "fleetwatch_frames_total", msg_id=f"0x{header.msg_id:04X}"
+            )
+        self.metrics.add(key)
         if message.problems:
             log.debug(
                 "frame from {phone} with problems {problems}: {hex}",
@@ -360,21 +372,22 @@ class JT808Protocol(protocol.Protocol):
         header = message.header
         started = time.monotonic()
         self.pending_acks += 1
-        future = self.service.submit(positions)
+        service = self.service
 
-        def durable(done: asyncio.Future[str]) -> None:
+        def durable(outcome: str | BaseException) -> None:
             self.pending_acks -= 1
-            if done.cancelled() or done.exception() is not None:
+            if isinstance(outcome, BaseException):
                 # Not durable: no ack, so the terminal retransmits it.
                 self.metrics.inc("fleetwatch_positions_unacked_total", len(positions))
                 return
-            self.metrics.inc("fleetwatch_positions_total", len(positions), outcome=done.result())
-            self.metrics.inc("fleetwatch_ack_seconds_sum", time.monotonic() - started)
-            self.metrics.inc("fleetwatch_ack_seconds_count")
+            metrics = self.metrics
+            metrics.add(service.k_positions[outcome], len(positions))
+            metrics.add(service.k_ack_sum, time.monotonic() - started)
+            metrics.add(service.k_ack_count)
             for serial in message.part_serials or (header.serial,):
                 self.reply(header, RESULT_OK, serial)
 
-        future.add_done_callback(durable)
+        service.write(positions, durable)
 
     def on_transparent(self, message: Message) -> None:
         """0x0900: GNSS detail data (type 0x00) adds fix quality, HDOP and satellites to the

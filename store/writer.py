@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -111,8 +112,19 @@ class WriterStats:
     last_flush_s: float = 0.0
 
 
+#: Called once the rows are durable ("db" or "spool"), or with the exception that kept them
+#: from being so (then nothing may be acknowledged).
+Done = Callable[[str | BaseException], None]
+
+
 class PositionWriter:
-    """Collects positions, flushes them in batches, and tells each submitter when it is safe."""
+    """Collects positions, flushes them in batches, and tells each submitter when it is safe.
+
+    The database work runs on an event loop of its own, in a thread: its round trips then never
+    wait behind the thousands of terminal frames the server's loop is handling, which would
+    stretch every flush (and every ack) under load. ``write``, ``submit``, ``queue_depth`` and
+    the callbacks belong to the caller's loop; everything else to the writer's thread.
+    """
 
     def __init__(
         self,
@@ -138,12 +150,16 @@ class PositionWriter:
         self.on_pressure = on_pressure
         self.stats = WriterStats()
         self._conn: asyncpg.Connection | None = None
-        self._pending: list[tuple[list[Row], asyncio.Future[str]]] = []
+        self._lock = threading.Lock()  # guards _pending and _pending_rows
+        self._pending: list[tuple[Sequence[Position], Done]] = []
         self._pending_rows = 0
-        self._in_flight = 0
+        self._queued = 0  # rows written and not yet reported back (caller's thread)
         self._oldest = 0.0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the writer's
+        self._caller: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._closing = False
         self._pressed = False
         self._next_db_try = 0.0
@@ -152,42 +168,103 @@ class PositionWriter:
     @property
     def queue_depth(self) -> int:
         """Rows submitted and not yet durable."""
-        return self._pending_rows + self._in_flight
+        return self._queued
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Start the writer's thread (call from the caller's running loop)."""
+        if self._thread is not None:
+            return
+        self._caller = asyncio.get_running_loop()
+        self._stopped = self._caller.create_future()
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._wake = asyncio.Event()
+            ready.set()
+            try:
+                loop.run_until_complete(self._run())
+                if self._conn is not None:
+                    loop.run_until_complete(self._conn.close())
+                    self._conn = None
+            finally:
+                loop.close()
+                self._caller_call(self._finish_close)
+
+        self._thread = threading.Thread(target=main, name="position-writer", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def write(self, positions: Sequence[Position], done: Done) -> None:
+        """Queue positions; ``done`` is called (in the caller's loop) once they are durable."""
+        if self._closing or self._loop is None:
+            done(RuntimeError("the position writer is closed"))
+            return
+        n = len(positions)
+        self._queued += n
+        self.stats.rows_submitted += n
+        with self._lock:
+            first = not self._pending
+            if first:
+                self._oldest = time.monotonic()
+            self._pending.append((positions, done))
+            self._pending_rows += n
+            full = self._pending_rows >= self.batch_rows
+        if first or full:
+            self._loop.call_soon_threadsafe(self._wake_up)
+        self._check_pressure()
 
     def submit(self, positions: Sequence[Position]) -> asyncio.Future[str]:
-        """Queue positions; the future resolves once they are committed or spooled."""
+        """:meth:`write` as a future: it resolves to "db" or "spool" once the rows are durable."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        if self._closing:
-            future.set_exception(RuntimeError("the position writer is closed"))
-            return future
-        rows = [position_row(p) for p in positions]
-        if not self._pending:
-            self._oldest = time.monotonic()
-        self._pending.append((rows, future))
-        self._pending_rows += len(rows)
-        self.stats.rows_submitted += len(rows)
-        if self._pending_rows >= self.batch_rows or len(self._pending) == 1:
-            self._wake.set()
-        self._check_pressure()
+
+        def done(outcome: str | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.write(positions, done)
         return future
 
     async def close(self) -> None:
-        """Flush what is queued, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        """Flush what is queued, then stop the thread."""
+        if self._thread is None or self._stopped is None:
+            self.spool.close()
+            return
+        if not self._closing:
+            self._closing = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake_up)
+        await asyncio.shield(self._stopped)
+
+    def _finish_close(self) -> None:
         self.spool.close()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _wake_up(self) -> None:
+        assert self._wake is not None
+        self._wake.set()
+
+    def _caller_call(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._caller is not None
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody to tell
+            self._caller.call_soon_threadsafe(fn, *args)
+
+    def _report(self, batch: list[tuple[Sequence[Position], Done]], outcome: str | BaseException,
+                rows: int) -> None:
+        """In the caller's loop: tell every submitter of a flushed batch."""
+        self._queued -= rows
+        for _, done in batch:
+            done(outcome)
+        self._check_pressure()
 
     def _check_pressure(self) -> None:
-        depth = self.queue_depth
+        depth = self._queued
         if not self._pressed and depth >= self.high_water:
             self._pressed = True
         elif self._pressed and depth <= self.low_water:
@@ -201,31 +278,36 @@ class PositionWriter:
         """Group commit: while a flush runs, new positions gather and go in the next one, so
         batches grow with the load by themselves. Only a burst arriving at an idle writer waits
         (at most ``max_age``, or until ``batch_rows``) for company."""
+        assert self._wake is not None
+        wake = self._wake
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await wake.wait()
+            wake.clear()
             if self._pending and self._pending_rows < self.batch_rows and not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.max_age)
-                self._wake.clear()
+                    await asyncio.wait_for(wake.wait(), self.max_age)
+                wake.clear()
             while self._pending:
                 await self._flush()
             if self._closing:
                 await self._replay(force=True)
-                return
+                if not self._pending:
+                    return
+                continue
             if not self.spool.empty:
                 await self._replay()
                 if not self.spool.empty and not self._pending:
                     # Nothing new to write: keep trying to drain the spool in the background.
                     await asyncio.sleep(self.retry_interval)
-                    self._wake.set()
+                    wake.set()
 
     async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        rows = [row for group, _ in batch for row in group]
-        self._in_flight, self._pending_rows = len(rows), 0
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._pending_rows = 0
+        rows = [position_row(p) for positions, _ in batch for p in positions]
         started = time.monotonic()
-        outcome = "spool"
+        outcome: str | BaseException = "spool"
         try:
             if self.spool.empty and await self._try_db(rows):
                 outcome = "db"
@@ -235,18 +317,11 @@ class PositionWriter:
                 self.stats.rows_spooled += len(rows)
         except OSError as exc:  # the spool could not be written either: nothing is acked
             log.error("spool write failed, %d rows not acknowledged: %s", len(rows), exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(outcome)
+            outcome = exc
         finally:
-            self._in_flight = 0
             self.stats.flushes += 1
             self.stats.last_flush_s = time.monotonic() - started
-            self._check_pressure()
+            self._caller_call(self._report, batch, outcome, len(rows))
 
     async def _try_db(self, rows: Sequence[Row]) -> bool:
         if time.monotonic() < self._next_db_try:

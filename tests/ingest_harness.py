@@ -42,7 +42,7 @@ async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(workdir / "spool"),
                             **writer_opts)
     metrics = Metrics()
-    service = IngestService(Directory(pool, policy), writer.submit, metrics,
+    service = IngestService(Directory(pool, policy), writer.write, metrics,
                             media=MediaStore(workdir / "media", pool), **options)
     writer.on_pressure = service.set_pressure
     writer.start()

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.aio import aio_test
 from tests.terminal_client import Terminal, report
@@ -37,36 +38,42 @@ async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: f
     raise AssertionError(f"port {port} did not open within {timeout} s")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @aio_test
-async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path) -> None:
+async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: int) -> None:
     jt808, http, nmea = _free_port(), _free_port(), _free_port()
     data = short_tmp / "data"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fleetwatch.cli", "serve", "--data-dir", str(data),
         "--jt808-port", str(jt808), "--http-port", str(http), "--nmea-port", str(nmea),
-        "--host", "127.0.0.1", "--log-format", "json",
+        "--host", "127.0.0.1", "--log-format", "json", "--workers", str(workers),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
         await _wait_for_port(jt808, proc, 60)
-        terminal = await Terminal.connect(jt808, "13955550000")
-        await terminal.login("沪A55550")
-        for i in range(5):
-            await terminal.send(report(i))
-            assert (await terminal.receive()).body.result == 0
+        await asyncio.sleep(1.0 * (workers - 1))  # the other workers start listening too
+        terminals = []
+        for n in range(4):  # with several workers the kernel spreads these over them
+            terminal = await Terminal.connect(jt808, f"1395555000{n}")
+            await terminal.login(f"沪A5555{n}")
+            for i in range(5):
+                await terminal.send(report(i))
+                assert (await terminal.receive()).body.result == 0
+            terminals.append(terminal)
         metrics = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
         )
-        assert 'fleetwatch_positions_total{outcome="db"} 5' in metrics
-        assert "fleetwatch_terminals_authenticated 1" in metrics
-        await terminal.close()
+        if workers == 1:
+            assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
+            assert "fleetwatch_terminals_authenticated 4" in metrics
+        for terminal in terminals:
+            await terminal.close()
     finally:
         proc.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()[-2000:]
-    assert not list((data / "spool").glob("*.spool")) or all(
-        p.stat().st_size == 0 for p in (data / "spool").glob("*.spool"))
+    assert all(p.stat().st_size == 0 for p in (data / "spool").rglob("*.spool"))
     # The cluster was stopped on exit: start it again (as the CLI does) and read the rows back.
     output = await asyncio.to_thread(_cli, "db", "status", "--data-dir", str(data))
     assert "0001" in output
@@ -77,7 +84,7 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path) -> None:
     await asyncio.to_thread(cluster.start)
     try:
         conn = await asyncpg.connect(cluster.url)
-        assert await conn.fetchval("SELECT count(*) FROM positions") == 5
+        assert await conn.fetchval("SELECT count(*) FROM positions") == 20
         await conn.close()
     finally:
         await asyncio.to_thread(cluster.stop)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Self
 
 from .body import Body, Spec, jsonable, message
+from .location_items import interpret_items
 from .wire import Reader, Writer, bcd_time, time_bcd
 
 _BASIC = struct.Struct(">IIIIHHH6s")
@@ -206,8 +207,6 @@ class LocationReport(Body):
 
     def extras(self) -> dict[str, Any]:
         """Additional items by name; unknown and vendor items as ``"0xNN"`` → raw bytes."""
-        from .location_items import interpret_items
-
         return interpret_items(self.items)
 
     def to_json(self) -> dict[str, Any]:
