@@ -54,6 +54,10 @@ RUN_AS, FALLBACK_RUN_AS = "postgres", "fleetwatch-pg"
 MAX_SOCKET_PATH = 107
 #: Prefix of the short socket directories made under /tmp when ``data_dir/run`` is too long.
 TMP_SOCKET_PREFIX = "fwpg-"
+#: Settings for a write-heavy track store that keep crash safety: a bigger buffer cache and fewer
+#: checkpoints (each one writes full-page images of every page touched afterwards).
+TUNING_OPTIONS = ("-c", "shared_buffers=256MB", "-c", "max_wal_size=4GB",
+                  "-c", "checkpoint_timeout=15min")  # fmt: skip
 #: Settings that trade crash safety for speed; only for throwaway (test) clusters.
 NON_DURABLE_OPTIONS = ("-F", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 
@@ -444,7 +448,7 @@ class EmbeddedCluster:
         socket_dir, temporary = self._socket_dir_for_start(user)
         self._remove_stale_locks(socket_dir)
         options = ["-k", str(socket_dir), "-p", str(self.port), "-c", "listen_addresses=",
-                   "-c", "unix_socket_permissions=0700"]  # fmt: skip
+                   "-c", "unix_socket_permissions=0700", *TUNING_OPTIONS]  # fmt: skip
         if not self.durable:
             options += NON_DURABLE_OPTIONS
         argv = [str(pg_bin(self._version()) / "pg_ctl"), "start", "-D", str(self.pgdata),
