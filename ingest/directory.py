@@ -26,8 +26,11 @@ from protocols.jt808.platform import (
 POLICY_OPEN, POLICY_KNOWN = "open", "known"
 
 
-def normalise_phone(phone: str) -> str:
-    """Terminal phones are compared without their BCD left padding."""
+def phone_key(phone: str) -> str:
+    """A terminal's phone as stored in ``vehicles.phone``: without its BCD left padding.
+
+    Unlike ``store.vehicles.normalise_phone`` (for what people type), it validates nothing: it
+    keys whatever a terminal sends, hex digits of a binary IMEI included."""
     return phone.lstrip("0") or "0"
 
 
@@ -62,14 +65,14 @@ class Directory:
 
     async def find(self, phone: str) -> Vehicle | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM vehicles WHERE phone = $1", normalise_phone(phone)
+            f"SELECT {_COLUMNS} FROM vehicles WHERE phone = $1", phone_key(phone)
         )
         return Vehicle(*row) if row else None
 
     async def register(self, phone: str, reg: Register, version: int) -> tuple[int, str]:
         """Answer a registration: (0x8100 result, auth code). A terminal that registers again
         (after a reset) gets a fresh code; its old one stops working."""
-        phone = normalise_phone(phone)
+        phone = phone_key(phone)
         plate = reg.plate.strip() or None
         async with self.pool.acquire() as conn, conn.transaction():
             vehicle = await conn.fetchrow("SELECT id, plate FROM vehicles WHERE phone = $1", phone)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from ingest.directory import normalise_phone
+from ingest.directory import phone_key
 from protocols.jt808 import Body, Message
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Downlink:
         self.timeout = timeout
 
     def connection(self, phone: str) -> JT808Protocol:
-        conn = self.service.sessions.get(normalise_phone(phone))
+        conn = self.service.sessions.get(phone_key(phone))
         if conn is None:
             raise CommandError("offline", f"terminal {phone} is not connected")
         return conn

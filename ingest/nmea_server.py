@@ -45,7 +45,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from geo.position import Position
-from ingest.directory import normalise_phone
+from ingest.directory import phone_key
 from ingest.metrics import Metrics
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, checksum
 
@@ -107,7 +107,7 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     digits = re.sub(r"[\s-]", "", ident)
     if digits.isdigit() and digits.isascii():
         found = await pool.fetchval(
-            "SELECT id FROM vehicles WHERE phone = $1", normalise_phone(digits)
+            "SELECT id FROM vehicles WHERE phone = $1", phone_key(digits)
         )
         if found is not None:
             return int(found)
