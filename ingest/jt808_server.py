@@ -464,13 +464,33 @@ class JT808Protocol(protocol.Protocol):
             version=self.version,
             protocol_version=self.protocol_version,
         )
-        self.transport.write(frame)
+        self.write(frame)
+
+    def write(self, data: bytes) -> None:
+        """Send at once when nothing is queued, else queue behind it (order is kept).
+
+        Twisted's ``write`` always buffers until the socket is reported writable: for the one
+        small ack most terminal messages get, that is two epoll changes and a loop turn each
+        (a fifth of the server's CPU in a profile of one-message-per-read load). Trying the send
+        first is what asyncio's own transports do. Falls back to ``write`` if Twisted changes.
+        """
+        transport = self.transport
+        queued = getattr(transport, "_tempDataBuffer", None)
+        send = getattr(transport, "writeSomeData", None)
+        if send is None or queued is None or queued or transport.dataBuffer or (
+            not transport.connected or transport.disconnecting
+        ):
+            transport.write(data)
+            return
+        sent = send(data)
+        if isinstance(sent, int) and sent < len(data):
+            transport.write(data[sent:])
 
     def reply(self, header: Header, result: int, serial: int | None = None) -> None:
         """0x8001 for a terminal message (or for one part of it: ``serial``)."""
         if self._closed:
             return
-        self.transport.write(
+        self.write(
             encode_general_response(
                 self.phone, self.next_serial(), header.serial if serial is None else serial,
                 header.msg_id, result, self.version, self.protocol_version,
