@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
@@ -55,6 +55,7 @@ from protocols.jt808.platform import (
 )
 
 log = Logger()
+T = TypeVar("T")
 
 LOCATION_IDS = frozenset((0x0200, 0x0201, 0x0500, 0x0704))
 #: Accepted before authentication (a terminal may also log out or beat its heart).
@@ -70,7 +71,7 @@ GNSS_FRESH_S = 60.0
 WritePositions = Callable[[list[Position], Callable[[str | BaseException], None]], None]
 
 
-def aio(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+def aio(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
     """asyncio coroutine → Deferred (the one bridge between Twisted and asyncpg)."""
     return Deferred.fromFuture(asyncio.ensure_future(coro))
 
@@ -175,7 +176,6 @@ class JT808Protocol(protocol.Protocol):
         self._backlog: deque[bytes] = deque()
         self._waiting = False  # a registration/authentication answer is pending
         self._closed = False
-        self.pending_acks = 0
         self.commands = PendingCommands()
         self.gnss: dict[str, Any] = {}  # quality of the latest 0x0900 GNSS detail data
         self.gnss_at = 0.0
@@ -371,11 +371,9 @@ class JT808Protocol(protocol.Protocol):
             return
         header = message.header
         started = time.monotonic()
-        self.pending_acks += 1
         service = self.service
 
         def durable(outcome: str | BaseException) -> None:
-            self.pending_acks -= 1
             if isinstance(outcome, BaseException):
                 # Not durable: no ack, so the terminal retransmits it.
                 self.metrics.inc("fleetwatch_positions_unacked_total", len(positions))

@@ -151,10 +151,9 @@ class PositionWriter:
         self._conn: asyncpg.Connection | None = None
         self._pending: list[tuple[Sequence[Position], Done]] = []
         self._pending_rows = 0
-        self._queued = 0  # rows written and not yet reported back (caller's thread)
+        self._queued = 0  # rows written and not yet reported back
         self._oldest = 0.0
         self._wake: asyncio.Event | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self._closing = False
         self._pressed = False
         self._next_db_try = 0.0
@@ -169,19 +168,8 @@ class PositionWriter:
         """Start the writer as a task of the running loop."""
         if self._task is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._stopped = loop.create_future()
         self._wake = asyncio.Event()
-        self._task = loop.create_task(self._run_here())
-
-    async def _run_here(self) -> None:
-        try:
-            await self._run()
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
-        finally:
-            self._finish_close()
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     def write(self, positions: Sequence[Position], done: Done) -> None:
         """Queue positions; ``done`` is called (in the caller's loop) once they are durable."""
@@ -217,18 +205,15 @@ class PositionWriter:
 
     async def close(self) -> None:
         """Flush what is queued, then stop."""
-        if self._task is None or self._stopped is None:
-            self.spool.close()
-            return
-        if not self._closing:
-            self._closing = True
-            self._wake_up()
-        await asyncio.shield(self._stopped)
-
-    def _finish_close(self) -> None:
+        if self._task is not None:
+            if not self._closing:
+                self._closing = True
+                self._wake_up()
+            await asyncio.shield(self._task)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
         self.spool.close()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
 
     def _wake_up(self) -> None:
         assert self._wake is not None
