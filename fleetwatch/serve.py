@@ -101,7 +101,12 @@ class Server:
             await self.maintain()
         metrics = Metrics()
         spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
-        self.writer = PositionWriter(lambda: asyncpg.connect(self.db_url), spool)
+        flush_seconds = metrics.histogram(
+            "fleetwatch_writer_flush_seconds", "duration of a writer flush (one transaction)"
+        )
+        self.writer = PositionWriter(
+            lambda: asyncpg.connect(self.db_url), spool, on_flush=flush_seconds.observe
+        )
         self.service = IngestService(
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),

@@ -97,8 +97,10 @@ class IngestService:
         self.k_positions = {
             o: m.key("fleetwatch_positions_total", outcome=o) for o in ("db", "spool")
         }
-        self.k_ack_sum = m.key("fleetwatch_ack_seconds_sum")
-        self.k_ack_count = m.key("fleetwatch_ack_seconds_count")
+        self.ack_seconds = m.histogram(
+            "fleetwatch_ack_seconds",
+            "location report received → acknowledged (rows durable), seconds",
+        )
         self.write = write
         self.idle_timeout = idle_timeout
         self.max_auth_failures = max_auth_failures
@@ -380,8 +382,7 @@ class JT808Protocol(protocol.Protocol):
                 return
             metrics = self.metrics
             metrics.add(service.k_positions[outcome], len(positions))
-            metrics.add(service.k_ack_sum, time.monotonic() - started)
-            metrics.add(service.k_ack_count)
+            service.ack_seconds.observe(time.monotonic() - started)
             for serial in message.part_serials or (header.serial,):
                 self.reply(header, RESULT_OK, serial)
 

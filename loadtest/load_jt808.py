@@ -736,6 +736,36 @@ def _ancestors() -> set[int]:
     return pids
 
 
+def _is_postgres(pid: int) -> bool:
+    """argv[0] of ``pid`` names a postgres program (the postmaster or a ``postgres: ...``)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"postgres" in f.read().split(b"\0", 1)[0]
+
+
+def with_workers(pids: list[int]) -> list[int]:
+    """``pids`` and their descendants that are not postgres: the ingest workers that
+    ``serve --workers N`` spawns count as the server; its embedded cluster does not."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    data = f.read()
+                parents[int(name)] = int(data[data.rindex(b")") + 2 :].split()[1])
+            except (OSError, ValueError):
+                continue
+    out = list(pids)
+    for pid in out:  # grows while it is walked: breadth first
+        for child, parent in parents.items():
+            if parent == pid and child not in out:
+                try:
+                    if not _is_postgres(child):
+                        out.append(child)
+                except OSError:
+                    continue
+    return out
+
+
 def postgres_cpu(exclude: set[int], root: int | None = None) -> dict[int, float]:
     """CPU seconds of the postgres processes: those whose command line starts with a postgres
     program (argv[0] contains ``postgres``: the postmaster and its ``postgres: ...`` children),
@@ -747,9 +777,8 @@ def postgres_cpu(exclude: set[int], root: int | None = None) -> dict[int, float]
             continue
         pid = int(name)
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"postgres" not in f.read().split(b"\0", 1)[0]:
-                    continue
+            if not _is_postgres(pid):
+                continue
             if root is not None and pid != root:
                 with open(f"/proc/{pid}/stat", "rb") as f:
                     data = f.read()
@@ -1070,7 +1099,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--procs", type=int, default=1, help="worker processes")
     p.add_argument("--cpus", default="", help="pin worker k to CPU k mod this list, e.g. 0 or 0,1")
     p.add_argument("--start-time", default=None, help="first fix time, ISO (default: now)")
-    p.add_argument("--server-pid", type=int, action="append", default=[], help="repeatable")
+    p.add_argument(
+        "--server-pid", type=int, action="append", default=[],
+        help="repeatable; its non-postgres child processes (serve --workers) count too",
+    )  # fmt: skip
     p.add_argument(
         "--postgres-pid", type=int, help="postmaster pid: count only its cluster's processes"
     )
@@ -1145,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
     _raise_nofile(0)
     try:
-        stats, sampled = run(cfg, a.server_pid, a.postgres_pid)
+        stats, sampled = run(cfg, with_workers(a.server_pid), a.postgres_pid)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -67,6 +67,9 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
         if workers == 1:
             assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
             assert "fleetwatch_terminals_authenticated 4" in metrics
+            assert 'fleetwatch_ack_seconds_bucket{le="+Inf"} 20' in metrics
+            assert "fleetwatch_ack_seconds_count 20" in metrics
+            assert "# TYPE fleetwatch_writer_flush_seconds histogram" in metrics
         for terminal in terminals:
             await terminal.close()
     finally:
