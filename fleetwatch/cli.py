@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from fleetwatch import db_cmd, decode, import_nmea, serve, vehicles_cmd
+from fleetwatch import alerts_cmd, db_cmd, decode, import_nmea, serve, vehicles_cmd
 
 #: ``register`` functions of the subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -23,6 +23,8 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     db_cmd.register,
     vehicles_cmd.register,
     import_nmea.register,
+    alerts_cmd.register,
+    alerts_cmd.register_watchlist,
 )
 
 

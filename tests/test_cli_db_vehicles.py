@@ -21,7 +21,10 @@ import pytest
 
 from fleetwatch.cli import main
 from store.cluster import EmbeddedCluster, pg_bin
+from store.migrations import available
 from tests.aio import aio_test, in_thread
+
+LABELS = [m.label for m in available()]
 
 GOOD_CSV = """\
 plate,plate_color,class,company,phone,vin
@@ -68,24 +71,25 @@ async def test_db_init_status_url(
 ) -> None:
     target, status, out = initialized
     assert status == 0
-    assert "applied 0001_initial" in out
+    assert all(f"applied {label}" in out for label in LABELS)
     assert "created 10 partition(s)" in out
     cluster = EmbeddedCluster.in_data_dir(target)
     assert cluster.initialized and not cluster.running  # started for the command, then stopped
 
     status, out, err = await cli(capsys, "db", "init", "--data-dir", str(target))
     assert status == 0, err
-    assert "schema up to date (0001_initial)" in out  # idempotent
+    assert f"schema up to date ({LABELS[-1]})" in out  # idempotent
 
     status, out, err = await cli(capsys, "db", "status", "--data-dir", str(target))
     assert status == 0, err
-    assert out.splitlines()[:4] == [
-        "applied migrations:",
-        out.splitlines()[1],
+    n = len(LABELS)
+    lines = out.splitlines()
+    assert lines[0] == "applied migrations:" and lines[n + 1 : n + 3] == [
         "pending migrations:",
         "  (none)",
     ]
-    assert out.splitlines()[1].startswith("  0001_initial  20")
+    assert [line.split()[0] for line in lines[1 : n + 1]] == LABELS
+    assert all(line.split()[1].startswith("20") for line in lines[1 : n + 1])
     assert "10 daily: positions_" in out
     assert "positions_default: 0 row(s)" in out
     assert not cluster.running
@@ -106,7 +110,7 @@ async def test_db_init_status_url(
             capture_output=True,
             text=True,
         )
-        assert (psql.returncode, psql.stdout) == (0, "1\n"), psql.stderr
+        assert (psql.returncode, psql.stdout) == (0, f"{len(LABELS)}\n"), psql.stderr
         # Commands use the running server and leave it running.
         status, out, err = await cli(capsys, "db", "status", "--data-dir", str(target))
         assert status == 0, err
@@ -134,7 +138,8 @@ async def test_db_migrate_and_status_with_url(
 ) -> None:
     status, out, err = await cli(capsys, "db", "status", "--db", bare_db_url)
     assert status == 0, err
-    assert "applied migrations:\n  (none)\npending migrations:\n  0001_initial\n" in out
+    pending = "".join(f"  {label}\n" for label in LABELS)
+    assert f"applied migrations:\n  (none)\npending migrations:\n{pending}" in out
     assert "(no positions table yet)" in out
 
     status, out, err = await cli(capsys, "vehicles", "list", "--db", bare_db_url)
@@ -143,7 +148,7 @@ async def test_db_migrate_and_status_with_url(
 
     status, out, err = await cli(capsys, "db", "migrate", "--db", bare_db_url)
     assert status == 0, err
-    assert "applied 0001_initial" in out
+    assert all(f"applied {label}" in out for label in LABELS)
     status, out, err = await cli(capsys, "db", "status", "--db", bare_db_url)
     assert "pending migrations:\n  (none)" in out
 

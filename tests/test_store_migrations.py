@@ -10,7 +10,10 @@ import pytest
 from store.migrations import Migration, MigrationError, available, migrate, status
 from tests.aio import aio_test
 
-EXTRA = Migration(2, "extra", "CREATE TABLE extra (x integer); INSERT INTO extra VALUES (1);")
+SHIPPED = available()
+LABELS = [m.label for m in SHIPPED]
+NEXT = SHIPPED[-1].version + 1  # what a newer release would add
+EXTRA = Migration(NEXT, "extra", "CREATE TABLE extra (x integer); INSERT INTO extra VALUES (1);")
 
 
 def test_available_reads_the_packaged_sql_files() -> None:
@@ -35,11 +38,12 @@ async def test_fresh_migrate_applies_all_then_nothing(bare_db_url: str) -> None:
             tables
         )
         rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations")
-        assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
+        assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in SHIPPED]
+        assert rows[0]["name"] == "initial"
         assert rows[0]["applied_at"] is not None
 
         assert await migrate(conn) == []  # idempotent
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED)
     finally:
         await conn.close()
 
@@ -50,18 +54,18 @@ async def test_status_before_and_after(bare_db_url: str) -> None:
     try:
         applied, pending = await status(conn)
         assert applied == []
-        assert [m.label for m in pending] == ["0001_initial"]
+        assert [m.label for m in pending] == LABELS
 
         await migrate(conn)
         applied, pending = await status(conn)
-        assert [a.label for a in applied] == ["0001_initial"]
+        assert [a.label for a in applied] == LABELS
         assert pending == []
 
-        # A newer release adds migration 2: only it is pending, and only it is applied.
+        # A newer release adds a migration: only it is pending, and only it is applied.
         newer = [*available(), EXTRA]
         applied, pending = await status(conn, newer)
-        assert [m.label for m in pending] == ["0002_extra"]
-        assert [m.label for m in await migrate(conn, newer)] == ["0002_extra"]
+        assert [m.label for m in pending] == [EXTRA.label]
+        assert [m.label for m in await migrate(conn, newer)] == [EXTRA.label]
         assert await conn.fetchval("SELECT count(*) FROM extra") == 1
         assert (await status(conn, newer))[1] == []
     finally:
@@ -70,21 +74,21 @@ async def test_status_before_and_after(bare_db_url: str) -> None:
 
 @aio_test
 async def test_failed_migration_leaves_nothing_behind(bare_db_url: str) -> None:
-    broken = Migration(2, "broken", "CREATE TABLE half_done (x integer); SELECT 1 / 0;")
+    broken = Migration(NEXT, "broken", "CREATE TABLE half_done (x integer); SELECT 1 / 0;")
     conn = await asyncpg.connect(bare_db_url)
     try:
-        with pytest.raises(MigrationError, match="0002_broken"):
+        with pytest.raises(MigrationError, match=broken.label):
             await migrate(conn, [*available(), broken])
-        # 0001 committed on its own; 0002 rolled back entirely and stays pending.
+        # The shipped ones committed each on its own; the broken one rolled back entirely.
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
         applied, pending = await status(conn, [*available(), broken])
-        assert [a.version for a in applied] == [1]
-        assert [m.version for m in pending] == [2]
+        assert [a.label for a in applied] == LABELS
+        assert [m.version for m in pending] == [NEXT]
         # The advisory lock was released: another connection can migrate at once.
         other = await asyncpg.connect(bare_db_url)
         try:
             done = await asyncio.wait_for(migrate(other, [*available(), EXTRA]), 5)
-            assert [m.version for m in done] == [2]
+            assert [m.version for m in done] == [NEXT]
         finally:
             await other.close()
     finally:
@@ -93,14 +97,14 @@ async def test_failed_migration_leaves_nothing_behind(bare_db_url: str) -> None:
 
 @aio_test
 async def test_concurrent_migrate_applies_once(bare_db_url: str) -> None:
-    slow = Migration(2, "slow", "SELECT pg_sleep(0.3); CREATE TABLE slow_one (x integer);")
+    slow = Migration(NEXT, "slow", "SELECT pg_sleep(0.3); CREATE TABLE slow_one (x integer);")
     migrations = [*available(), slow]
     first, second = await asyncpg.connect(bare_db_url), await asyncpg.connect(bare_db_url)
     try:
         results = await asyncio.gather(migrate(first, migrations), migrate(second, migrations))
         # One connection did everything, the other waited on the lock and found nothing to do.
-        assert sorted(len(r) for r in results) == [0, 2]
-        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 2
+        assert sorted(len(r) for r in results) == [0, len(SHIPPED) + 1]
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED) + 1
     finally:
         await first.close()
         await second.close()

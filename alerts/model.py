@@ -1,0 +1,104 @@
+"""What the rules engine consumes and produces: the vehicle it judges, and alert events.
+
+A rule reports an *episode* (one overspeed, one stay in a fence, one SOS) as events: ``open``
+when it starts, ``update`` while it lasts and its figures change (max speed, duration), and
+``close`` when it ends. ``key`` names the episode among the vehicle's open ones (type plus its
+subject: a fence id, an alarm bit), so the store can match a close to its open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from geo.position import Position
+
+# Vehicle classes (the values of vehicles.class).
+POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER = (
+    "police", "school_bus", "coach", "heavy_truck", "hazmat", "other",
+)  # fmt: skip
+VEHICLE_CLASSES = (POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER)
+
+# Alert types.
+SPEEDING = "speeding"
+SPEEDING_WARNING = "speeding_warning"
+FATIGUE_CONTINUOUS = "fatigue_continuous"  # > 4 h (coach at night: > 2 h) without a 20 min rest
+FATIGUE_DAILY = "fatigue_daily"  # > 8 h of driving in any 24 h
+FATIGUE_WARNING = "fatigue_warning"  # pre-warning (3.5 h)
+FATIGUE_ESCALATION = "fatigue_escalation"  # still driving 15 min after the pre-warning
+NIGHT_DRIVING = "night_driving"  # long-distance coach moving 02:00-05:00
+GEOFENCE_ENTER = "geofence_enter"
+GEOFENCE_EXIT = "geofence_exit"
+GEOFENCE_DWELL = "geofence_dwell"
+FORBIDDEN_ZONE = "forbidden_zone"
+ROUTE_DEVIATION = "route_deviation"
+TERMINAL_ALARM = "terminal_alarm"  # one per alarm-word bit episode; details["bit"], ["name"]
+OFFLINE = "offline"
+NO_FIX = "no_fix"
+WATCHLIST = "watchlist"
+WATCHLIST_AREA = "watchlist_area"
+
+ALERT_TYPES = (
+    SPEEDING, SPEEDING_WARNING, FATIGUE_CONTINUOUS, FATIGUE_DAILY, FATIGUE_WARNING,
+    FATIGUE_ESCALATION, NIGHT_DRIVING, GEOFENCE_ENTER, GEOFENCE_EXIT, GEOFENCE_DWELL,
+    FORBIDDEN_ZONE, ROUTE_DEVIATION, TERMINAL_ALARM, OFFLINE, NO_FIX, WATCHLIST, WATCHLIST_AREA,
+)  # fmt: skip
+
+# Severities: 1 is the most urgent (an SOS), 4 informational.
+CRITICAL, HIGH, MEDIUM, LOW = 1, 2, 3, 4
+
+Phase = Literal["open", "update", "close"]
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleInfo:
+    """The facts about a vehicle that rules depend on (from the ``vehicles`` table)."""
+
+    id: int
+    plate: str | None = None
+    vehicle_class: str = OTHER
+    company_id: int | None = None
+    long_distance: bool = False  # a long-distance coach: the 02:00-05:00 rule applies
+    overrides: dict[str, Any] = field(default_factory=dict)  # per-vehicle rule settings
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    """One step of an alert episode of one vehicle.
+
+    ``start``/``end`` are fix times (UTC). ``late`` marks episodes found in late data (0x0704
+    batches, fix times behind the vehicle's newest): recorded, never notified to the driver.
+    ``driver`` is the identified driver (0x0702 IC card) when there is one.
+    """
+
+    phase: Phase
+    type: str
+    vehicle_id: int
+    key: str
+    start: datetime
+    end: datetime | None = None
+    severity: int = MEDIUM
+    late: bool = False
+    driver: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Fix:
+    """One position as the rules see it, after the engine's hygiene checks.
+
+    ``usable``: a valid fix, not (0, 0), no impossible jump from the previous usable fix; only
+    usable fixes feed geofence and speeding rules. ``late``: from a 0x0704 batch or behind the
+    vehicle's newest fix time. ``previous``: the vehicle's previous usable fix (for crossings
+    between sparse fixes). ``fences``: ``FenceIndex.classify`` of this fix (empty when not
+    usable): fence id -> 1 inside beyond its margin, 0 within its margin of the boundary.
+    """
+
+    position: Position
+    vehicle: VehicleInfo
+    late: bool = False
+    usable: bool = True
+    previous: Position | None = None
+    fences: dict[int, int] = field(default_factory=dict)
+    driver: str | None = None
