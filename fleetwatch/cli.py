@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from fleetwatch import alerts_cmd, db_cmd, decode, import_nmea, serve, vehicles_cmd
+from fleetwatch import alerts_cmd, db_cmd, decode, geofences_cmd, import_nmea, serve, vehicles_cmd
 
 #: ``register`` functions of the subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     decode.register,
     db_cmd.register,
     vehicles_cmd.register,
+    geofences_cmd.register,
     import_nmea.register,
     alerts_cmd.register,
     alerts_cmd.register_watchlist,
