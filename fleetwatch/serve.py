@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument(
+        "--rules-config",
+        metavar="FILE",
+        help="JSON: supervision rules, automatic actions, escalation and enforcement "
+        "(see fleetwatch/supervision.py; default: the regulations' values)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -76,6 +82,7 @@ class Server:
         self.writer: Any = None
         self.pool: Any = None
         self.service: Any = None
+        self.supervision: Any = None
 
     async def start(self) -> None:
         import asyncpg
@@ -84,6 +91,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from fleetwatch.supervision import Supervision, load_config
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
@@ -111,6 +119,11 @@ class Server:
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
+        self.supervision = Supervision(
+            self.pool, self.service, load_config(args.rules_config), worker_index=args.worker_index
+        )
+        self.service.observer = self.supervision
+        await self.supervision.start()
         self.writer.start()
         writer = self.writer
         metrics.gauge(
@@ -196,6 +209,8 @@ class Server:
         await _as_future(gatherResults([port.stopListening() for port in self.ports]))
         if self.writer is not None:
             await self.writer.close()  # acks for everything received go out before we close
+        if self.supervision is not None:
+            await self.supervision.stop()  # the alerts of those last positions are stored
         if self.service is not None:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
@@ -285,6 +300,8 @@ def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Pop
             "--log-format", args.log_format, "--workers", str(args.workers),
             "--worker-index", str(index),
         ]  # fmt: skip
+        if args.rules_config:
+            command += ["--rules-config", args.rules_config]
         workers.append(subprocess.Popen(command))
     return workers
 

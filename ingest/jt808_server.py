@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
@@ -31,6 +31,7 @@ from ingest.positions import positions_of
 from protocols.jt808 import (
     Authenticate,
     Body,
+    DriverIdentity,
     FrameSplitter,
     JT808Error,
     MediaData,
@@ -76,6 +77,21 @@ def aio(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
+class IngestObserver(Protocol):
+    """What the supervision rules are told (``fleetwatch.supervision``), in each connection's
+    order: positions only once durable (right after their ack, so never a fix the terminal
+    will send again as new), driver cards (0x0702) and logouts (0x0003). Calls must be cheap
+    and must not block: they run on the ingest path."""
+
+    def authenticated(self, vehicle: Vehicle) -> None: ...
+
+    def positions(self, vehicle: Vehicle, positions: list[Position]) -> None: ...
+
+    def driver(self, vehicle: Vehicle, identity: DriverIdentity, received: datetime) -> None: ...
+
+    def logout(self, vehicle: Vehicle) -> None: ...
+
+
 class IngestService:
     """What all connections share: the directory, the writer, live sessions, metrics."""
 
@@ -89,9 +105,11 @@ class IngestService:
         max_auth_failures: int = 3,
         reassembly_timeout: float = 10.0,
         media: MediaStore | None = None,
+        observer: IngestObserver | None = None,
     ) -> None:
         self.directory = directory
         self.media = media
+        self.observer = observer
         self.metrics = m = metrics or Metrics()
         self.frame_keys: dict[int, Any] = {}
         self.k_positions = {
@@ -353,13 +371,33 @@ class JT808Protocol(protocol.Protocol):
             self.profile = vehicle.profile
             self.service.bind(self)
             self.reply(message.header, RESULT_OK)
+            if self.service.observer is not None:
+                self._observe(self.service.observer.authenticated, vehicle)
 
         d.addCallbacks(answer, self._internal_error, errbackArgs=(message,))
         d.addBoth(lambda _: self._resume_input())
 
     def on_logout(self, message: Message) -> None:
         self.reply(message.header, RESULT_OK)
+        if self.vehicle is not None and self.service.observer is not None:
+            self._observe(self.service.observer.logout, self.vehicle)
         self.close("logout")
+
+    def on_driver_identity(self, message: Message) -> None:
+        """0x0702 (the driver's IC card in or out, or the answer to 0x8702): acked, and told
+        to the rules, which count fatigue per driver."""
+        self.reply(message.header, RESULT_OK)
+        body = message.body
+        if self.service.observer is not None and isinstance(body, DriverIdentity):
+            assert self.vehicle is not None
+            self._observe(self.service.observer.driver, self.vehicle, body, datetime.now(UTC))
+
+    def _observe(self, call: Callable[..., None], *args: Any) -> None:
+        """A failing observer must never stop acks or the session: log it and go on."""
+        try:
+            call(*args)
+        except Exception:
+            log.failure("supervision observer failed ({phone})", phone=self.phone)
 
     def on_location(self, message: Message) -> None:
         assert self.vehicle is not None
@@ -374,6 +412,7 @@ class JT808Protocol(protocol.Protocol):
         header = message.header
         started = time.monotonic()
         service = self.service
+        vehicle = self.vehicle
 
         def durable(outcome: str | BaseException) -> None:
             if isinstance(outcome, BaseException):
@@ -385,6 +424,8 @@ class JT808Protocol(protocol.Protocol):
             service.ack_seconds.observe(time.monotonic() - started)
             for serial in message.part_serials or (header.serial,):
                 self.reply(header, RESULT_OK, serial)
+            if service.observer is not None:
+                self._observe(service.observer.positions, vehicle, positions)
 
         service.write(positions, durable)
 
@@ -436,6 +477,7 @@ class JT808Protocol(protocol.Protocol):
         0x0100: on_register,
         0x0102: on_authenticate,
         0x0003: on_logout,
+        0x0702: on_driver_identity,
         0x0801: on_media,
         0x0900: on_transparent,
     }

@@ -1,0 +1,202 @@
+"""The record of commands pushed to terminals (``terminal_pushes``) and their answers.
+
+A push is recorded in two steps: :func:`begin` before the command goes out (so a crash still
+leaves a trace of what may have reached the terminal), :func:`finish` with the answer. The
+enforcement push compares content hashes with :func:`accepted_hashes` so an unchanged template
+is not sent again on every reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from alerts.enforcement import canonical_json, content_hash
+
+ACCEPTED, FAILED, UNSUPPORTED, TIMEOUT, OFFLINE = (
+    "accepted", "failed", "unsupported", "timeout", "offline",
+)  # fmt: skip
+RESULTS = (ACCEPTED, FAILED, UNSUPPORTED, TIMEOUT, OFFLINE)
+
+_canonical = canonical_json
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One row of ``terminal_pushes``."""
+
+    id: int
+    vehicle_id: int
+    msg_id: int
+    item: str
+    content_hash: str
+    content: Any
+    alert_id: int | None
+    serial: int | None
+    sent_at: datetime
+    result: str | None
+    answered_at: datetime | None
+
+
+_COLUMNS = (
+    "id, vehicle_id, msg_id, item, content_hash, content::text AS content, alert_id, serial,"
+    " sent_at, result, answered_at"
+)
+
+
+def _json(value: Any) -> Any:
+    """jsonb as text (asyncpg's default) or already decoded (a pool with a json codec)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _push(row: asyncpg.Record) -> Push:
+    values = dict(row)
+    values["content"] = _json(values["content"])
+    return Push(**values)
+
+
+async def begin(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    vehicle_id: int,
+    msg_id: int,
+    item: str,
+    content: Any,
+    *,
+    alert_id: int | None = None,
+) -> int:
+    """Record a command about to be sent (result NULL); returns the row id."""
+    push_id = await pool.fetchval(
+        "INSERT INTO terminal_pushes (vehicle_id, msg_id, item, content_hash, content,"
+        " alert_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id",
+        vehicle_id, msg_id, item, content_hash(content), _canonical(content), alert_id,
+    )  # fmt: skip
+    return int(push_id)
+
+
+async def finish(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    push_id: int,
+    result: str,
+    *,
+    serial: int | None = None,
+    answered_at: datetime | None = None,
+) -> None:
+    """Complete a push with its outcome (and the serial it went out with, if it did)."""
+    if result not in RESULTS:
+        raise ValueError(f"push result {result!r}: one of {', '.join(RESULTS)}")
+    await pool.execute(
+        "UPDATE terminal_pushes SET result = $2, serial = coalesce($3, serial), answered_at = $4"
+        " WHERE id = $1",
+        push_id, result, serial, answered_at,
+    )  # fmt: skip
+
+
+async def accepted_hashes(
+    pool: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
+) -> dict[str, str]:
+    """item -> content hash of the last push of that item the terminal accepted."""
+    rows = await pool.fetch(
+        """SELECT DISTINCT ON (item) item, content_hash FROM terminal_pushes
+           WHERE vehicle_id = $1 AND result = 'accepted'
+           ORDER BY item, sent_at DESC, id DESC""",
+        vehicle_id,
+    )
+    return {r["item"]: r["content_hash"] for r in rows}
+
+
+async def history(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    vehicle_id: int | None = None,
+    *,
+    alert_id: int | None = None,
+    limit: int = 100,
+) -> list[Push]:
+    """Newest first: a vehicle's pushes, or those about one alert."""
+    rows = await pool.fetch(
+        f"""SELECT {_COLUMNS} FROM terminal_pushes
+            WHERE ($1::integer IS NULL OR vehicle_id = $1)
+              AND ($2::bigint IS NULL OR alert_id = $2)
+            ORDER BY sent_at DESC, id DESC LIMIT $3""",
+        vehicle_id, alert_id, limit,
+    )  # fmt: skip
+    return [_push(r) for r in rows]
+
+
+async def audit(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    alert_id: int,
+    action: str,
+    details: dict[str, Any],
+    actor: str = "system",
+) -> None:
+    """Add an automatic step to an alert's audit trail (``alert_audit``, append-only): what
+    the platform did by itself (``auto_text``: a text to the driver; ``terminal_confirm``:
+    0x8203 to the terminal) and the terminal's answer. The status does not change."""
+    await pool.execute(
+        "INSERT INTO alert_audit (alert_id, actor, action, details)"
+        " VALUES ($1, $2, $3, $4::text::jsonb)",
+        alert_id, actor, action, _canonical(details),
+    )  # fmt: skip
+
+
+#: Alarm-word bits a terminal keeps set until the platform confirms them with 0x8203.
+CONFIRMABLE_BITS = (0, 3, 20, 21, 22, 27, 28)
+CONFIRMATION_MSG_ID = 0x8203
+
+
+@dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """A terminal alarm acknowledged by a dispatcher and not yet confirmed to its terminal."""
+
+    alert_id: int
+    vehicle_id: int
+    details: dict[str, Any]
+
+
+async def unconfirmed_alarms(
+    pool: asyncpg.Pool | asyncpg.Connection, within: timedelta = timedelta(days=1)
+) -> list[Unconfirmed]:
+    """Terminal alarms (of a confirmable bit) acknowledged in the last ``within`` with no 0x8203
+    push yet. Attempts that found the terminal offline do not count (the alarm is confirmed when
+    it connects again), nor do attempts left unanswered for 5 minutes (a server stopped while
+    waiting: a live one has given up on the answer long before)."""
+    rows = await pool.fetch(
+        """SELECT a.id, a.vehicle_id, a.details::text AS details FROM alerts a
+           WHERE a.type = 'terminal_alarm' AND a.acknowledged_at IS NOT NULL
+             AND a.acknowledged_at > now() - $1::interval
+             AND (a.details->>'bit') ~ '^[0-9]+$'
+             AND (a.details->>'bit')::integer = ANY($2::integer[])
+             AND NOT EXISTS (
+                 SELECT 1 FROM terminal_pushes p
+                 WHERE p.alert_id = a.id AND p.msg_id = $3
+                   AND (p.result <> 'offline'
+                        OR (p.result IS NULL AND p.sent_at > now() - interval '5 minutes')))
+           ORDER BY a.acknowledged_at""",
+        within, list(CONFIRMABLE_BITS), CONFIRMATION_MSG_ID,
+    )  # fmt: skip
+    return [Unconfirmed(r["id"], r["vehicle_id"], _json(r["details"])) for r in rows]
+
+
+__all__ = [
+    "ACCEPTED",
+    "CONFIRMABLE_BITS",
+    "CONFIRMATION_MSG_ID",
+    "FAILED",
+    "OFFLINE",
+    "RESULTS",
+    "TIMEOUT",
+    "UNSUPPORTED",
+    "Push",
+    "Unconfirmed",
+    "accepted_hashes",
+    "audit",
+    "begin",
+    "content_hash",
+    "finish",
+    "history",
+    "unconfirmed_alarms",
+]
