@@ -64,6 +64,7 @@ from alerts.model import (
     Fix,
 )
 from alerts.settings import Profile
+from geo.position import Position
 
 DRIVE, IDLE, STOP, GAP = 0, 1, 2, 3
 STATE_NAMES = ("drive", "idle", "stop", "gap")
@@ -109,6 +110,15 @@ def _pieces(s: float, e: float) -> list[tuple[float, float, bool]]:
 def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
+
+
+def motion(p: Position, profile: Profile) -> int:
+    """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP."""
+    if p.speed_kmh > profile.moving_kmh:
+        return DRIVE
+    if profile.use_acc and p.status & 1:
+        return IDLE
+    return STOP
 
 class Episode:
     """A fatigue episode as the machine sees it (times in epoch seconds)."""
@@ -588,12 +598,7 @@ class FatigueRule:
         subj = car.subject
         if subj.profile is not profile or subj.long_distance != fix.vehicle.long_distance:
             self._subject(subj.name, subj.driver, profile, fix.vehicle.long_distance)
-        if p.speed_kmh > profile.moving_kmh:
-            state = DRIVE
-        elif profile.use_acc and p.status & 1:
-            state = IDLE
-        else:
-            state = STOP
+        state = motion(p, profile)
         last_t = car.last_t
         trans = self._trans
         if last_t is None or t <= last_t:
@@ -641,12 +646,7 @@ class FatigueRule:
         if car is None:
             return []
         subj = car.subject_at(t)
-        if p.speed_kmh > profile.moving_kmh:
-            state = DRIVE
-        elif profile.use_acc and p.status & 1:
-            state = IDLE
-        else:
-            state = STOP
+        state = motion(p, profile)
         if subj.insert_late(t, state, p.vehicle_id, profile.hold_s):
             subj.dirty = True
             self._dirty.add(subj.name)
