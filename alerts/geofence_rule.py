@@ -164,6 +164,8 @@ class GeofenceRule:
         pos = fix.position
         veh = self._vehicles.get(pos.vehicle_id)
         if veh is None:
+            if not self.index.fences:
+                return []  # nothing to judge, nothing to end: no state until there are fences
             veh = self._vehicles[pos.vehicle_id] = _Vehicle(fix.vehicle)
         events: list[AlertEvent] = []
         if veh.version != self.index.version or (

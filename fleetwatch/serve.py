@@ -158,7 +158,7 @@ class Server:
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
-            nmea = NmeaService(lookup, self.writer.submit, metrics)
+            nmea = NmeaService(lookup, self.supervision.judging(self.writer.submit), metrics)
             services.append(nmea)
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
 

@@ -247,6 +247,28 @@ class Supervision:
             return
         self._feed(info, positions)
 
+    def judging(
+        self, submit: Callable[[list[Position]], asyncio.Future[str]]
+    ) -> Callable[[list[Position]], asyncio.Future[str]]:
+        """``submit`` (the writer's) whose positions also reach the rules once durable: the
+        NMEA path, where one call carries one vehicle's fixes and nothing is acknowledged."""
+
+        def judged(positions: list[Position]) -> asyncio.Future[str]:
+            future = submit(positions)
+            future.add_done_callback(lambda done: self._durable(done, positions))
+            return future
+
+        return judged
+
+    def _durable(self, done: asyncio.Future[str], positions: list[Position]) -> None:
+        if done.cancelled() or done.exception() is not None or not positions:
+            return  # not stored: the rules must not judge what the track will not show
+        vid = positions[0].vehicle_id
+        try:
+            self.positions(Vehicle(vid, self._phones.get(vid, ""), None, None), positions)
+        except Exception:
+            log.exception("supervision of NMEA positions of vehicle %s failed", vid)
+
     def _feed(self, info: VehicleInfo, positions: list[Position]) -> None:
         if len(positions) > 1 and positions[0].batch:
             positions = sorted(positions, key=_fix_time)  # a blind-area batch, in fix order

@@ -216,6 +216,8 @@ class FenceIndex:
     def classify(self, lon: float, lat: float) -> dict[int, int]:
         """Fence id -> 1 (inside beyond the margin) or 0 (within the margin of the edge);
         fences not in the result are outside beyond their margin."""
+        if not self.fences:
+            return {}
         inv = self._inv
         key = (math.floor(lon * inv), math.floor(lat * inv))
         entries = self._cells.get(key)

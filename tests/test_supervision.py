@@ -398,3 +398,38 @@ async def test_which_acknowledged_alarms_still_need_their_0x8203(db_url: str) ->
         assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool)] == [offline, abandoned]
     finally:
         await pool.close()
+
+
+@aio_test
+async def test_nmea_positions_reach_the_rules_once_durable(db_url: str, short_tmp: Path) -> None:
+    """The NMEA path (no acks, no Vehicle session): a school bus at 70 km/h for 30 s off any
+    expressway (limit 60) is one speeding episode, ended by 30 s at 40 km/h."""
+    from geo.position import SOURCE_NMEA, Position
+    from store.vehicles import add_vehicle, new_vehicle
+
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, supervision):
+        async with ingest.pool.acquire() as conn:
+            added = await add_vehicle(
+                conn, new_vehicle("沪N00301", "school_bus", "NMEA Co", "13900000301", 2)
+            )
+        vid = added["id"]
+        submit = supervision.judging(ingest.writer.submit)
+        start = _now() - timedelta(minutes=5)
+        track = [
+            Position(
+                vid, start + timedelta(seconds=i), _now(), 121.4 + i * 0.0002, 31.2,
+                speed_kmh=70.0 if i < 30 else 40.0, source=SOURCE_NMEA,
+            )
+            for i in range(60)
+        ]  # fmt: skip
+        for i in range(0, 60, 5):  # an NMEA connection submits epoch by epoch
+            assert await submit(track[i : i + 5]) == "db"
+
+        async def ended() -> list[Alert]:
+            return [a for a in await _alerts(ingest.pool, SPEEDING) if a.end_time]
+
+        (alert,) = await eventually(ended)
+        assert alert.vehicle_id == vid
+        assert alert.start_time == start
+        assert alert.end_time == start + timedelta(seconds=30)
+        assert alert.details["max_speed_kmh"] == 70.0
