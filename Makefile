@@ -12,6 +12,8 @@ lint: setup
 
 bench: setup
 	.venv/bin/python -m loadtest.bench_codec
+	.venv/bin/python -m loadtest.bench_fences
+	.venv/bin/python -m loadtest.bench_rules
 
 # The main command: JT/T 808 on 6808, NMEA on 6809, /metrics on 8080, embedded PostGIS in ./data.
 run: setup
