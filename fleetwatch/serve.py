@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import signal
 import subprocess
 import sys
@@ -181,6 +182,7 @@ class Server:
         for port in self.ports:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
+        tune_gc()
 
     def listen(self, port: int, factory: Any) -> Any:
         from twisted.internet import reactor
@@ -234,6 +236,23 @@ async def _as_future(d: Any) -> Any:
     import asyncio
 
     return await d.asFuture(asyncio.get_running_loop())
+
+
+#: Cyclic GC thresholds for a running server (Python's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 50, 1_000)
+
+
+def tune_gc() -> None:
+    """Once started: freeze what start-up allocated and collect cycles less often.
+
+    Almost everything the hot path allocates is freed by reference counting, but with Python's
+    thresholds the collector still walked the long-lived heap (rule state, caches, asyncio and
+    Twisted objects) so often that it cost ~25 µs per position: 17.7k -> 23.1k positions/s
+    with 2 workers and the rules on (60 s runs of loadtest.load_jt808, this 2-core machine).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,3 +105,18 @@ def _cli(*args: str) -> str:
     with contextlib.redirect_stdout(out):
         assert main(list(args)) == 0
     return out.getvalue()
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_thresholds() -> None:
+    import gc
+
+    from fleetwatch.serve import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
