@@ -110,6 +110,7 @@ class IngestService:
         self.directory = directory
         self.media = media
         self.observer = observer
+        self._observed: list[tuple[Vehicle, list[Position]]] = []
         self.metrics = m = metrics or Metrics()
         self.frame_keys: dict[int, Any] = {}
         self.k_positions = {
@@ -136,6 +137,24 @@ class IngestService:
             "authenticated terminals",
             lambda: len(self.sessions),
         )
+
+    def observe(self, vehicle: Vehicle, positions: list[Position]) -> None:
+        """Hand durable positions to the observer once the writer's whole flush has been
+        acknowledged (one loop turn later): the rules' work never delays another terminal's ack."""
+        if not self._observed:
+            asyncio.get_running_loop().call_soon(self._tell_observer)
+        self._observed.append((vehicle, positions))
+
+    def _tell_observer(self) -> None:
+        told, self._observed = self._observed, []
+        observer = self.observer
+        if observer is None:
+            return
+        for vehicle, positions in told:  # in the order they became durable
+            try:
+                observer.positions(vehicle, positions)
+            except Exception:
+                log.failure("supervision observer failed ({phone})", phone=vehicle.phone)
 
     def set_pressure(self, on: bool) -> None:
         """Writer backpressure: stop reading from every socket until it has caught up."""
@@ -425,7 +444,7 @@ class JT808Protocol(protocol.Protocol):
             for serial in message.part_serials or (header.serial,):
                 self.reply(header, RESULT_OK, serial)
             if service.observer is not None:
-                self._observe(service.observer.positions, vehicle, positions)
+                service.observe(vehicle, positions)
 
         service.write(positions, durable)
 
