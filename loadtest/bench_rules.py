@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 from alerts.engine import RulesEngine
 from alerts.model import COACH, HAZMAT, HEAVY_TRUCK, OTHER, POLICE, SCHOOL_BUS, VehicleInfo
+from fleetwatch.serve import GC_THRESHOLDS
 from geo.geodesy import metres_per_degree
 from geo.index import FenceIndex
 from geo.position import Position
@@ -225,6 +226,7 @@ def main() -> None:
     # (a server holds a few positions at a time, not the whole run). GC stays on for the rest.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)  # as `fleetwatch serve` runs the rules
     cold = run(new_engine())
     prof = cProfile.Profile() if args.profile else None
     if prof:
