@@ -400,8 +400,8 @@ class Supervision:
             vehicle_id, f"text:{planned.event.type}", body, alert_id=alert_id
         )
         self.stats.texts += 1
-        await pushes.audit(
-            self.pool, alert_id, "auto_text",
+        await self.alerts.record(
+            alert_id, "auto_text",
             {"text": planned.text, "flag": body.flag, "result": result, "serial": serial,
              "push_id": push_id},
         )  # fmt: skip
@@ -448,8 +448,8 @@ class Supervision:
             vehicle_id, f"alarm_confirmation:{alert_id}", body, alert_id=alert_id
         )
         self.stats.confirmations += 1
-        await pushes.audit(
-            self.pool, alert_id, "terminal_confirm",
+        await self.alerts.record(
+            alert_id, "terminal_confirm",
             {"msg_id": "0x8203", "bit": bit, "alarm_serial": body.alarm_serial,
              "result": result, "serial": serial, "push_id": push_id},
         )  # fmt: skip
@@ -511,14 +511,11 @@ class Supervision:
 
     async def send(self, vehicle_id: int, body: Body) -> tuple[str, int | None, datetime | None]:
         """Send a command to the vehicle's terminal if it is connected here and wait for its
-        answer: (result, serial, answered_at). Like ``Downlink.send``, which does not tell the
-        serial it used (recorded here for every push)."""
+        answer: (result, serial, answered_at); the serial is recorded with every push."""
         conn = self.connection(vehicle_id)
         if conn is None:
             return pushes.OFFLINE, None, None
-        serial = conn.next_serial()
-        d = conn.commands.expect(serial, body.MSG_ID, self.command_timeout)
-        conn.send_with_serial(body, serial)
+        serial, d = conn.command(body, self.command_timeout)
         assert self._loop is not None
         try:
             reply: Message = await d.asFuture(self._loop)

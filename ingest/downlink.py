@@ -118,7 +118,4 @@ class Downlink:
             d: Deferred[Message] = Deferred()
             d.errback(exc)
             return d
-        serial = conn.next_serial()
-        d = conn.commands.expect(serial, body.MSG_ID, self.timeout if timeout is None else timeout)
-        conn.send_with_serial(body, serial)
-        return d
+        return conn.command(body, self.timeout if timeout is None else timeout)[1]

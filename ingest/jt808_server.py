@@ -514,6 +514,14 @@ class JT808Protocol(protocol.Protocol):
         self.send_with_serial(body, serial)
         return serial
 
+    def command(self, body: Body, timeout: float) -> tuple[int, Deferred[Message]]:
+        """Send a command and expect its reply (matched by serial, see ``ingest.downlink``):
+        the serial used, and the reply or a CommandError failure."""
+        serial = self.next_serial()
+        d = self.commands.expect(serial, body.MSG_ID, timeout)
+        self.send_with_serial(body, serial)
+        return serial, d
+
     def send_with_serial(self, body: Body, serial: int) -> None:
         if self._closed:
             return

@@ -347,6 +347,18 @@ class AlertStore:
             )
         return [Alert.from_row(r) for r in rows]
 
+    async def record(
+        self, alert_id: int, action: str, details: dict[str, Any], actor: str = "system"
+    ) -> None:
+        """Add an automatic step to the alert's audit trail: what the platform did by itself
+        (``auto_text``: a text to the driver; ``terminal_confirm``: 0x8203 to the terminal) and
+        the terminal's answer. The status does not change."""
+        await self._db.execute(
+            "INSERT INTO alert_audit (alert_id, actor, action, details)"
+            " VALUES ($1, $2, $3, $4::text::jsonb)",
+            alert_id, actor, action, _to_json(details),
+        )  # fmt: skip
+
     async def audit(self, alert_id: int) -> builtins.list[AuditEntry]:
         """The alert's audit trail, oldest first."""
         async with self._conn() as conn:

@@ -126,23 +126,6 @@ async def history(
     return [_push(r) for r in rows]
 
 
-async def audit(
-    pool: asyncpg.Pool | asyncpg.Connection,
-    alert_id: int,
-    action: str,
-    details: dict[str, Any],
-    actor: str = "system",
-) -> None:
-    """Add an automatic step to an alert's audit trail (``alert_audit``, append-only): what
-    the platform did by itself (``auto_text``: a text to the driver; ``terminal_confirm``:
-    0x8203 to the terminal) and the terminal's answer. The status does not change."""
-    await pool.execute(
-        "INSERT INTO alert_audit (alert_id, actor, action, details)"
-        " VALUES ($1, $2, $3, $4::text::jsonb)",
-        alert_id, actor, action, _canonical(details),
-    )  # fmt: skip
-
-
 #: Alarm-word bits a terminal keeps set until the platform confirms them with 0x8203.
 CONFIRMABLE_BITS = (0, 3, 20, 21, 22, 27, 28)
 CONFIRMATION_MSG_ID = 0x8203
@@ -193,7 +176,6 @@ __all__ = [
     "Push",
     "Unconfirmed",
     "accepted_hashes",
-    "audit",
     "begin",
     "content_hash",
     "finish",
