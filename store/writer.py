@@ -1,14 +1,16 @@
-"""The batched position writer: COPY into PostGIS, or the spool when the database is away.
+"""The batched position writer: one statement per batch into PostGIS, or the spool when the
+database is away.
 
 Positions are submitted in small groups (one per terminal message) and become durable together,
 group-commit style: whatever arrives while a flush runs goes in the next flush, so batches grow
 with the load; a burst reaching an idle writer waits at most ``max_age`` (or ``batch_rows``).
-Each flush is two round trips: COPY into a session temp table, then one multi-statement query
-(one implicit transaction) with an INSERT ... SELECT that builds the points, drops retransmitted
-duplicates on (vehicle, fix time, serial) and flags late fixes, the upsert of the last-position
-table, and the truncation of the staging table. Round trips are what a flush costs under load:
-each waits for a turn of a loop that is busy reading sockets (with BEGIN, the staging DDL and
-separate statements it took seven, and p99 ack latency at 10,000 positions/s was near 250 ms).
+A flush is one round trip: a prepared INSERT whose parameters are one binary array per column
+(``unnest``); it builds the points, drops retransmitted duplicates on (vehicle, fix time,
+serial), flags late fixes and upserts the last-position table, as one implicit transaction (or
+as part of the caller's, for ``import-nmea``). Round trips are what a flush costs under load:
+each waits for a turn of a loop that is busy reading sockets. COPY into a session temp table
+plus a multi-statement move took two, and twice PostgreSQL's CPU per flush (parsing, planning
+and truncating the staging table every time): ``python -m loadtest.bench_flush`` measures it.
 Every submission is told ``"db"`` or ``"spool"`` once its rows survive a crash; only then may
 the terminal be acked.
 
@@ -43,31 +45,49 @@ COLUMNS = (
 )  # fmt: skip
 _TIMES = (1, 2)
 
-_STAGING = """
+#: The column types, in ``COLUMNS`` order (of the staging table, and of the arrays).
+_TYPES = (
+    "integer", "timestamptz", "timestamptz", "float8", "float8", "real", "smallint", "integer",
+    "bigint", "bigint", "boolean", "integer", "boolean", "text", "jsonb",
+)  # fmt: skip
+
+#: Batches up to this many rows go as arrays, larger ones by COPY (``loadtest.bench_flush``).
+ARRAY_ROWS = 300
+
+_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS positions_in (
-    vehicle_id integer, fix_time timestamptz, received_time timestamptz, lon float8, lat float8,
-    speed_kmh real, heading smallint, altitude_m integer, alarm bigint, status bigint,
-    valid boolean, serial integer, batch boolean, source text, extras jsonb
+    {", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True))}
+);
+TRUNCATE positions_in
+"""
+
+
+def _move(source: str) -> str:
+    """The statement moving a batch from ``source`` (rows in ``COLUMNS`` order): insert the
+    history without retransmitted duplicates, late fixes flagged against the stored newest fix
+    (looked up by key: a join would scan the whole table when the batch is small), and move the
+    last-position table forward. Every part of a statement sees the same snapshot, so ``late``
+    compares with the last positions as they were before this batch."""
+    return f"""
+WITH i ({", ".join(COLUMNS)}) AS ({source}),
+history AS (
+    INSERT INTO positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading,
+                           altitude_m, alarm, status, valid, serial, batch, late, source, extras)
+    SELECT i.vehicle_id, i.fix_time, i.received_time,
+           ST_SetSRID(ST_MakePoint(i.lon, i.lat), 4326), i.speed_kmh, i.heading, i.altitude_m,
+           i.alarm, i.status, i.valid, i.serial, i.batch,
+           i.batch OR coalesce(i.fix_time < (
+               SELECT lp.fix_time FROM last_positions lp WHERE lp.vehicle_id = i.vehicle_id
+           ), false), i.source, i.extras
+    FROM i
+    ON CONFLICT DO NOTHING
 )
-"""
-
-_INSERT = """
-INSERT INTO positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading, altitude_m,
-                       alarm, status, valid, serial, batch, late, source, extras)
-SELECT i.vehicle_id, i.fix_time, i.received_time, ST_SetSRID(ST_MakePoint(i.lon, i.lat), 4326),
-       i.speed_kmh, i.heading, i.altitude_m, i.alarm, i.status, i.valid, i.serial, i.batch,
-       i.batch OR coalesce(i.fix_time < lp.fix_time, false), i.source, i.extras
-FROM positions_in i LEFT JOIN last_positions lp ON lp.vehicle_id = i.vehicle_id
-ON CONFLICT DO NOTHING
-"""
-
-_LAST = """
 INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading,
                             altitude_m, alarm, status, valid, extras)
 SELECT DISTINCT ON (vehicle_id) vehicle_id, fix_time, received_time,
        ST_SetSRID(ST_MakePoint(lon, lat), 4326), speed_kmh, heading, altitude_m, alarm, status,
        valid, extras
-FROM positions_in ORDER BY vehicle_id, fix_time DESC
+FROM i ORDER BY vehicle_id, fix_time DESC
 ON CONFLICT (vehicle_id) DO UPDATE SET
     fix_time = excluded.fix_time, received_time = excluded.received_time, geom = excluded.geom,
     speed_kmh = excluded.speed_kmh, heading = excluded.heading, altitude_m = excluded.altitude_m,
@@ -75,6 +95,18 @@ ON CONFLICT (vehicle_id) DO UPDATE SET
     extras = excluded.extras
 WHERE last_positions.fix_time < excluded.fix_time
 """
+
+
+#: Small batches: one prepared statement over one binary array per column.
+_FROM_ARRAYS = _move(
+    f"SELECT * FROM unnest({', '.join(f'${n}::{t}[]' for n, t in enumerate(_TYPES, 1))})"
+)
+#: Large batches, after a COPY into the staging table: one simple query, one transaction (or
+#: part of the caller's), which also empties the staging table.
+_FROM_STAGING = _move("SELECT * FROM positions_in") + ";\nTRUNCATE positions_in"
+
+#: Connections whose session already has the staging table.
+_staged: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
 
 #: One encoder for every row: json.dumps with options builds a new encoder per call.
@@ -96,25 +128,29 @@ def _revive(row: list[Any]) -> Row:
     return tuple(row)
 
 
-#: Moves the staged rows; sent as one simple query, so it is one transaction (or part of the
-#: caller's). The staging table is emptied by the same transaction.
-_MOVE = ";\n".join((_INSERT, _LAST, "TRUNCATE positions_in"))
+async def insert_rows(
+    conn: asyncpg.Connection, rows: Sequence[Row], by_arrays: bool | None = None
+) -> None:
+    """Insert without duplicates and update last positions, atomically.
 
-#: Connections whose session already has the staging table.
-_staged: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
-
-
-async def insert_rows(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
-    """Stage with COPY, then insert without duplicates and update last positions atomically.
-
-    A failure may leave rows in the staging table: the writer then drops the connection, and
-    with it the session's temp table; a caller inside its own transaction rolls it back.
+    A small batch (``by_arrays``; by default up to :data:`ARRAY_ROWS` rows) is one round trip:
+    a statement prepared once per connection (asyncpg's statement cache), so PostgreSQL neither
+    parses nor plans it per flush, which halves its CPU for a batch of a hundred rows. A large
+    batch goes by COPY into a session temp table and one query moving it: two round trips,
+    but cheaper per row on both sides (asyncpg encodes records for COPY in half the time it
+    takes for arrays). A failure may leave rows in the staging table: the writer then drops the
+    connection, and with it the temp table; a caller inside its own transaction rolls it back.
     """
+    if not rows:
+        return
+    if by_arrays if by_arrays is not None else len(rows) <= ARRAY_ROWS:
+        await conn.execute(_FROM_ARRAYS, *zip(*rows, strict=True))
+        return
     if conn not in _staged:
-        await conn.execute(_STAGING + ";\nTRUNCATE positions_in")
+        await conn.execute(_STAGING)
         _staged.add(conn)
     await conn.copy_records_to_table("positions_in", records=rows, columns=COLUMNS)
-    await conn.execute(_MOVE)
+    await conn.execute(_FROM_STAGING)
 
 
 @dataclass

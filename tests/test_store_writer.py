@@ -1,0 +1,90 @@
+"""``store.writer.insert_rows``: both ways a batch goes in (arrays, COPY) store the same thing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from geo.position import Position
+from store.writer import ARRAY_ROWS, insert_rows, position_row
+from tests.aio import aio_test
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+async def _vehicles(conn: asyncpg.Connection, n: int) -> list[int]:
+    rows = await conn.fetch(
+        "INSERT INTO vehicles (plate, phone) SELECT 'W' || k, '1380000' || lpad(k::text, 4, '0') "
+        "FROM generate_series(1, $1) k RETURNING id",
+        n,
+    )
+    return [r["id"] for r in rows]
+
+
+def _fix(vid: int, second: int, serial: int, *, batch: bool = False, **extras: object) -> Position:
+    return Position(
+        vehicle_id=vid, fix_time=T0 + timedelta(seconds=second), received_time=T0,
+        lon=116.0 + second / 1000, lat=39.5, speed_kmh=50.0 + second, heading=90,
+        altitude_m=40, alarm=1 if second == 30 else 0, status=3, valid=True, serial=serial,
+        batch=batch, extras=dict(extras),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("by_arrays", [True, False], ids=["arrays", "copy"])
+@aio_test
+async def test_dedupe_late_flags_and_last_positions(db_url: str, by_arrays: bool) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        a, b = await _vehicles(conn, 2)
+        first = [_fix(a, 10, 1, satellites=9), _fix(a, 30, 2), _fix(b, 5, 7, batch=True)]
+        await insert_rows(conn, [position_row(p) for p in first], by_arrays)
+        second = [
+            _fix(a, 30, 2),  # a retransmission: dropped
+            _fix(a, 20, 3),  # behind a's newest fix: late, and last_positions keeps 30 s
+            _fix(b, 6, 8),  # b moves forward
+        ]
+        await insert_rows(conn, [position_row(p) for p in second], by_arrays)
+        rows = await conn.fetch(
+            "SELECT vehicle_id, extract(epoch FROM fix_time - $1)::int AS s, serial, late, batch,"
+            " ST_X(geom) AS lon, speed_kmh, alarm, extras FROM positions ORDER BY vehicle_id, s",
+            T0,
+        )
+        assert [(r["vehicle_id"], r["s"], r["serial"], r["late"], r["batch"]) for r in rows] == [
+            (a, 10, 1, False, False),
+            (a, 20, 3, True, False),
+            (a, 30, 2, False, False),
+            (b, 5, 7, True, True),  # a batch (0x0704) row is late data by definition
+            (b, 6, 8, False, False),
+        ]
+        assert rows[0]["lon"] == pytest.approx(116.01)
+        assert rows[0]["extras"] == '{"satellites": 9}'
+        assert rows[2]["alarm"] == 1 and rows[2]["speed_kmh"] == 80.0
+        last = await conn.fetch(
+            "SELECT vehicle_id, extract(epoch FROM fix_time - $1)::int AS s, ST_X(geom) AS lon "
+            "FROM last_positions ORDER BY vehicle_id",
+            T0,
+        )
+        assert [(r["vehicle_id"], r["s"]) for r in last] == [(a, 30), (b, 6)]
+        assert last[0]["lon"] == pytest.approx(116.03)
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_small_batches_go_as_arrays_and_large_ones_by_copy(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        (vid,) = await _vehicles(conn, 1)
+        staged = "SELECT to_regclass('pg_temp.positions_in') IS NOT NULL"
+        small = [position_row(_fix(vid, s, s)) for s in range(ARRAY_ROWS)]
+        await insert_rows(conn, small)
+        assert not await conn.fetchval(staged)  # no staging table: one statement over arrays
+        large = [position_row(_fix(vid, s, s)) for s in range(ARRAY_ROWS, 2 * ARRAY_ROWS + 1)]
+        await insert_rows(conn, large)
+        assert await conn.fetchval(staged)
+        assert await conn.fetchval("SELECT count(*) FROM positions_in") == 0  # emptied
+        assert await conn.fetchval("SELECT count(*) FROM positions") == 2 * ARRAY_ROWS + 1
+    finally:
+        await conn.close()
