@@ -54,10 +54,12 @@ RUN_AS, FALLBACK_RUN_AS = "postgres", "fleetwatch-pg"
 MAX_SOCKET_PATH = 107
 #: Prefix of the short socket directories made under /tmp when ``data_dir/run`` is too long.
 TMP_SOCKET_PREFIX = "fwpg-"
-#: Settings for a write-heavy track store that keep crash safety: a bigger buffer cache and fewer
-#: checkpoints (each one writes full-page images of every page touched afterwards).
+#: Settings for a write-heavy track store that keep crash safety: a bigger buffer cache, fewer
+#: checkpoints (each one writes full-page images of every page touched afterwards), and autovacuum
+#: looking every 5 s instead of every minute, so the constantly updated last-position table is
+#: vacuumed before its dead row versions slow the writer down (migration 0005).
 TUNING_OPTIONS = ("-c", "shared_buffers=256MB", "-c", "max_wal_size=4GB",
-                  "-c", "checkpoint_timeout=15min")  # fmt: skip
+                  "-c", "checkpoint_timeout=15min", "-c", "autovacuum_naptime=5s")  # fmt: skip
 #: Settings that trade crash safety for speed; only for throwaway (test) clusters.
 NON_DURABLE_OPTIONS = ("-F", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 

@@ -128,3 +128,17 @@ async def test_session_template_is_migrated(db_url: str) -> None:
         assert (await status(conn))[1] == []
     finally:
         await conn.close()
+
+
+@aio_test
+async def test_last_positions_is_vacuumed_by_dead_row_count(db_url: str) -> None:
+    """Migration 0005: a fixed dead-row threshold, not 20% of a small, constantly updated table."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        options = await conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = 'last_positions'::regclass"
+        )
+    finally:
+        await conn.close()
+    assert "autovacuum_vacuum_scale_factor=0" in options
+    assert "autovacuum_vacuum_cost_delay=0" in options
