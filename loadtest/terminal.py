@@ -29,6 +29,7 @@ from protocols.jt808 import (
     Logout,
     Register,
     TerminalGeneralResponse,
+    check_code,
     encode_frame,
     encode_items,
     escape,
@@ -57,29 +58,13 @@ _ITEMS_XOR = 0x01 ^ 4 ^ 0x30 ^ 1 ^ 0x31 ^ 1  # the constant bytes of the items
 _FLAG = b"\x7e"
 _new_tuple = tuple.__new__
 _BYTE = [bytes((i,)) for i in range(256)]
-_MASKS = {bits: (1 << bits) - 1 for bits in range(8, 8 * 2048, 8)}
 
 _DLAT_PER_M = 1 / 111_320.0
 
 
-def xor_check(data: bytes) -> int:
-    """XOR of all bytes (the JT/T 808 check code), folded as one big integer: same result as
-    ``framing.check_code``; as fast for an 18-byte ack, about 3x faster for a 0x0704 batch."""
-    x = int.from_bytes(data, "little")
-    bits = 8 * len(data)
-    while bits > 64:
-        half = ((bits >> 3) + 1) >> 1 << 3
-        x = (x & _MASKS[half]) ^ (x >> half)
-        bits = half
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    return x & 0xFF
-
-
 def wrap_fast(payload: bytes) -> bytes:
     """Header + body → wire frame (check code, escaping, flags), like ``framing.wrap``."""
-    data = payload + _BYTE[xor_check(payload)]
+    data = payload + _BYTE[check_code(payload)]
     if b"\x7e" in data or b"\x7d" in data:
         data = escape(data)
     return _FLAG + data + _FLAG
@@ -102,7 +87,7 @@ class FixClock:
             base = self.start
             for k in range(len(cache), step + 1024):
                 raw = time_bcd(base + timedelta(seconds=k), BEIJING)
-                cache.append((raw, xor_check(raw)))
+                cache.append((raw, check_code(raw)))
         return cache[step]
 
     def time(self, step: int) -> datetime:
@@ -232,7 +217,7 @@ class SimTerminal:
         self.splitter = FrameSplitter()
         self.decode_errors = 0
         head = self._header_prefix(MSG_LOCATION, _BODY_LEN)
-        self._head_xor = xor_check(head)
+        self._head_xor = check_code(head)
         # flag + header prefix (constant) + report + check code + flag, in one pack call
         pack = struct.Struct(f">B{len(head)}s{_REPORT}BB").pack
         self._pack_report = partial(pack, 0x7E, head)
@@ -339,7 +324,7 @@ class SimTerminal:
         head = self._batch_heads.get(count)
         if head is None:
             prefix = self._header_prefix(MSG_BATCH, 3 + count * (2 + _BODY_LEN))
-            head = (_FLAG + prefix, xor_check(prefix))
+            head = (_FLAG + prefix, check_code(prefix))
             self._batch_heads[count] = head
         serial = self.next_serial()
         pack = _ITEM.pack
@@ -373,7 +358,7 @@ class SimTerminal:
             if b"\x7d" in payload:
                 payload = payload.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d")
             size = len(payload)
-            if size < 13 or xor_check(payload):
+            if size < 13 or check_code(payload):
                 self.decode_errors += 1
                 continue
             msg_id, attr = _HDR.unpack_from(payload, 0)

@@ -39,6 +39,14 @@ def test_check_code_is_xor_of_all_bytes() -> None:
     assert check_code(b"") == 0
 
 
+@given(st.binary(max_size=3000))
+def test_folded_check_code_equals_bytewise_xor(data: bytes) -> None:
+    expected = 0
+    for byte in data:
+        expected ^= byte
+    assert check_code(data) == expected
+
+
 def test_escaped_check_code_decodes() -> None:
     message = decode_frame(ESCAPED_CHECK_CODE)
     assert (message.msg_id, message.serial, message.checksum_ok) == (0x0002, 43, True)

@@ -6,6 +6,7 @@ with the offset, so a malformed frame can never crash a caller with an IndexErro
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from datetime import datetime, timedelta, timezone, tzinfo
 
@@ -21,15 +22,28 @@ _U32 = struct.Struct(">I")
 _BCD = [((b >> 4) * 10 + (b & 15)) if (b >> 4) < 10 and (b & 15) < 10 else -1 for b in range(256)]
 
 
+#: Recently decoded times: terminals report the current time, so within a second many of them
+#: send the same six bytes. Bounded by emptying it when full (datetimes are immutable).
+_TIMES: dict[tuple[bytes, tzinfo], datetime | None] = {}
+_TIMES_MAX = 4096
+
+
 def bcd_time(raw: bytes, tz: tzinfo = BEIJING) -> datetime | None:
     """BCD ``YYMMDDhhmmss`` → aware datetime, or None if the digits are not a valid time."""
+    key = (raw, tz)
+    try:
+        return _TIMES[key]
+    except KeyError:
+        pass
     y, mo, d, h, mi, s = map(_BCD.__getitem__, raw)
-    if y < 0:
-        return None
-    try:  # any other non-decimal byte is -1, which datetime rejects
-        return datetime(2000 + y, mo, d, h, mi, s, tzinfo=tz)
-    except ValueError:
-        return None
+    value: datetime | None = None
+    if y >= 0:
+        with contextlib.suppress(ValueError):  # another non-decimal byte is -1: rejected
+            value = datetime(2000 + y, mo, d, h, mi, s, tzinfo=tz)
+    if len(_TIMES) >= _TIMES_MAX:
+        _TIMES.clear()
+    _TIMES[key] = value
+    return value
 
 
 def binary_time(raw: bytes, tz: tzinfo = BEIJING) -> datetime | None:
