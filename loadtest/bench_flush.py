@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import shutil
 import tempfile
@@ -25,21 +24,22 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from loadtest.load_jt808 import proc_cpu
 from store.cluster import EmbeddedCluster
 from store.migrations import migrate
 from store.spool import Row
 from store.writer import insert_rows
 
-_TICK = os.sysconf("SC_CLK_TCK")
 _PATH = {None: "", True: " (arrays)", False: " (COPY)"}
 _EXTRAS = '{"mileage_km":1234.5,"signal":28,"satellites":11}'
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a local process."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+def backend_cpu(pid: int) -> float:
+    """CPU seconds of a local PostgreSQL backend (the load script's /proc reader)."""
+    sample = proc_cpu(pid)
+    if sample is None:
+        raise SystemExit(f"cannot read /proc/{pid}: the database must run on this machine")
+    return sample[0]
 
 
 def own_cpu() -> float:
@@ -95,14 +95,14 @@ async def measure(
         await insert_rows(conn, batches.next(rows), by_arrays)
     prepared = [batches.next(rows) for _ in range(flushes)]
     walls = []
-    pg0, me0 = process_cpu(backend), own_cpu()
+    pg0, me0 = backend_cpu(backend), own_cpu()
     for batch in prepared:
         started = time.perf_counter()
         await insert_rows(conn, batch, by_arrays)
         walls.append(time.perf_counter() - started)
         if interval > 0:
             await asyncio.sleep(interval)
-    pg = process_cpu(backend) - pg0
+    pg = backend_cpu(backend) - pg0
     me = own_cpu() - me0
     walls.sort()
     total = rows * flushes

@@ -4,13 +4,14 @@ database is away.
 Positions are submitted in small groups (one per terminal message) and become durable together,
 group-commit style: whatever arrives while a flush runs goes in the next flush, so batches grow
 with the load; a burst reaching an idle writer waits at most ``max_age`` (or ``batch_rows``).
-A flush is one round trip: a prepared INSERT whose parameters are one binary array per column
-(``unnest``); it builds the points, drops retransmitted duplicates on (vehicle, fix time,
-serial), flags late fixes and upserts the last-position table, as one implicit transaction (or
-as part of the caller's, for ``import-nmea``). Round trips are what a flush costs under load:
-each waits for a turn of a loop that is busy reading sockets. COPY into a session temp table
-plus a multi-statement move took two, and twice PostgreSQL's CPU per flush (parsing, planning
-and truncating the staging table every time): ``python -m loadtest.bench_flush`` measures it.
+A flush of up to ``ARRAY_ROWS`` rows (what paced load produces) is one round trip: a prepared
+INSERT whose parameters are one binary array per column (``unnest``); it builds the points,
+drops retransmitted duplicates on (vehicle, fix time, serial), flags late fixes and upserts the
+last-position table, as one implicit transaction (or as part of the caller's, for
+``import-nmea``). Round trips are what a flush costs under load: each waits for a turn of a
+loop that is busy reading sockets. A larger batch goes by COPY into a session temp table and
+the same statement reading from it (two round trips, but less CPU per row on both sides);
+for a small batch that path costs PostgreSQL a third more: ``python -m loadtest.bench_flush``.
 Every submission is told ``"db"`` or ``"spool"`` once its rows survive a crash; only then may
 the terminal be acked.
 
