@@ -100,13 +100,14 @@ class Server:
         from ingest.metrics_resource import MetricsResource
         from store.migrations import migrate
         from store.spool import Spool
-        from store.writer import PositionWriter
+        from store.writer import PositionWriter, refresh_last_positions
 
         args = self.args
         self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=8)
         if args.worker_index == 0:
             async with self.pool.acquire() as conn:
                 await migrate(conn)
+                await refresh_last_positions(conn)
             await self.maintain()
         metrics = Metrics()
         spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")

@@ -1,14 +1,25 @@
-"""``store.writer.insert_rows``: both ways a batch goes in (arrays, COPY) store the same thing."""
+"""``store.writer``: both ways a batch goes in (arrays, COPY) store the same thing; the writer
+defers and coalesces last-position updates, and a start-up refresh mends what a crash lost."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from geo.position import Position
-from store.writer import ARRAY_ROWS, insert_rows, position_row
+from store.spool import Spool
+from store.writer import (
+    ARRAY_ROWS,
+    PositionWriter,
+    insert_rows,
+    position_row,
+    refresh_last_positions,
+)
 from tests.aio import aio_test
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -86,5 +97,88 @@ async def test_small_batches_go_as_arrays_and_large_ones_by_copy(db_url: str) ->
         assert await conn.fetchval(staged)
         assert await conn.fetchval("SELECT count(*) FROM positions_in") == 0  # emptied
         assert await conn.fetchval("SELECT count(*) FROM positions") == 2 * ARRAY_ROWS + 1
+    finally:
+        await conn.close()
+
+
+async def _last(conn: asyncpg.Connection) -> list[tuple[int, int]]:
+    rows = await conn.fetch(
+        "SELECT vehicle_id, extract(epoch FROM fix_time - $1)::int AS s FROM last_positions "
+        "ORDER BY vehicle_id",
+        T0,
+    )
+    return [(r["vehicle_id"], r["s"]) for r in rows]
+
+
+@aio_test
+async def test_a_fix_behind_a_stored_one_is_late_without_last_positions(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        (a,) = await _vehicles(conn, 1)
+        await insert_rows(conn, [position_row(_fix(a, 30, 1))], last=False)
+        await insert_rows(conn, [position_row(_fix(a, 20, 2)), position_row(_fix(a, 40, 3))],
+                          last=False)  # fmt: skip
+        late = await conn.fetch("SELECT serial, late FROM positions ORDER BY serial")
+        assert [(r["serial"], r["late"]) for r in late] == [(1, False), (2, True), (3, False)]
+        assert await _last(conn) == []  # last=False leaves them alone
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_writer_coalesces_last_positions(db_url: str, tmp_path: Path) -> None:
+    """Five flushes of one vehicle: the history has all five at once, ``last_positions`` moves
+    once, to the newest, within ``last_interval``; nothing is written for it before."""
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("""
+        CREATE TABLE lp_writes (n integer);
+        CREATE FUNCTION count_lp() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO lp_writes VALUES (1); RETURN NULL; END $$;
+        CREATE TRIGGER lp_count AFTER INSERT OR UPDATE ON last_positions
+            FOR EACH ROW EXECUTE FUNCTION count_lp();
+    """)  # fmt: skip
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.001, last_interval=0.5)  # fmt: skip
+    writer.start()
+    try:
+        a, b = await _vehicles(conn, 2)
+        started = time.monotonic()
+        for k in range(5):  # one flush each: every submit waits for the one before
+            assert await writer.submit([_fix(a, 10 + k, k), _fix(b, 5 - k, k)]) == "db"
+        assert await conn.fetchval("SELECT count(*) FROM positions") == 10
+        if time.monotonic() - started < 0.4:  # still inside the interval: nothing yet
+            assert await _last(conn) == []
+        deadline = time.monotonic() + 3
+        while not await _last(conn) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await _last(conn) == [(a, 14), (b, 5)]
+        assert await conn.fetchval("SELECT count(*) FROM lp_writes") == 2  # one per vehicle
+        assert await writer.submit([_fix(a, 15, 9)]) == "db"
+    finally:
+        await writer.close()  # writes what it still holds
+        try:
+            assert await _last(conn) == [(a, 15), (b, 5)]
+            assert await conn.fetchval("SELECT count(*) FROM lp_writes") == 3
+        finally:
+            await conn.close()
+
+
+@aio_test
+async def test_refresh_brings_lagging_last_positions_up_to_the_history(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        a, b, c = await _vehicles(conn, 3)
+        await insert_rows(conn, [position_row(_fix(v, 10, 1)) for v in (a, b)])
+        # stored after the last positions moved (a crash lost the writer's deferred update)
+        await insert_rows(conn, [position_row(_fix(a, 20, 2)), position_row(_fix(c, 7, 1)),
+                                 position_row(_fix(b, 9, 2))], last=False)  # fmt: skip
+        await insert_rows(conn, [position_row(_fix(c, 2, 5))], last=False)  # older than 7: late
+        assert await refresh_last_positions(conn, T0) == "INSERT 0 2"  # a and c; b is newest
+        assert await _last(conn) == [(a, 20), (b, 10), (c, 7)]
+        assert await refresh_last_positions(conn, T0) == "INSERT 0 0"
+        # only the history since ``since`` is looked at
+        await insert_rows(conn, [position_row(_fix(b, 30, 3))], last=False)
+        assert await refresh_last_positions(conn, T0 + timedelta(seconds=31)) == "INSERT 0 0"
+        assert await _last(conn) == [(a, 20), (b, 10), (c, 7)]
     finally:
         await conn.close()
