@@ -32,6 +32,7 @@ import asyncpg
 from loadtest.load_jt808 import proc_cpu
 from store.cluster import EmbeddedCluster
 from store.migrations import migrate
+from store.partitions import ensure_partitions
 from store.spool import Row
 from store.writer import insert_rows, upsert_last_positions
 
@@ -134,6 +135,7 @@ async def run(
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
+        await ensure_partitions(conn, datetime.now(UTC).date())  # as serve does: days ahead
         batches = Batches(await add_vehicles(conn, vehicles))
         ways = {"auto": [None], "arrays": [True], "copy": [False], "both": [True, False]}[path]
         lasts = {"each": [False], "deferred": [True], "both": [False, True]}[last]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -58,10 +59,12 @@ _TYPES = (
 
 #: Batches up to this many rows go as arrays, larger ones by COPY (``loadtest.bench_flush``).
 ARRAY_ROWS = 300
+#: Last positions written per statement (the rest wait for the writer's next turn).
+LAST_CHUNK = 250
 
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS positions_in (
-    {", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True))}
+    {", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True))}, known_late boolean
 );
 TRUNCATE positions_in
 """
@@ -84,21 +87,24 @@ WHERE last_positions.fix_time < excluded.fix_time
 
 
 def _move(source: str, *, last: bool) -> str:
-    """The statement moving a batch from ``source`` (rows in ``COLUMNS`` order) into the
-    history, without retransmitted duplicates, and (``last``) the last-position table forward.
-    A fix is late when the vehicle already has a newer one stored (an index probe per row; all
-    parts of a statement see the snapshot from before it, so rows of one batch are not late
-    for each other)."""
-    rows = f"WITH i ({', '.join(COLUMNS)}) AS ({source})"
+    """The statement moving a batch from ``source`` (rows in ``COLUMNS`` order, then
+    ``known_late``) into the history, without retransmitted duplicates, and (``last``) the
+    last-position table forward. A fix is late when it is behind the vehicle's last position
+    (looked up by key: a join would scan the whole table when the batch is small) or the writer
+    knows it is behind a newer stored fix that the last positions do not show yet
+    (``known_late``). All parts of a statement see the snapshot from before it, so rows of one
+    batch are not late for each other. (``EXISTS`` over the history instead probes every
+    partition from the fix's day on, the future ones included: nine index scans a row.)"""
+    rows = f"WITH i ({', '.join(COLUMNS)}, known_late) AS ({source})"
     history = """
     INSERT INTO positions (vehicle_id, fix_time, received_time, geom, speed_kmh, heading,
                            altitude_m, alarm, status, valid, serial, batch, late, source, extras)
     SELECT i.vehicle_id, i.fix_time, i.received_time,
            ST_SetSRID(ST_MakePoint(i.lon, i.lat), 4326), i.speed_kmh, i.heading, i.altitude_m,
            i.alarm, i.status, i.valid, i.serial, i.batch,
-           i.batch OR EXISTS (
-               SELECT FROM positions p WHERE p.vehicle_id = i.vehicle_id AND p.fix_time > i.fix_time
-           ), i.source, i.extras
+           i.batch OR coalesce(i.known_late, false) OR coalesce(i.fix_time < (
+               SELECT lp.fix_time FROM last_positions lp WHERE lp.vehicle_id = i.vehicle_id
+           ), false), i.source, i.extras
     FROM i
     ON CONFLICT DO NOTHING"""
     if not last:
@@ -106,8 +112,11 @@ def _move(source: str, *, last: bool) -> str:
     return f"{rows},\nhistory AS ({history}\n){_UPSERT_LAST}"
 
 
-_UNNEST = f"SELECT * FROM unnest({', '.join(f'${n}::{t}[]' for n, t in enumerate(_TYPES, 1))})"
+_UNNEST = "SELECT * FROM unnest({})".format(
+    ", ".join(f"${n}::{t}[]" for n, t in enumerate((*_TYPES, "boolean"), 1))
+)
 _STAGED = "SELECT * FROM positions_in"
+_STAGED_COLUMNS = (*COLUMNS, "known_late")
 #: (as arrays?, last positions too?) → the statement. Small batches: one prepared statement
 #: over one binary array per column. Large batches, after a COPY into the staging table: one
 #: simple query, one transaction (or part of the caller's), which also empties the staging table.
@@ -118,7 +127,7 @@ _INSERT = {
     (False, False): _move(_STAGED, last=False) + ";\nTRUNCATE positions_in",
 }
 #: Last positions alone, from arrays (the writer's deferred, coalesced updates).
-_LAST_FROM_ARRAYS = f"WITH i ({', '.join(COLUMNS)}) AS ({_UNNEST}){_UPSERT_LAST}"
+_LAST_FROM_ARRAYS = f"WITH i ({', '.join(COLUMNS)}, known_late) AS ({_UNNEST}){_UPSERT_LAST}"
 
 #: Since a crash, the newest stored fix of a vehicle may be newer than its last position (the
 #: writer defers those updates): one index probe per vehicle into the partitions since $1.
@@ -166,8 +175,10 @@ async def insert_rows(
     by_arrays: bool | None = None,
     *,
     last: bool = True,
+    known_late: Sequence[bool] | None = None,
 ) -> None:
     """Insert without duplicates and (``last``) update last positions, atomically.
+    ``known_late`` (one flag per row) marks rows the caller knows are late.
 
     A small batch (``by_arrays``; by default up to :data:`ARRAY_ROWS` rows) is one round trip:
     a statement prepared once per connection (asyncpg's statement cache), so PostgreSQL neither
@@ -181,19 +192,23 @@ async def insert_rows(
         return
     arrays = by_arrays if by_arrays is not None else len(rows) <= ARRAY_ROWS
     if arrays:
-        await conn.execute(_INSERT[True, last], *zip(*rows, strict=True))
+        await conn.execute(_INSERT[True, last], *zip(*rows, strict=True), known_late)
         return
     if conn not in _staged:
         await conn.execute(_STAGING)
         _staged.add(conn)
-    await conn.copy_records_to_table("positions_in", records=rows, columns=COLUMNS)
+    if known_late is None:
+        await conn.copy_records_to_table("positions_in", records=rows, columns=COLUMNS)
+    else:
+        records = [(*row, flag) for row, flag in zip(rows, known_late, strict=True)]
+        await conn.copy_records_to_table("positions_in", records=records, columns=_STAGED_COLUMNS)
     await conn.execute(_INSERT[False, last])
 
 
 async def upsert_last_positions(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
     """Move the last positions forward to the newest of ``rows`` per vehicle (never back)."""
     if rows:
-        await conn.execute(_LAST_FROM_ARRAYS, *zip(*rows, strict=True))
+        await conn.execute(_LAST_FROM_ARRAYS, *zip(*rows, strict=True), None)
 
 
 async def refresh_last_positions(conn: asyncpg.Connection, since: datetime | None = None) -> str:
@@ -390,7 +405,8 @@ class PositionWriter:
         started = time.monotonic()
         outcome: str | BaseException = "spool"
         try:
-            if self.spool.empty and await self._try_db(partial(insert_rows, rows=rows, last=False)):
+            write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
+            if self.spool.empty and await self._try_db(write):
                 outcome = "db"
                 self.stats.rows_written += len(rows)
                 self._hold_latest(rows)
@@ -407,6 +423,13 @@ class PositionWriter:
                 self.on_flush(took)
             self._report(batch, outcome, len(rows))
 
+    def _behind(self, rows: Sequence[Row]) -> list[bool] | None:
+        """Which rows are behind a fix stored since the last positions were last moved."""
+        latest = self._latest
+        if not latest:
+            return None
+        return [(held := latest.get(row[0])) is not None and row[1] < held[1] for row in rows]
+
     def _hold_latest(self, rows: Sequence[Row]) -> None:
         """Keep each vehicle's newest stored row for the next last-position update."""
         latest = self._latest
@@ -420,10 +443,16 @@ class PositionWriter:
     async def _write_latest(self) -> None:
         """Last positions, coalesced: a vehicle reporting every 0.2 s moves its row (and the
         GiST entry) once per ``last_interval`` instead of five times, the dearest part of a
-        flush for PostgreSQL. The history rows are already durable, so a failure only delays
-        this (and a crash is mended at start-up by :func:`refresh_last_positions`)."""
-        rows = list(self._latest.values())
-        self._latest = {}
+        flush for PostgreSQL. At most ``LAST_CHUNK`` rows per statement, so a flush waits
+        for a few milliseconds of this at a time, not for the whole fleet. The history rows are
+        already durable, so a failure only delays this (and a crash is mended at start-up by
+        :func:`refresh_last_positions`)."""
+        latest = self._latest
+        if len(latest) <= LAST_CHUNK:
+            rows = list(latest.values())
+            self._latest = {}
+        else:
+            rows = [latest.pop(vid) for vid in list(itertools.islice(latest, LAST_CHUNK))]
         if not await self._try_db(partial(upsert_last_positions, rows=rows)):
             self._hold_latest(rows)
             self._latest_due = self._next_db_try

@@ -110,18 +110,46 @@ async def _last(conn: asyncpg.Connection) -> list[tuple[int, int]]:
     return [(r["vehicle_id"], r["s"]) for r in rows]
 
 
+@pytest.mark.parametrize("by_arrays", [True, False], ids=["arrays", "copy"])
 @aio_test
-async def test_a_fix_behind_a_stored_one_is_late_without_last_positions(db_url: str) -> None:
+async def test_known_late_marks_rows_last_positions_miss(db_url: str, by_arrays: bool) -> None:
     conn = await asyncpg.connect(db_url)
     try:
         (a,) = await _vehicles(conn, 1)
-        await insert_rows(conn, [position_row(_fix(a, 30, 1))], last=False)
-        await insert_rows(conn, [position_row(_fix(a, 20, 2)), position_row(_fix(a, 40, 3))],
-                          last=False)  # fmt: skip
+        await insert_rows(conn, [position_row(_fix(a, 30, 1))], by_arrays, last=False)
+        rows = [position_row(_fix(a, s, s)) for s in (20, 21, 40)]
+        await insert_rows(conn, rows, by_arrays, last=False, known_late=[True, False, False])
         late = await conn.fetch("SELECT serial, late FROM positions ORDER BY serial")
-        assert [(r["serial"], r["late"]) for r in late] == [(1, False), (2, True), (3, False)]
-        assert await _last(conn) == []  # last=False leaves them alone
+        # 21 is behind 30 too, but nothing says so: last=False left last_positions empty
+        assert [(r["serial"], r["late"]) for r in late] == [(1, False), (20, True), (21, False),
+                                                            (40, False)]  # fmt: skip
+        assert await _last(conn) == []
     finally:
+        await conn.close()
+
+
+@aio_test
+async def test_writer_flags_late_fixes_before_and_after_last_positions_move(
+    db_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(db_url)
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.001, last_interval=0.3)  # fmt: skip
+    writer.start()
+    try:
+        (a,) = await _vehicles(conn, 1)
+        assert await writer.submit([_fix(a, 30, 1)]) == "db"
+        assert await writer.submit([_fix(a, 20, 2)]) == "db"  # the writer still holds 30
+        deadline = time.monotonic() + 3
+        while not await _last(conn) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await _last(conn) == [(a, 30)]
+        assert await writer.submit([_fix(a, 25, 3), _fix(a, 31, 4)]) == "db"  # 25: by the table
+        late = await conn.fetch("SELECT serial, late FROM positions ORDER BY serial")
+        assert [(r["serial"], r["late"]) for r in late] == [(1, False), (2, True), (3, True),
+                                                            (4, False)]  # fmt: skip
+    finally:
+        await writer.close()
         await conn.close()
 
 
@@ -181,4 +209,33 @@ async def test_refresh_brings_lagging_last_positions_up_to_the_history(db_url: s
         assert await refresh_last_positions(conn, T0 + timedelta(seconds=31)) == "INSERT 0 0"
         assert await _last(conn) == [(a, 20), (b, 10), (c, 7)]
     finally:
+        await conn.close()
+
+
+@aio_test
+async def test_writer_moves_last_positions_in_chunks(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("store.writer.LAST_CHUNK", 2)
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("""
+        CREATE TABLE lp_statements (n integer);
+        CREATE FUNCTION count_lp() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO lp_statements VALUES (1); RETURN NULL; END $$;
+        CREATE TRIGGER lp_count AFTER INSERT ON last_positions
+            FOR EACH STATEMENT EXECUTE FUNCTION count_lp();
+    """)  # fmt: skip
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.001, last_interval=0.1)  # fmt: skip
+    writer.start()
+    try:
+        vehicles = await _vehicles(conn, 5)
+        assert await writer.submit([_fix(v, 10, 1) for v in vehicles]) == "db"
+        deadline = time.monotonic() + 3
+        while len(await _last(conn)) < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await _last(conn) == [(v, 10) for v in vehicles]
+        assert await conn.fetchval("SELECT count(*) FROM lp_statements") == 3  # 2 + 2 + 1
+    finally:
+        await writer.close()
         await conn.close()
