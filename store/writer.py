@@ -387,6 +387,8 @@ class PositionWriter:
             if self._latest and (self._closing or time.monotonic() >= self._latest_due):
                 await self._write_latest()
             if self._closing:
+                while self._latest and await self._write_latest():
+                    pass  # all of them, a chunk at a time
                 await self._replay(force=True)
                 if not self._pending:
                     return
@@ -440,7 +442,7 @@ class PositionWriter:
             if held is None or held[1] < row[1]:
                 latest[row[0]] = row
 
-    async def _write_latest(self) -> None:
+    async def _write_latest(self) -> bool:
         """Last positions, coalesced: a vehicle reporting every 0.2 s moves its row (and the
         GiST entry) once per ``last_interval`` instead of five times, the dearest part of a
         flush for PostgreSQL. At most ``LAST_CHUNK`` rows per statement, so a flush waits
@@ -453,9 +455,11 @@ class PositionWriter:
             self._latest = {}
         else:
             rows = [latest.pop(vid) for vid in list(itertools.islice(latest, LAST_CHUNK))]
-        if not await self._try_db(partial(upsert_last_positions, rows=rows)):
-            self._hold_latest(rows)
-            self._latest_due = self._next_db_try
+        if await self._try_db(partial(upsert_last_positions, rows=rows)):
+            return True
+        self._hold_latest(rows)
+        self._latest_due = self._next_db_try
+        return False
 
     async def _try_db(self, write: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
         """Run ``write`` on the writer's connection (connecting first if need be); on failure,
@@ -503,7 +507,9 @@ class PositionWriter:
                 or time.monotonic() - self._oldest >= self.max_age
             ):
                 return
-            if not await self._try_db(partial(insert_rows, rows=[_revive(r) for r in rows])):
+            revived = [_revive(r) for r in rows]
+            write = partial(insert_rows, rows=revived, known_late=self._behind(revived))
+            if not await self._try_db(write):
                 return
             self._done_batches[segment] = index
             self.stats.rows_replayed += len(rows)

@@ -212,10 +212,12 @@ async def test_refresh_brings_lagging_last_positions_up_to_the_history(db_url: s
         await conn.close()
 
 
+@pytest.mark.parametrize("when", ["due", "closing"])
 @aio_test
 async def test_writer_moves_last_positions_in_chunks(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
+    """Five vehicles, two per statement: three statements, when due and when the writer closes."""
     monkeypatch.setattr("store.writer.LAST_CHUNK", 2)
     conn = await asyncpg.connect(db_url)
     await conn.execute("""
@@ -226,11 +228,13 @@ async def test_writer_moves_last_positions_in_chunks(
             FOR EACH STATEMENT EXECUTE FUNCTION count_lp();
     """)  # fmt: skip
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
-                            max_age=0.001, last_interval=0.1)  # fmt: skip
+                            max_age=0.001, last_interval=0.1 if when == "due" else 60)  # fmt: skip
     writer.start()
     try:
         vehicles = await _vehicles(conn, 5)
         assert await writer.submit([_fix(v, 10, 1) for v in vehicles]) == "db"
+        if when == "closing":
+            await writer.close()
         deadline = time.monotonic() + 3
         while len(await _last(conn)) < 5 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
