@@ -73,17 +73,20 @@ TRUNCATE positions_in
 _LAST = ("vehicle_id", "fix_time", "received_time", "geom", "speed_kmh", "heading",
          "altitude_m", "alarm", "status", "valid", "extras")  # fmt: skip
 
+#: An upsert into ``last_positions`` that only ever moves a vehicle's row forward in fix time.
+_FORWARD = f"""
+ON CONFLICT (vehicle_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _LAST[1:])}
+WHERE last_positions.fix_time < excluded.fix_time
+"""
+
 #: The newest row per vehicle of the rows named ``i`` moves ``last_positions`` forward (never back).
 _UPSERT_LAST = f"""
 INSERT INTO last_positions ({", ".join(_LAST)})
 SELECT DISTINCT ON (vehicle_id) vehicle_id, fix_time, received_time,
        ST_SetSRID(ST_MakePoint(lon, lat), 4326), speed_kmh, heading, altitude_m, alarm, status,
        valid, extras
-FROM i ORDER BY vehicle_id, fix_time DESC
-ON CONFLICT (vehicle_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _LAST[1:])}
-WHERE last_positions.fix_time < excluded.fix_time
-"""
+FROM i ORDER BY vehicle_id, fix_time DESC{_FORWARD}"""
 
 
 def _move(source: str, *, last: bool) -> str:
@@ -140,11 +143,7 @@ CROSS JOIN LATERAL (
     WHERE vehicle_id = v.id AND fix_time >= $1 ORDER BY fix_time DESC LIMIT 1
 ) p
 LEFT JOIN last_positions lp ON lp.vehicle_id = v.id
-WHERE lp.fix_time IS NULL OR lp.fix_time < p.fix_time
-ON CONFLICT (vehicle_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _LAST[1:])}
-WHERE last_positions.fix_time < excluded.fix_time
-"""
+WHERE lp.fix_time IS NULL OR lp.fix_time < p.fix_time{_FORWARD}"""
 
 #: Connections whose session already has the staging table.
 _staged: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()

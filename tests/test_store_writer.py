@@ -110,6 +110,27 @@ async def _last(conn: asyncpg.Connection) -> list[tuple[int, int]]:
     return [(r["vehicle_id"], r["s"]) for r in rows]
 
 
+async def _await_last(conn: asyncpg.Connection, vehicles: int) -> list[tuple[int, int]]:
+    """The last positions once ``vehicles`` rows are there (or after 3 s)."""
+    deadline = time.monotonic() + 3
+    while len(last := await _last(conn)) < vehicles and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return last
+
+
+async def _count_last_writes(conn: asyncpg.Connection, each: str) -> None:
+    """Count writes to ``last_positions`` in ``lp_writes``, FOR EACH ``each`` (ROW, STATEMENT;
+    an upsert statement fires both INSERT and UPDATE statement triggers, so INSERT alone)."""
+    events = "INSERT OR UPDATE" if each == "ROW" else "INSERT"
+    await conn.execute(f"""
+        CREATE TABLE lp_writes (n integer);
+        CREATE FUNCTION count_lp() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO lp_writes VALUES (1); RETURN NULL; END $$;
+        CREATE TRIGGER lp_count AFTER {events} ON last_positions
+            FOR EACH {each} EXECUTE FUNCTION count_lp();
+    """)  # fmt: skip
+
+
 @pytest.mark.parametrize("by_arrays", [True, False], ids=["arrays", "copy"])
 @aio_test
 async def test_known_late_marks_rows_last_positions_miss(db_url: str, by_arrays: bool) -> None:
@@ -140,10 +161,7 @@ async def test_writer_flags_late_fixes_before_and_after_last_positions_move(
         (a,) = await _vehicles(conn, 1)
         assert await writer.submit([_fix(a, 30, 1)]) == "db"
         assert await writer.submit([_fix(a, 20, 2)]) == "db"  # the writer still holds 30
-        deadline = time.monotonic() + 3
-        while not await _last(conn) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert await _last(conn) == [(a, 30)]
+        assert await _await_last(conn, 1) == [(a, 30)]
         assert await writer.submit([_fix(a, 25, 3), _fix(a, 31, 4)]) == "db"  # 25: by the table
         late = await conn.fetch("SELECT serial, late FROM positions ORDER BY serial")
         assert [(r["serial"], r["late"]) for r in late] == [(1, False), (2, True), (3, True),
@@ -158,13 +176,7 @@ async def test_writer_coalesces_last_positions(db_url: str, tmp_path: Path) -> N
     """Five flushes of one vehicle: the history has all five at once, ``last_positions`` moves
     once, to the newest, within ``last_interval``; nothing is written for it before."""
     conn = await asyncpg.connect(db_url)
-    await conn.execute("""
-        CREATE TABLE lp_writes (n integer);
-        CREATE FUNCTION count_lp() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN INSERT INTO lp_writes VALUES (1); RETURN NULL; END $$;
-        CREATE TRIGGER lp_count AFTER INSERT OR UPDATE ON last_positions
-            FOR EACH ROW EXECUTE FUNCTION count_lp();
-    """)  # fmt: skip
+    await _count_last_writes(conn, "ROW")
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
                             max_age=0.001, last_interval=0.5)  # fmt: skip
     writer.start()
@@ -176,10 +188,7 @@ async def test_writer_coalesces_last_positions(db_url: str, tmp_path: Path) -> N
         assert await conn.fetchval("SELECT count(*) FROM positions") == 10
         if time.monotonic() - started < 0.4:  # still inside the interval: nothing yet
             assert await _last(conn) == []
-        deadline = time.monotonic() + 3
-        while not await _last(conn) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert await _last(conn) == [(a, 14), (b, 5)]
+        assert await _await_last(conn, 2) == [(a, 14), (b, 5)]
         assert await conn.fetchval("SELECT count(*) FROM lp_writes") == 2  # one per vehicle
         assert await writer.submit([_fix(a, 15, 9)]) == "db"
     finally:
@@ -220,13 +229,7 @@ async def test_writer_moves_last_positions_in_chunks(
     """Five vehicles, two per statement: three statements, when due and when the writer closes."""
     monkeypatch.setattr("store.writer.LAST_CHUNK", 2)
     conn = await asyncpg.connect(db_url)
-    await conn.execute("""
-        CREATE TABLE lp_statements (n integer);
-        CREATE FUNCTION count_lp() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN INSERT INTO lp_statements VALUES (1); RETURN NULL; END $$;
-        CREATE TRIGGER lp_count AFTER INSERT ON last_positions
-            FOR EACH STATEMENT EXECUTE FUNCTION count_lp();
-    """)  # fmt: skip
+    await _count_last_writes(conn, "STATEMENT")
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
                             max_age=0.001, last_interval=0.1 if when == "due" else 60)  # fmt: skip
     writer.start()
@@ -235,11 +238,8 @@ async def test_writer_moves_last_positions_in_chunks(
         assert await writer.submit([_fix(v, 10, 1) for v in vehicles]) == "db"
         if when == "closing":
             await writer.close()
-        deadline = time.monotonic() + 3
-        while len(await _last(conn)) < 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert await _last(conn) == [(v, 10) for v in vehicles]
-        assert await conn.fetchval("SELECT count(*) FROM lp_statements") == 3  # 2 + 2 + 1
+        assert await _await_last(conn, 5) == [(v, 10) for v in vehicles]
+        assert await conn.fetchval("SELECT count(*) FROM lp_writes") == 3  # 2 + 2 + 1
     finally:
         await writer.close()
         await conn.close()
