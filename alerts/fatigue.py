@@ -111,7 +111,6 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-
 def motion(p: Position, profile: Profile) -> int:
     """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP."""
     if p.speed_kmh > profile.moving_kmh:
@@ -119,6 +118,7 @@ def motion(p: Position, profile: Profile) -> int:
     if profile.use_acc and p.status & 1:
         return IDLE
     return STOP
+
 
 class Episode:
     """A fatigue episode as the machine sees it (times in epoch seconds)."""
@@ -516,14 +516,75 @@ class Subject:
             self.episodes = [ep for ep in eps if ep.end is None or ep.end >= horizon]
 
 
+_MACHINE_FIELDS = (
+    "t", "cont", "stationary", "rest_run", "rested", "warn_at", "escalated", "night_win",
+    "night_first", "night_acc", "night_end", "daily_total", "vehicle_id", "driver",
+    "block_start",
+)  # fmt: skip
+_SUBJECT_FIELDS = (
+    "dirty", "last_state", "detached", "virtual", "prune_at", "vehicle_id", "long_distance",
+)  # fmt: skip
+
+
+def _dump_subject(subj: Subject) -> dict:
+    m = subj.machine
+    table: list[Episode] = []
+    index: dict[int, int] = {}
+    for ep in [*subj.episodes, *m.open.values()]:
+        if id(ep) not in index:
+            index[id(ep)] = len(table)
+            table.append(ep)
+    return {
+        "name": subj.name,
+        "driver": subj.driver,
+        **{f: getattr(subj, f) for f in _SUBJECT_FIELDS},
+        "runs": subj.runs,
+        "episodes_table": [
+            [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details]
+            for ep in table
+        ],
+        "episodes": [index[id(ep)] for ep in subj.episodes],
+        "machine": {
+            **{f: getattr(m, f) for f in _MACHINE_FIELDS},
+            "daily": list(m.daily),
+            "open": [[kind, index[id(ep)]] for kind, ep in m.open.items()],
+        },
+    }
+
+
+def _load_subject(d: dict) -> Subject:
+    subj = Subject(d["name"], d["driver"], _DEFAULT, bool(d["long_distance"]))
+    for f in _SUBJECT_FIELDS:
+        setattr(subj, f, d[f])
+    subj.runs = [list(r) for r in d["runs"]]
+    table = []
+    for type_, start, end, key, vid, driver, details in d["episodes_table"]:
+        ep = Episode(type_, start, vid, driver, dict(details))
+        ep.end, ep.key = end, key
+        table.append(ep)
+    subj.episodes = [table[i] for i in d["episodes"]]
+    m = subj.machine
+    md = d["machine"]
+    for f in _MACHINE_FIELDS:
+        setattr(m, f, md[f])
+    m.daily = deque([list(x) for x in md["daily"]])
+    m.open = {kind: table[i] for kind, i in md["open"]}
+    return subj
+
+
 def _overlaps(a: Episode, b: Episode) -> bool:
     a_end = 1e18 if a.end is None else a.end
     b_end = 1e18 if b.end is None else b.end
     return a.start < b_end and b.start < a_end
 
 
+_DEFAULT = Profile()
+
+
 class FatigueRule:
     """Fatigue per subject; fed every report of every vehicle (usable or not)."""
+
+    name = "fatigue"
 
     def __init__(self) -> None:
         self._subjects: dict[str, Subject] = {}
@@ -580,15 +641,15 @@ class FatigueRule:
 
     # ------------------------------------------------------------------ reports
 
-    def feed(self, fix: Fix, t: float, profile: Profile) -> list[AlertEvent]:
-        """An in-order report (``t`` = fix time, epoch seconds)."""
-        out: list[AlertEvent] = []
-        self.step(fix, t, profile, out)
-        return out
-
-    def step(self, fix: Fix, t: float, profile: Profile, out: list[AlertEvent]) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """One report (usable or not: speed and ACC still tell motion); a report behind the
+        vehicle's newest is merged into the timeline (:meth:`feed_late`)."""
+        profile = fix.profile or _DEFAULT
         if not profile.fatigue:
+            return
+        t = fix.t
+        if fix.behind:
+            self.feed_late(fix, t, profile)
             return
         p = fix.position
         vid = p.vehicle_id
@@ -652,7 +713,10 @@ class FatigueRule:
             self._dirty.add(subj.name)
         return []
 
-    def tick(self, now: datetime) -> list[AlertEvent]:
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        out += self._tick(now)
+
+    def _tick(self, now: datetime) -> list[AlertEvent]:
         """Replays subjects with merged late data; confirms rests of subjects that have gone
         quiet while stopped (or signed out, or silent longer than ``hold_s``)."""
         n = now.timestamp()
@@ -681,6 +745,45 @@ class FatigueRule:
             if not m.open:
                 self._active.discard(name)
         return out
+
+    # ------------------------------------------------------------------ state
+
+    def export(self, vehicle_id: int) -> dict | None:
+        """The vehicle's fatigue: its last report, and the subject driving it (a driver's
+        subject travels with the vehicle that exported it last)."""
+        car = self._cars.get(vehicle_id)
+        if car is None:
+            return None
+        return {
+            "last_t": car.last_t,
+            "last_state": car.last_state,
+            "subject": _dump_subject(car.subject),
+            "history": [[t, subj.name] for t, subj in car.history],
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._cars.pop(vehicle_id, None)
+            return
+        subj = _load_subject(state["subject"])
+        known = self._subjects.get(subj.name)
+        if known is not None and known.machine.t > subj.machine.t:
+            subj = known  # another vehicle brought this driver's newer state already
+        else:
+            self._subjects[subj.name] = subj
+        car = self._cars[vehicle_id] = _Car(subj)
+        car.last_t = state["last_t"]
+        car.last_state = int(state["last_state"])
+        history = []
+        for t, name in state["history"]:
+            past = subj if name == subj.name else self._subjects.get(name)
+            if past is not None:
+                history.append((float(t), past))
+        if history:
+            car.history = history
+        if subj.dirty:
+            self._dirty.add(subj.name)
+        self._track(subj)
 
     # ------------------------------------------------------------------ replay
 

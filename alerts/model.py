@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from geo.position import Position
+
+if TYPE_CHECKING:
+    from alerts.settings import Profile
 
 # Vehicle classes (the values of vehicles.class).
 POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER = (
@@ -93,6 +96,9 @@ class Fix:
     vehicle's newest fix time. ``previous``: the vehicle's previous usable fix (for crossings
     between sparse fixes). ``fences``: ``FenceIndex.classify`` of this fix (empty when not
     usable): fence id -> 1 inside beyond its margin, 0 within its margin of the boundary.
+    ``t``: the fix time in epoch seconds; ``behind``: older than the vehicle's newest fix (the
+    rules' late lanes); ``has_fix``: good coordinates (no jump verdict); ``profile``: the
+    vehicle's thresholds. The engine fills all of them, once per position.
     """
 
     position: Position
@@ -102,3 +108,7 @@ class Fix:
     previous: Position | None = None
     fences: dict[int, int] = field(default_factory=dict)
     driver: str | None = None
+    t: float = 0.0
+    behind: bool = False
+    has_fix: bool = True
+    profile: Profile | None = None
