@@ -137,6 +137,7 @@ class RulesEngine:
         self._late: set[int] = set()  # vehicles with a running late lane
         self._pending: list[AlertEvent] = []  # for the next tick (watchlist changes)
         self._dirty: set[int] = set()
+        self._recent_s = s.recent_s
 
     # ------------------------------------------------------------------ per position
 
@@ -177,7 +178,8 @@ class RulesEngine:
             jf = st.late_jump
         else:
             behind = False
-            late = position.batch
+            # found late: a blind-area batch, or a fix already old when it arrived
+            late = position.batch or position.received_time.timestamp() - t > self._recent_s
             st.newest = t
             jf = st.jump
 
@@ -202,6 +204,10 @@ class RulesEngine:
         )
         for step in self._steps:
             step(fix, out)
+        if out:
+            for e in out:
+                if e.found is None:
+                    e.found = position.fix_time
         return out
 
     # ------------------------------------------------------------------ other messages

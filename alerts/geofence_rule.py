@@ -188,8 +188,10 @@ class GeofenceRule:
         self._step(veh, lane, fix, events)
 
     def tick(self, now: datetime, events: list[AlertEvent]) -> None:
-        """Time-driven events: dwell limits passed by vehicles that report no more, and the
-        end of replays that went quiet."""
+        """Wall-clock events: dwell limits passed by vehicles that report no more, and the
+        end of replays that went quiet. A silent vehicle's dwell is judged on its own fix
+        clock (its last fix time plus the wall time since that fix was received), so a
+        terminal whose clock lags, or a backlog, is not judged on our clock."""
         for vid, fid in list(self._dwell_watch):
             veh = self._vehicles.get(vid)
             st = veh.live.states.get(fid) if veh else None
@@ -197,7 +199,14 @@ class GeofenceRule:
             if veh is None or st is None or fence is None or not st.inside or not fence.max_dwell_s:
                 del self._dwell_watch[vid, fid]
                 continue
-            self._check_dwell(veh, veh.live, fence, st, now, veh.live.last_late, None, events)
+            last = veh.live.last
+            if last is None:
+                continue
+            silent = now - last.received_time
+            if silent.total_seconds() < self.gap_s:
+                continue  # still reporting: its fixes judge the dwell
+            clock = last.fix_time + silent
+            self._check_dwell(veh, veh.live, fence, st, clock, veh.live.last_late, None, events)
         for vid in list(self._replaying):
             veh = self._vehicles.get(vid)
             lane = veh.replay if veh else None

@@ -72,7 +72,9 @@ class AlertEvent:
 
     ``start``/``end`` are fix times (UTC). ``late`` marks episodes found in late data (0x0704
     batches, fix times behind the vehicle's newest): recorded, never notified to the driver.
-    ``driver`` is the identified driver (0x0702 IC card) when there is one.
+    ``driver`` is the identified driver (0x0702 IC card) when there is one. ``found``: the fix
+    time of the report that revealed the event (None from the wall-clock tick); the start of a
+    threshold crossing lies between two reports, so this is what says how fresh the news is.
     """
 
     phase: Phase
@@ -85,6 +87,7 @@ class AlertEvent:
     late: bool = False
     driver: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    found: datetime | None = None
 
 
 @dataclass(slots=True)

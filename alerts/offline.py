@@ -50,7 +50,7 @@ class OfflineRule:
         self.report(
             fix.position.vehicle_id,
             fix.position.received_time,
-            None if fix.late else fix.has_fix,
+            None if fix.behind or fix.position.batch else fix.has_fix,
             fix.driver,
             out,
         )
