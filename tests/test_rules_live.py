@@ -137,9 +137,7 @@ async def test_no_automatic_text_for_old_data(db_url: str, short_tmp: Path) -> N
                 await car.send(fix(t0 + timedelta(seconds=10 * i), 121.0 + i * 0.002, 31.2, 75))
         (text,) = await now.commands(0x8300)
         assert "超速" in text.body.text
-        alerts = await eventually(
-            lambda: _n_alerts(ingest.pool, SPEEDING, 2), timeout=5
-        )
+        alerts = await eventually(lambda: _n_alerts(ingest.pool, SPEEDING, 2), timeout=5)
         by_plate = {a.plate: a for a in alerts}
         assert by_plate["沪B10004"].late and not by_plate["沪B10005"].late
         assert [m for m in await old.quiet(0.5) if m.msg_id == 0x8300] == []
