@@ -14,7 +14,9 @@ Rules that matter here:
   would go out: the driver would be told about something long over. Old data still makes
   stored alerts; only the words to the driver are held back. (A terminal whose clock lags
   gets no automatic texts for that reason: per fix, a wrong clock and old data look alike.);
-* only when an episode opens (``phase == "open"``), not on its updates or close;
+* only when an alert opens or its incident reaches a new stage (a fatigue warning becoming
+  the alarm: an ``update`` of another type that the store reports as ``staged``), never on a
+  close; the caller plans only for those;
 * a cooldown per vehicle and type (by fix time), so a driver hovering around a speed limit
   is not read the same sentence every minute.
 
@@ -218,7 +220,7 @@ class Actions:
         """The text to send for this event at wall-clock time ``now``, or None (no action,
         late or too old, not an opening, or within the cooldown). Planning a text starts its
         cooldown."""
-        if event.phase != "open" or event.late:
+        if event.phase == "close" or event.late:
             return None
         if now is not None and now - (event.found or event.start) > self.recent:
             return None

@@ -141,10 +141,20 @@ def span_state(st0: int, span: float, hold: float) -> int:
     return HELD if st0 == STOP else GAP
 
 
-class Episode:
-    """A fatigue episode as the machine sees it (times in epoch seconds)."""
+#: The stages of one continuous-driving incident: one alert, warning -> escalation -> alarm.
+STAGES = (FATIGUE_WARNING, FATIGUE_ESCALATION, FATIGUE_CONTINUOUS)
 
-    __slots__ = ("details", "driver", "end", "key", "start", "type", "vehicle_id")
+
+class Episode:
+    """A fatigue episode as the machine sees it (times in epoch seconds).
+
+    A later stage of a continuous-driving incident has ``lead`` = the incident's first
+    episode: it is reported as an ``update`` of the lead's alert, and its close is the lead's
+    (``stage`` on the lead is the last stage reached)."""
+
+    __slots__ = (
+        "details", "driver", "end", "key", "lead", "stage", "start", "type", "vehicle_id",
+    )  # fmt: skip
 
     def __init__(
         self, type_: str, start: float, vehicle_id: int, driver: str | None, details: dict
@@ -152,10 +162,12 @@ class Episode:
         self.type = type_
         self.start = start
         self.end: float | None = None
-        self.key = f"{type_}:{int(start)}"
+        self.key = f"fatigue:{int(start)}" if type_ in STAGES else f"{type_}:{int(start)}"
         self.vehicle_id = vehicle_id
         self.driver = driver
         self.details = details
+        self.lead: Episode | None = None
+        self.stage = type_
 
     def __repr__(self) -> str:
         return f"Episode({self.type}, {self.start}, {self.end}, {self.key})"
@@ -283,7 +295,7 @@ class Machine:
         end = self.stationary if self.stationary is not None else self.t
         for ep in self.open.values():
             ep.end = end
-            if ep.type in (FATIGUE_CONTINUOUS, FATIGUE_DAILY):
+            if ep.type == FATIGUE_DAILY or (ep.lead is None and ep.stage == FATIGUE_CONTINUOUS):
                 ep.details = {**ep.details, "driving_s": round(self._driving_at_close(ep))}
             out.append(("close", ep))
         self.open.clear()
@@ -296,10 +308,16 @@ class Machine:
         self.night_acc = 0.0
 
     def _driving_at_close(self, ep: Episode) -> float:
-        return self.cont if ep.type == FATIGUE_CONTINUOUS else self._daily_at(self.t)
+        return self._daily_at(self.t) if ep.type == FATIGUE_DAILY else self.cont
 
     def _open(self, type_: str, at: float, out: list[tuple[str, Episode]], **details) -> Episode:
         ep = Episode(type_, at, self.vehicle_id, self.driver, details)
+        if type_ in STAGES:
+            for other in self.open.values():
+                if other.type in STAGES:
+                    ep.lead = lead = other.lead or other
+                    lead.stage = type_
+                    break
         self.open[type_] = ep
         if self.history is not None:
             self.history.append(ep)
@@ -551,23 +569,26 @@ _SUBJECT_FIELDS = (
 )  # fmt: skip
 
 
+def _dump_episode(ep: Episode, index: dict[int, int]) -> list:
+    lead = None if ep.lead is None else index[id(ep.lead)]
+    return [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details, ep.stage, lead]
+
+
 def _dump_subject(subj: Subject) -> dict:
     m = subj.machine
     table: list[Episode] = []
     index: dict[int, int] = {}
     for ep in [*subj.episodes, *m.open.values()]:
-        if id(ep) not in index:
-            index[id(ep)] = len(table)
-            table.append(ep)
+        for x in (ep.lead, ep) if ep.lead is not None else (ep,):
+            if id(x) not in index:
+                index[id(x)] = len(table)
+                table.append(x)
     return {
         "name": subj.name,
         "driver": subj.driver,
         **{f: getattr(subj, f) for f in _SUBJECT_FIELDS},
         "runs": subj.runs,
-        "episodes_table": [
-            [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details]
-            for ep in table
-        ],
+        "episodes_table": [_dump_episode(ep, index) for ep in table],
         "episodes": [index[id(ep)] for ep in subj.episodes],
         "machine": {
             **{f: getattr(m, f) for f in _MACHINE_FIELDS},
@@ -583,10 +604,14 @@ def _load_subject(d: dict) -> Subject:
         setattr(subj, f, d[f])
     subj.runs = [list(r) for r in d["runs"]]
     table = []
-    for type_, start, end, key, vid, driver, details in d["episodes_table"]:
+    leads = []
+    for type_, start, end, key, vid, driver, details, stage, lead in d["episodes_table"]:
         ep = Episode(type_, start, vid, driver, dict(details))
-        ep.end, ep.key = end, key
+        ep.end, ep.key, ep.stage = end, key, stage
         table.append(ep)
+        leads.append(lead)
+    for ep, lead in zip(table, leads, strict=True):
+        ep.lead = None if lead is None else table[lead]
     subj.episodes = [table[i] for i in d["episodes"]]
     m = subj.machine
     md = d["machine"]
@@ -878,21 +903,43 @@ class FatigueRule:
     # ------------------------------------------------------------------ events
 
     def _events(self, trans: list[tuple[str, Episode]], late: bool) -> list[AlertEvent]:
-        return [
-            AlertEvent(
-                phase=phase,  # type: ignore[arg-type]
-                type=ep.type,
-                vehicle_id=ep.vehicle_id,
-                key=ep.key,
-                start=_dt(ep.start),
-                end=_dt(ep.end) if phase == "close" and ep.end is not None else None,
-                severity=_SEVERITY[ep.type],
-                late=late,
-                driver=ep.driver,
-                details=ep.details,
-            )
-            for phase, ep in trans
-        ]
+        """Machine transitions as alert events: a later stage of an incident is an update of
+        the lead's alert (at the moment it was reached), and only the lead closes."""
+        out = []
+        for phase, ep in trans:
+            lead = ep.lead
+            if lead is None:
+                kind = ep.stage if phase == "close" else ep.type
+                out.append(
+                    AlertEvent(
+                        phase=phase,  # type: ignore[arg-type]
+                        type=kind,
+                        vehicle_id=ep.vehicle_id,
+                        key=ep.key,
+                        start=_dt(ep.start),
+                        end=_dt(ep.end) if phase == "close" and ep.end is not None else None,
+                        severity=_SEVERITY[kind],
+                        late=late,
+                        driver=ep.driver,
+                        details=ep.details,
+                    )
+                )
+            elif phase == "open":
+                out.append(
+                    AlertEvent(
+                        phase="update",
+                        type=ep.type,
+                        vehicle_id=lead.vehicle_id,
+                        key=lead.key,
+                        start=_dt(lead.start),
+                        severity=_SEVERITY[ep.type],
+                        late=late,
+                        driver=ep.driver,
+                        details={**ep.details, f"{ep.type}_at": _dt(ep.start).isoformat()},
+                        at=_dt(ep.start),
+                    )
+                )
+        return out
 
 
 class _Car:

@@ -364,7 +364,7 @@ class Supervision:
             self.stats.flushes += 1
             self.stats.events_stored += len(events)
             for event, result in zip(events, applied, strict=True):
-                if result.outcome == "inserted":
+                if result.outcome in ("inserted", "staged"):  # a new alert, or a new stage
                     self._act(event, result.alert_id)
             return len(events)
         finally:

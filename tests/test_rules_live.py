@@ -61,12 +61,16 @@ async def _upload(
 
 
 async def _fatigue_on_time(ingest: Ingest, car: Vehicle, warn: datetime, alarm: datetime) -> None:
-    (warning,) = await eventually(lambda: _alerts(ingest.pool, FATIGUE_WARNING), timeout=10)
-    (over,) = await eventually(lambda: _alerts(ingest.pool, FATIGUE_CONTINUOUS), timeout=10)
-    assert warning.start_time == warn and over.start_time == alarm
+    """One alert for the incident, at its alarm stage: it started with the warning at
+    ``warn``, reached the alarm at ``alarm`` (its timeline says so)."""
+    (incident,) = await eventually(lambda: _alerts(ingest.pool, FATIGUE_CONTINUOUS), timeout=10)
+    assert incident.start_time == warn
+    stages = {s["type"]: datetime.fromisoformat(s["at"]) for s in incident.timeline}
+    assert stages[FATIGUE_WARNING] == warn and stages[FATIGUE_CONTINUOUS] == alarm
+    assert await _alerts(ingest.pool, FATIGUE_WARNING) == []  # no second alert
     # still driving at the last report: no rest, so nothing ended
-    assert warning.end_time is None and over.end_time is None
-    assert warning.late and over.late  # found in old data
+    assert incident.end_time is None
+    assert incident.late  # found in old data
     assert [m for m in await car.quiet(0.5) if m.msg_id == 0x8300] == []  # nobody told
 
 
@@ -148,3 +152,58 @@ async def test_no_automatic_text_for_old_data(db_url: str, short_tmp: Path) -> N
 async def _n_alerts(pool: asyncpg.Pool, alert_type: str, n: int) -> list[Alert]:
     found = await _alerts(pool, alert_type)
     return found if len(found) >= n else []
+
+
+async def _fences(ingest: Ingest, supervision: object, fences: list) -> None:
+    from store import geofences
+
+    reloads = supervision.stats.fence_reloads  # type: ignore[attr-defined]
+    await geofences.save(ingest.pool, fences)
+    await eventually(lambda: _true(supervision.stats.fence_reloads > reloads))  # type: ignore[attr-defined]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@aio_test
+async def test_one_alert_per_forbidden_zone_passage(db_url: str, short_tmp: Path) -> None:
+    """A truck drives through a forbidden zone, then through a plain zone: the passage is one
+    alert (start at the entry, end at the exit, its timeline open -> close), not three; the
+    plain zone's entry and exit are recorded but closed at once (nothing to handle), so the
+    dispatcher's active list holds the one passage."""
+    from shapely.geometry import Point
+
+    from geo.fences import Geofence
+
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, supervision):
+        await _fences(
+            ingest,
+            supervision,
+            [
+                Geofence(0, "禁行桥", "forbidden", "circle", Point(121.5, 31.2), radius_m=300),
+                Geofence(0, "服务区", "zone", "circle", Point(121.52, 31.2), radius_m=300),
+            ],
+        )
+        car = await _vehicle(ingest, "沪B10006", "13900010006", "heavy_truck")
+        t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=460)
+        # eastwards at 30 km/h (83 m per 10 s), from 600 m west of the bridge to past the zone
+        for i in range(45):
+            lon = 121.5 - 0.0063 + i * 0.00087
+            await car.send(fix(t0 + timedelta(seconds=10 * i), lon, 31.2, speed=30.0))
+        store = AlertStore(ingest.pool)
+
+        async def ended() -> list[Alert]:
+            return [a for a in await _alerts(ingest.pool, "forbidden_zone") if a.end_time]
+
+        (passage,) = await eventually(ended)
+        assert [s["phase"] for s in passage.timeline] == ["open", "close"]
+        assert passage.status == "open"  # the dispatcher handles it
+        everything = await store.list()
+        assert sorted(a.type for a in everything) == [
+            "forbidden_zone", "geofence_enter", "geofence_exit",
+        ]  # fmt: skip
+        for instant in (a for a in everything if a.type != "forbidden_zone"):
+            assert instant.status == "closed" and instant.details["fence_name"] == "服务区"
+        assert [a.id for a in await store.list(status="active")] == [passage.id]
+        await car.close()
