@@ -126,7 +126,7 @@ def motion(p: Position, profile: Profile) -> int:
     STOP."""
     if p.speed_kmh > profile.moving_kmh:
         return DRIVE
-    if profile.use_acc and p.status & 1:
+    if profile.use_acc and p.ignition:
         return IDLE
     return STOP
 

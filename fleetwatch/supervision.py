@@ -60,6 +60,7 @@ from geo.position import Position
 from ingest.directory import Vehicle
 from ingest.downlink import CommandError
 from protocols.jt808 import Body, DriverIdentity, Message
+from protocols.jt808.location import ALARM_BY_NAME
 from protocols.jt808.platform import RESULT_OK, RESULT_UNSUPPORTED, AlarmConfirmation
 from store import geofences, pushes
 from store.alerts import Alert, AlertStore
@@ -442,7 +443,7 @@ class Supervision:
 
     async def confirm(self, alert_id: int, vehicle_id: int, details: Mapping[str, Any]) -> str:
         """Send 0x8203 (the alarm's 0x0200 serial and bit) and audit the terminal's answer."""
-        bit = int(details["bit"])
+        bit = _alarm_bit(details)
         body = AlarmConfirmation(alarm_serial=_alarm_serial(details), alarm_type=1 << bit)
         result, serial, push_id = await self.push(
             vehicle_id, f"alarm_confirmation:{alert_id}", body, alert_id=alert_id
@@ -554,8 +555,14 @@ def _fix_time(position: Position) -> datetime:
 
 
 def _confirmable(alert_type: str, details: Mapping[str, Any]) -> bool:
-    bit = details.get("bit")
-    return alert_type == TERMINAL_ALARM and isinstance(bit, int) and bit in pushes.CONFIRMABLE_BITS
+    bit = _alarm_bit(details)
+    return alert_type == TERMINAL_ALARM and bit in pushes.CONFIRMABLE_BITS
+
+
+def _alarm_bit(details: Mapping[str, Any]) -> int:
+    """The alarm-word bit of a terminal alarm alert (by its name; ``bit`` in older alerts)."""
+    bit = ALARM_BY_NAME.get(details.get("name", ""), details.get("bit"))
+    return bit if isinstance(bit, int) else -1
 
 
 def _alarm_serial(details: Mapping[str, Any]) -> int:

@@ -126,7 +126,12 @@ async def history(
     return [_push(r) for r in rows]
 
 
-#: Alarm-word bits a terminal keeps set until the platform confirms them with 0x8203.
+#: Alarms a terminal keeps raised until the platform confirms them with 0x8203, by platform
+#: name (alerts' ``details["name"]``) and, for alerts stored before names, by alarm-word bit.
+CONFIRMABLE_ALARMS = (
+    "emergency", "dangerous_driving", "area_in_out", "route_in_out", "route_drive_time",
+    "illegal_ignition", "illegal_displacement",
+)  # fmt: skip
 CONFIRMABLE_BITS = (0, 3, 20, 21, 22, 27, 28)
 CONFIRMATION_MSG_ID = 0x8203
 
@@ -151,21 +156,23 @@ async def unconfirmed_alarms(
         """SELECT a.id, a.vehicle_id, a.details::text AS details FROM alerts a
            WHERE a.type = 'terminal_alarm' AND a.acknowledged_at IS NOT NULL
              AND a.acknowledged_at > now() - $1::interval
-             AND (a.details->>'bit') ~ '^[0-9]+$'
-             AND (a.details->>'bit')::integer = ANY($2::integer[])
+             AND ((a.details->>'name') = ANY($4::text[])
+                  OR ((a.details->>'bit') ~ '^[0-9]+$'
+                      AND (a.details->>'bit')::integer = ANY($2::integer[])))
              AND NOT EXISTS (
                  SELECT 1 FROM terminal_pushes p
                  WHERE p.alert_id = a.id AND p.msg_id = $3
                    AND (p.result <> 'offline'
                         OR (p.result IS NULL AND p.sent_at > now() - interval '5 minutes')))
            ORDER BY a.acknowledged_at""",
-        within, list(CONFIRMABLE_BITS), CONFIRMATION_MSG_ID,
+        within, list(CONFIRMABLE_BITS), CONFIRMATION_MSG_ID, list(CONFIRMABLE_ALARMS),
     )  # fmt: skip
     return [Unconfirmed(r["id"], r["vehicle_id"], _json(r["details"])) for r in rows]
 
 
 __all__ = [
     "ACCEPTED",
+    "CONFIRMABLE_ALARMS",
     "CONFIRMABLE_BITS",
     "CONFIRMATION_MSG_ID",
     "FAILED",

@@ -156,7 +156,7 @@ _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def position_row(p: Position) -> Row:
     return (
         p.vehicle_id, p.fix_time, p.received_time, p.lon, p.lat, p.speed_kmh, p.heading,
-        p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch, p.source,
+        p.altitude_m, p.alarm_word, p.status_word, p.valid, p.serial, p.batch, p.source,
         _to_json(p.extras) if p.extras else None,
     )  # fmt: skip
 
