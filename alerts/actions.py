@@ -38,6 +38,7 @@ from alerts.model import (
     FATIGUE_DAILY,
     FATIGUE_ESCALATION,
     FATIGUE_WARNING,
+    FATIGUE_WEEKLY,
     FORBIDDEN_ZONE,
     NIGHT_DRIVING,
     SPEEDING,
@@ -62,6 +63,10 @@ DEFAULT_ACTIONS: dict[str, dict[str, Any] | None] = {
         "text": "您24小时内累计驾驶已超过{hours}小时，请在安全地带停车休息",
         "fallback": "您24小时内累计驾驶时间已超限，请在安全地带停车休息",
         "urgent": True,
+    },
+    FATIGUE_WEEKLY: {
+        "text": "您7日内累计驾驶已超过{hours}小时，请合理安排休息",
+        "fallback": "您7日内累计驾驶时间已超限，请合理安排休息",
     },
     NIGHT_DRIVING: {"text": "凌晨2时至5时客车禁止行驶，请在安全地带停车休息", "urgent": True},
     SPEEDING: {

@@ -64,7 +64,7 @@ from alerts.model import (
     VehicleInfo,
 )
 from alerts.state import at, dump_position, load_position, ts
-from geo.fences import FORBIDDEN, ROUTE, SPEED_LIMIT, Geofence
+from geo.fences import FORBIDDEN, LIMIT_KINDS, ROUTE, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
 
@@ -657,9 +657,9 @@ class GeofenceRule:
 
 
 def _records(fence: Geofence) -> bool:
-    """Whether entering and leaving the fence are recorded (not for speed-limit areas, which
-    only set a limit, unless the fence is watched)."""
-    return fence.kind != SPEED_LIMIT or fence.watched
+    """Whether entering and leaving the fence are recorded (not for speed-limit and hazard
+    areas, which only set a limit, unless the fence is watched)."""
+    return fence.kind not in LIMIT_KINDS or fence.watched
 
 
 def _copy_event(event: AlertEvent, phase: Any, end: datetime) -> AlertEvent:

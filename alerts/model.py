@@ -28,6 +28,7 @@ SPEEDING = "speeding"
 SPEEDING_WARNING = "speeding_warning"
 FATIGUE_CONTINUOUS = "fatigue_continuous"  # > 4 h (coach at night: > 2 h) without a 20 min rest
 FATIGUE_DAILY = "fatigue_daily"  # > 8 h of driving in any 24 h
+FATIGUE_WEEKLY = "fatigue_weekly"  # a coach: > 44 h of driving in any 7 days
 FATIGUE_WARNING = "fatigue_warning"  # pre-warning (3.5 h)
 FATIGUE_ESCALATION = "fatigue_escalation"  # still driving 15 min after the pre-warning
 NIGHT_DRIVING = "night_driving"  # long-distance coach moving 02:00-05:00
@@ -43,7 +44,7 @@ WATCHLIST = "watchlist"
 WATCHLIST_AREA = "watchlist_area"
 
 ALERT_TYPES = (
-    SPEEDING, SPEEDING_WARNING, FATIGUE_CONTINUOUS, FATIGUE_DAILY, FATIGUE_WARNING,
+    SPEEDING, SPEEDING_WARNING, FATIGUE_CONTINUOUS, FATIGUE_DAILY, FATIGUE_WEEKLY, FATIGUE_WARNING,
     FATIGUE_ESCALATION, NIGHT_DRIVING, GEOFENCE_ENTER, GEOFENCE_EXIT, GEOFENCE_DWELL,
     FORBIDDEN_ZONE, ROUTE_DEVIATION, TERMINAL_ALARM, OFFLINE, NO_FIX, WATCHLIST, WATCHLIST_AREA,
 )  # fmt: skip

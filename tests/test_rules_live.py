@@ -18,7 +18,7 @@ from alerts.model import (
     OFFLINE,
     SPEEDING,
 )
-from protocols.jt808 import BEIJING
+from protocols.jt808 import BEIJING, BatchLocation
 from store.alerts import Alert, AlertStore
 from store.vehicles import add_vehicle, new_vehicle
 from tests.aio import aio_test
@@ -207,3 +207,68 @@ async def test_one_alert_per_forbidden_zone_passage(db_url: str, short_tmp: Path
             assert instant.status == "closed" and instant.details["fence_name"] == "服务区"
         assert [a.id for a in await store.list(status="active")] == [passage.id]
         await car.close()
+
+
+@aio_test
+async def test_coach_44h_in_7_days_over_tcp(db_url: str, short_tmp: Path) -> None:
+    """A coach's last seven days uploaded in fix order (0x0704, a fix every 3 min): each
+    day 08:00-11:15 and 11:45-15:00 driving, parked (ACC off) in between and overnight. 44 h
+    is passed on the seventh day at 13:30: one FATIGUE_WEEKLY alert, ended by that day's 15:00
+    rest; no daily or continuous alarm (6.5 h a day, 3 h 15 at a stretch)."""
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
+        car = await _vehicle(ingest, "沪B10007", "13900010007", "coach")
+        reports = []
+        for days_ago in range(8, 1, -1):
+            day = _bj(days_ago, 8)
+            lon = 121.0
+            # (first minute, last minute driving, parked until): a fix every 3 min
+            for start, end, parked in ((0, 195, 225), (225, 420, 460)):
+                for m in range(start, parked, 3):
+                    moving = m < end
+                    reports.append(
+                        fix(day + timedelta(minutes=m), lon, 31.2, 60.0 if moving else 0.0,
+                            status=0x3 if moving else STOPPED)
+                    )  # fmt: skip
+                    lon += 3 / KM_PER_DEG if moving else 0.0
+        for i in range(0, len(reports), 30):  # stored reports, as 0x0704 uploads of 30
+            await car.send(BatchLocation(batch_type=1, items=reports[i : i + 30]))
+
+        async def ended() -> list[Alert]:
+            return [a for a in await _alerts(ingest.pool, "fatigue_weekly") if a.end_time]
+
+        (weekly,) = await eventually(ended, timeout=10)
+        assert abs((weekly.start_time - _bj(2, 13, 30)).total_seconds()) <= 180
+        assert weekly.end_time == _bj(2, 15)
+        assert weekly.details["limit_s"] == 44 * 3600
+        for other in ("fatigue_daily", FATIGUE_CONTINUOUS, FATIGUE_WARNING):
+            assert await _alerts(ingest.pool, other) == []
+        await car.close()
+
+
+@aio_test
+async def test_school_bus_20_kmh_in_a_hazard_zone_over_tcp(db_url: str, short_tmp: Path) -> None:
+    """A hazard zone (level crossing, kind 'hazard') stored as a fence; a school bus crosses it
+    at 30 km/h now: a speeding alert against 20 km/h and the driver is told the limit. A
+    truck at the same speed raises nothing there."""
+    from shapely.geometry import Point
+
+    from geo.fences import Geofence
+
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, supervision):
+        crossing = Geofence(0, "平交道口", "hazard", "circle", Point(121.5, 31.2), radius_m=150,
+                            properties={"hazard": "level_crossing"})  # fmt: skip
+        await _fences(ingest, supervision, [crossing])
+        bus = await _vehicle(ingest, "沪B10008", "13900010008", "school_bus")
+        truck = await _vehicle(ingest, "沪B10009", "13900010009", "heavy_truck")
+        t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=110)
+        for car in (bus, truck):
+            for i in range(12):  # 83 m per 10 s fix: from 500 m west to 410 m east
+                lon = 121.5 - 0.0053 + i * 0.00087
+                await car.send(fix(t0 + timedelta(seconds=10 * i), lon, 31.2, speed=30.0))
+        (text,) = await bus.commands(0x8300)
+        assert "限速20公里每小时" in text.body.text
+        (alert,) = await eventually(lambda: _alerts(ingest.pool, SPEEDING))
+        assert alert.plate == "沪B10008" and alert.details["limit_kmh"] == 20.0
+        assert [m for m in await truck.quiet(0.3) if m.msg_id == 0x8300] == []
+        await bus.close()
+        await truck.close()

@@ -1,4 +1,7 @@
--- FleetWatch schema 10: one incident, one alert.
+-- FleetWatch schema 10: one incident, one alert; hazard fences.
+--
+-- geofences.kind may be 'hazard' (school-bus 20 km/h zones: school gates, villages, level
+-- crossings; see geo/fences.py).
 --
 -- An incident that goes through stages (a fatigue episode: warning -> escalation -> alarm; a
 -- speeding approach) stays one alert: a stage is an 'update' event of another type, which
@@ -10,6 +13,10 @@
 -- Instants that need no handling (entering or leaving a plain fence, a speeding pre-warning)
 -- are recorded like any alert but closed by the system as they are stored (record_only), so
 -- they never sit in the dispatcher's open list nor escalate.
+
+ALTER TABLE geofences DROP CONSTRAINT geofences_kind_check;
+ALTER TABLE geofences ADD CONSTRAINT geofences_kind_check
+    CHECK (kind IN ('zone', 'forbidden', 'speed_limit', 'route', 'hazard'));
 
 ALTER TABLE alerts ADD COLUMN timeline jsonb NOT NULL DEFAULT '[]';
 
