@@ -324,7 +324,13 @@ class Machine:
                 ):
                     self.cont = c1
                     self.rested = False
-                    self.daily.add(s, e)
+                    daily = self.daily
+                    spans = daily.spans
+                    if spans and spans[-1][1] == s:  # Tally.add's usual case, inlined
+                        spans[-1][1] = e
+                        daily.total += d
+                    else:
+                        daily.add(s, e)
                     if weekly is not None:
                         weekly.add(s, e)
                     return

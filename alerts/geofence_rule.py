@@ -109,6 +109,7 @@ class _Lane:
     held: dict[str, AlertEvent] = field(default_factory=dict)  # replay: opens awaiting a close
     inherited: set[str] = field(default_factory=set)  # replay: keys the live timeline owns
     seen: datetime | None = None  # replay: received time of its last fix
+    last_t: float = -1e18  # fix time of ``last``, epoch seconds (the hot path compares floats)
 
     @property
     def last_time(self) -> datetime | None:
@@ -123,6 +124,7 @@ class _Lane:
             last_late=self.last_late,
             replay=replay,
             inherited={f"{kind}:{fid}:late" for fid, st in states.items() for kind in st.episodes},
+            last_t=self.last_t,
         )
 
 
@@ -182,11 +184,11 @@ class GeofenceRule:
         ):
             self._refresh(veh, fix.vehicle, pos.fix_time, events)
         lane = veh.live
-        last_time = lane.last_time
-        if last_time is not None and pos.fix_time < last_time:
+        last_t = lane.last_t
+        if fix.t < last_t:
             lane = self._replay_lane(veh, pos.fix_time, events)
             lane.seen = pos.received_time
-        elif last_time is not None and (pos.fix_time - last_time).total_seconds() >= self.gap_s:
+        elif fix.t - last_t >= self.gap_s and lane.last is not None:
             veh.snapshot = lane.copy(replay=True)
         self._step(veh, lane, fix, events)
 
@@ -253,6 +255,7 @@ class GeofenceRule:
             if inside:
                 self._dwell_watch[vehicle_id, int(fid)] = None  # tick drops what needs none
         lane.last = load_position(state["last"])
+        lane.last_t = lane.last.fix_time.timestamp() if lane.last is not None else -1e18
         lane.last_fences = {int(fid): int(v) for fid, v in state["fences"]}
         lane.last_late = bool(state["late"])
 
@@ -342,7 +345,7 @@ class GeofenceRule:
         index_fences = self.index.fences
 
         prev = lane.last
-        if prev is not None and (t - prev.fix_time).total_seconds() <= self.max_crossing_gap_s:
+        if prev is not None and fix.t - lane.last_t <= self.max_crossing_gap_s:
             crossed = self.index.crossed_between(
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
@@ -377,6 +380,7 @@ class GeofenceRule:
                 if st.idle:
                     del states[fid]
         lane.last = pos
+        lane.last_t = fix.t
         lane.last_fences = fences
         lane.last_late = late
 
