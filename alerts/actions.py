@@ -15,7 +15,7 @@ Rules that matter here:
   is not read the same sentence every minute.
 
 Sans-I/O: :meth:`Actions.plan` turns an event into a :class:`PlannedText` (or None); sending it
-and recording the outcome is :mod:`fleetwatch.supervision`'s job.
+and recording the outcome is :mod:`alerts.supervision`'s job.
 """
 
 from __future__ import annotations

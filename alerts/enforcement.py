@@ -22,7 +22,7 @@ commands, so a terminal warns its driver by itself even when the platform cannot
 Each command is an *item* (``params``, ``circles``, ``rectangles``, ``polygon:ID``,
 ``route:ID``) with the hash of its content; :func:`plan_pushes` leaves out items whose hash is
 what the terminal last accepted, which is what makes a reconnect push nothing new.
-Sans-I/O: values in, message bodies out (``fleetwatch.supervision`` sends and records them).
+Sans-I/O: values in, message bodies out (``alerts.supervision`` sends and records them).
 """
 
 from __future__ import annotations

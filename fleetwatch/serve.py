@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--rules-config",
         metavar="FILE",
         help="JSON: supervision rules, automatic actions, escalation and enforcement "
-        "(see fleetwatch/supervision.py; default: the regulations' values)",
+        "(see alerts/supervision.py; default: the regulations' values)",
     )
     parser.add_argument(
         "--workers",
@@ -92,7 +92,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
-        from fleetwatch.supervision import Supervision, load_config
+        from alerts.supervision import Supervision, load_config
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore

@@ -78,7 +78,7 @@ def aio(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
 
 
 class IngestObserver(Protocol):
-    """What the supervision rules are told (``fleetwatch.supervision``), in each connection's
+    """What the supervision rules are told (``alerts.supervision``), in each connection's
     order: positions only once durable (right after their ack, so never a fix the terminal
     will send again as new), driver cards (0x0702) and logouts (0x0003). Calls must be cheap
     and must not block: they run on the ingest path."""

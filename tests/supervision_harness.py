@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleetwatch.supervision import Supervision
+from alerts.supervision import Supervision
 from protocols.jt808 import BEIJING, LocationReport, Message, TerminalGeneralResponse
 from tests.ingest_harness import Ingest, running_ingest
 from tests.terminal_client import Terminal
