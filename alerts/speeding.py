@@ -45,13 +45,12 @@ from typing import TYPE_CHECKING
 
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
+from geo.calendar import is_night
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
 
 SEVERITY_BY_LEVEL = {1: LOW, 2: MEDIUM, 3: HIGH, 4: CRITICAL}
-_BEIJING_OFFSET = 8 * 3600
-_DAY = 86400
 
 
 def level_of(over_pct: float) -> int:
@@ -63,12 +62,6 @@ def level_of(over_pct: float) -> int:
     if over_pct < 50.0:
         return 3
     return 4
-
-
-def is_night(t: float) -> bool:
-    """22:00-06:00 Beijing time, ``t`` in epoch seconds."""
-    s = (t + _BEIJING_OFFSET) % _DAY
-    return s >= 79200 or s < 21600
 
 
 class _Episode:

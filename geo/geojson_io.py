@@ -32,7 +32,7 @@ import geojson
 import shapely
 from shapely.geometry import box, mapping, shape
 
-from alerts.model import VEHICLE_CLASSES
+from geo.classes import VEHICLE_CLASSES
 from geo.fences import (
     CIRCLE,
     CORRIDOR,

@@ -18,7 +18,8 @@ from typing import Any
 from shapely.geometry import LineString, Polygon
 
 from alerts.commands import DeleteAreas, SetAreas
-from protocols.jt808 import BEIJING, V2019, Body, encode_body
+from geo.calendar import BEIJING
+from protocols.jt808 import V2019, Body, encode_body
 from protocols.jt808.areas import (
     ACTION_REPLACE,
     ATTR_SOUTH,

@@ -19,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from geo.classes import VEHICLE_CLASSES
+
 if TYPE_CHECKING:  # imported where used: the CLI imports this module to build its --help
     import asyncpg
 
-#: ``vehicle_class`` values (the enum in migration 0001).
-VEHICLE_CLASSES = ("police", "school_bus", "coach", "heavy_truck", "hazmat", "other")
 #: JT/T 697.7 plate colours (JT/T 808 register message): 0 means "not plated yet".
 PLATE_COLORS = {0: "none", 1: "blue", 2: "yellow", 3: "black", 4: "white", 5: "green", 9: "other"}
 #: The vehicles this platform supervises (coaches, trucks, hazmat, school buses) carry yellow
