@@ -7,8 +7,14 @@ setup:
 test: setup
 	.venv/bin/python -m pytest
 
+# Style, formatting (of the packages; tests keep their hand layout), the layers as import
+# contracts (pyproject.toml [tool.importlinter]) and types (mypy, [tool.mypy]).
+PACKAGES = protocols geo store ingest alerts maps fleetwatch loadtest
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check $(PACKAGES)
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python -m loadtest.bench_codec

@@ -16,6 +16,8 @@ invalid), so a caller cannot mistake "nobody heard it" for "the terminal said no
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,6 +180,20 @@ class DeleteAreas(Command):
     ids: list[int] = field(default_factory=list)
 
 
+_canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+def canonical_json(content: Any) -> str:
+    """A JSON value in one canonical text (sorted keys, no spaces)."""
+    return _canonical(content)
+
+
+def content_hash(content: Any) -> str:
+    """sha256 of a JSON value's canonical text: equal content, equal hash (what decides
+    whether a terminal already holds a push)."""
+    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+
+
 def command_to_json(command: Command) -> dict[str, Any]:
     """``{"kind": ..., fields...}``: what travels between processes and is stored with a push."""
     out: dict[str, Any] = {"kind": command.KIND}
@@ -220,6 +236,8 @@ __all__ = [
     "SetParameters",
     "Text",
     "Track",
+    "canonical_json",
     "command_from_json",
     "command_to_json",
+    "content_hash",
 ]

@@ -177,7 +177,8 @@ class Server:
         if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
             root = Resource()
             root.putChild(b"metrics", MetricsResource(metrics))
-            self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
+            site: Any = Site(root)  # a ServerFactory in all but its stubs
+            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.host))  # type: ignore[attr-defined]
         sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
         sweep.start(2.0, now=False)
         self.loops.append(sweep)

@@ -33,5 +33,13 @@ def is_night(t: float) -> bool:
     return s >= NIGHT_START_H * 3600 or s < NIGHT_END_H * 3600
 
 
-__all__ = ["BEIJING", "DAY_S", "NIGHT_END_H", "NIGHT_START_H", "OFFSET_S", "day_start",
-           "is_night", "second_of_day"]
+__all__ = [
+    "BEIJING",
+    "DAY_S",
+    "NIGHT_END_H",
+    "NIGHT_START_H",
+    "OFFSET_S",
+    "day_start",
+    "is_night",
+    "second_of_day",
+]

@@ -67,9 +67,7 @@ def area_body(command: SetAreas | DeleteAreas) -> Body:
     if command.shape == "circle":
         return _trim(SetCircleAreas(action=ACTION_REPLACE, areas=[_circle(a) for a in areas]))
     if command.shape == "rectangle":
-        return _trim(
-            SetRectangleAreas(action=ACTION_REPLACE, areas=[_rectangle(a) for a in areas])
-        )
+        return _trim(SetRectangleAreas(action=ACTION_REPLACE, areas=[_rectangle(a) for a in areas]))
     if len(areas) != 1:
         raise ValueError(f"a {command.shape} goes one per message, not {len(areas)}")
     if command.shape == "polygon":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 #: Default histogram bounds in seconds (Prometheus' own defaults, plus 2.5 ms).
@@ -58,7 +58,7 @@ class Metrics:
     (``gauge``)."""
 
     def __init__(self) -> None:
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.help: dict[str, str] = {}
@@ -74,7 +74,7 @@ class Metrics:
         self.counters[key] += amount
 
     def value(self, name: str, **labels: str) -> float:
-        return self.counters[(name, _key(labels))]
+        return self.counters.get((name, _key(labels)), 0)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)

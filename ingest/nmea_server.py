@@ -179,13 +179,14 @@ class NmeaFactory(protocol.ServerFactory):
     def __init__(self, service: NmeaService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> NmeaProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> NmeaProtocol:
         return NmeaProtocol(self.service)
 
 
 class NmeaProtocol(LineReceiver, TimeoutMixin):
     """One NMEA unit's connection."""
 
+    transport: Any  # set by the reactor before connectionMade
     delimiter = b"\n"
 
     def __init__(self, service: NmeaService) -> None:

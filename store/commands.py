@@ -82,7 +82,7 @@ class Listener:
         if self.on_connect is not None:
             await self.on_connect()
 
-    def _lost(self, conn: asyncpg.Connection) -> None:
+    def _lost(self, conn: Any) -> None:
         if self._closed or conn is not self.conn:
             return
         log.warning("gateway listener of %s lost its connection; reconnecting", self.worker)

@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from alerts.commands import ANSWERS, FAILURES
-from alerts.enforcement import canonical_json, content_hash
+from alerts.commands import ANSWERS, FAILURES, canonical_json, content_hash
 
 #: What a push's ``result`` may say: the terminal's answer, or why there was none.
 RESULTS = ANSWERS + FAILURES

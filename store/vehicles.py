@@ -333,11 +333,12 @@ async def list_vehicles(
 
 async def vehicle_facts(
     db: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
-) -> asyncpg.Record | None:
+) -> dict[str, Any] | None:
     """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
     as JSON text), or None if there is no such vehicle."""
-    return await db.fetchrow(
+    row = await db.fetchrow(
         "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
         " FROM vehicles WHERE id = $1",
         vehicle_id,
     )
+    return dict(row) if row is not None else None

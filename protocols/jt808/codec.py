@@ -71,9 +71,9 @@ class Message:
     def to_json(self) -> dict[str, Any]:
         out = self.header.to_json()
         out["checksum_ok"] = self.checksum_ok
-        out["body"] = self.body.to_json()
+        body = out["body"] = self.body.to_json()
         if isinstance(self.body, RawBody) and self.header.msg_id not in REGISTRY:
-            out["body"]["unknown_message"] = True
+            body["unknown_message"] = True
         if self.problems:
             out["problems"] = list(self.problems)
         return out
