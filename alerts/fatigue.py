@@ -107,7 +107,6 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-
 def motion(p: Position, profile: Profile) -> int:
     """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP."""
     if p.speed_kmh > profile.moving_kmh:
@@ -115,6 +114,7 @@ def motion(p: Position, profile: Profile) -> int:
     if profile.use_acc and p.status & 1:
         return IDLE
     return STOP
+
 
 class Episode:
     """A fatigue episode as the machine sees it (times in epoch seconds)."""

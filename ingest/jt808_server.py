@@ -559,8 +559,12 @@ class JT808Protocol(protocol.Protocol):
         transport = self.transport
         queued = getattr(transport, "_tempDataBuffer", None)
         send = getattr(transport, "writeSomeData", None)
-        if send is None or queued is None or queued or transport.dataBuffer or (
-            not transport.connected or transport.disconnecting
+        if (
+            send is None
+            or queued is None
+            or queued
+            or transport.dataBuffer
+            or (not transport.connected or transport.disconnecting)
         ):
             transport.write(data)
             return

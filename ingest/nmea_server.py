@@ -106,9 +106,7 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     ident = identifier.strip()
     digits = re.sub(r"[\s-]", "", ident)
     if digits.isdigit() and digits.isascii():
-        found = await pool.fetchval(
-            "SELECT id FROM vehicles WHERE phone = $1", phone_key(digits)
-        )
+        found = await pool.fetchval("SELECT id FROM vehicles WHERE phone = $1", phone_key(digits))
         if found is not None:
             return int(found)
     plate = re.sub(r"\s", "", ident).upper()
