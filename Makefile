@@ -21,6 +21,7 @@ bench: setup
 	.venv/bin/python -m loadtest.bench_fences
 	.venv/bin/python -m loadtest.bench_rules
 	.venv/bin/python -m loadtest.bench_flush
+	.venv/bin/python -m loadtest.bench_gateway
 
 # The main command: JT/T 808 on 6808, NMEA on 6809, /metrics on 8080, embedded PostGIS in ./data.
 run: setup
