@@ -9,8 +9,9 @@ the vehicle's protocol (JT/T 808 0x8300, 0x8201, 0x8202, ...) and turns the answ
 
 A command the terminal answered gives a :class:`Reply` (``result`` accepted, failed or
 unsupported: the terminal's own verdict); one that never reached an answer raises
-:class:`CommandFailed` with a ``reason`` (offline, timeout, disconnected, unknown vehicle,
-invalid), so a caller cannot mistake "nobody heard it" for "the terminal said no".
+:class:`CommandFailed` with a ``reason`` (offline, timeout, disconnected, or invalid: the
+terminal's protocol cannot say it), so a caller cannot mistake "nobody heard it" for "the
+terminal said no".
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from typing import Any, ClassVar
 #: The terminal's answer to a command it received.
 ACCEPTED, FAILED, UNSUPPORTED = "accepted", "failed", "unsupported"
 #: Why a command got no answer (:attr:`CommandFailed.reason`).
-OFFLINE, TIMEOUT, DISCONNECTED, UNKNOWN_VEHICLE, INVALID = (
-    "offline", "timeout", "disconnected", "unknown_vehicle", "invalid",
-)  # fmt: skip
+#: (The values of the result columns of terminal_pushes and commands, migration 0008.)
+OFFLINE, TIMEOUT, DISCONNECTED, INVALID = "offline", "timeout", "disconnected", "invalid"
 ANSWERS = (ACCEPTED, FAILED, UNSUPPORTED)
-FAILURES = (OFFLINE, TIMEOUT, DISCONNECTED, UNKNOWN_VEHICLE, INVALID)
+FAILURES = (OFFLINE, TIMEOUT, DISCONNECTED, INVALID)
 
 
 class CommandFailed(Exception):
@@ -224,7 +224,6 @@ __all__ = [
     "INVALID",
     "OFFLINE",
     "TIMEOUT",
-    "UNKNOWN_VEHICLE",
     "UNSUPPORTED",
     "Command",
     "CommandFailed",

@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 GRACE_S = 1.0
 #: Tries to record a batch of terminal sessions before giving up on it.
 SESSION_ATTEMPTS = 5
+#: The gateway's counters (``CommandGateway.stats``, served on /metrics) and what they count.
+STATS = {
+    "local": "commands to terminals held by this process",
+    "remote": "commands to terminals held by another process",
+    "executed": "commands executed here for another process",
+    "offline": "commands refused at once: the terminal is connected nowhere",
+    "timeouts": "commands to another process that got no answer in time",
+}
 
 
 class TerminalEnd(Protocol):
@@ -92,7 +100,7 @@ class CommandGateway:
         if terminals is not None:
             channels[mailbox.request_channel(self.key)] = self._requested
         self.listener = mailbox.Listener(url, self.key, channels, self._connected)
-        self.stats = {"local": 0, "remote": 0, "executed": 0, "offline": 0, "timeouts": 0}
+        self.stats = dict.fromkeys(STATS, 0)
 
     async def start(self) -> None:
         """Listen (the holder's liveness is this connection), then take terminal sessions."""
@@ -253,4 +261,4 @@ class CommandGateway:
                     await asyncio.sleep(1.0)
 
 
-__all__ = ["GRACE_S", "CommandGateway", "TerminalEnd"]
+__all__ = ["GRACE_S", "STATS", "CommandGateway", "TerminalEnd"]

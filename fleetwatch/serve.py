@@ -93,6 +93,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from alerts.gateway import STATS as GATEWAY_STATS
         from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
         from ingest.directory import Directory
@@ -123,8 +124,13 @@ class Server:
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
-        self.gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
-        await self.gateway.start()
+        self.gateway = gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
+        await gateway.start()
+        for name, meaning in GATEWAY_STATS.items():
+            metrics.gauge(
+                f"fleetwatch_gateway_{name}", meaning,
+                lambda name=name: gateway.stats[name],  # type: ignore[misc]
+            )  # fmt: skip
         self.supervision = Supervision(
             self.pool, self.gateway, load_config(args.rules_config),
             metrics=metrics, worker_index=args.worker_index,
