@@ -1,5 +1,6 @@
 """Supervision wired to the live server: the rules engine fed by ingest, alerts persisted in
-batches, automatic texts to drivers, 0x8203 on acknowledgement, terminal-side enforcement.
+batches, automatic texts to drivers, alarm confirmations on acknowledgement, terminal-side
+enforcement.
 
 :class:`Supervision` is the ingest service's observer (``ingest.jt808_server.IngestObserver``).
 What runs where:
@@ -324,7 +325,7 @@ class Supervision:
         self._add(self.engine.driver(vehicle.id, driver, at))
 
     def logout(self, vehicle: Terminal) -> None:
-        """0x0003: the terminal said goodbye, so its silence is no offline alarm."""
+        """The terminal said goodbye (logged out), so its silence is no offline alarm."""
         self._add(self.engine.logout(vehicle.id, datetime.now(UTC)))
 
     def _add(self, events: list[AlertEvent]) -> None:
@@ -434,7 +435,7 @@ class Supervision:
     # ------------------------------------------------------------------ acknowledgement
 
     async def acknowledge(self, alert_id: int, by: str) -> tuple[Alert, str | None]:
-        """Acknowledge an alert; a terminal alarm is confirmed to its terminal (0x8203).
+        """Acknowledge an alert; a terminal alarm is confirmed to its terminal.
         Returns the alert and the confirmation's result (None: nothing to confirm)."""
         self._confirming.add(alert_id)
         try:
@@ -573,7 +574,7 @@ def _alarm_serial(details: Mapping[str, Any]) -> int:
     for key in ("serial", "position_serial", "alarm_serial"):
         value = details.get(key)
         if isinstance(value, int):
-            return value & 0xFFFF
+            return value
     return 0
 
 
