@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 #: Default histogram bounds in seconds (Prometheus' own defaults, plus 2.5 ms).
@@ -58,23 +58,23 @@ class Metrics:
     (``gauge``)."""
 
     def __init__(self) -> None:
-        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.help: dict[str, str] = {}
 
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         self.counters[(name, _key(labels))] += amount
 
     def key(self, name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         """A counter's key, made once, for :meth:`add` on hot paths."""
         return (name, _key(labels))
 
-    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: float = 1) -> None:
+    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: int = 1) -> None:
         self.counters[key] += amount
 
     def value(self, name: str, **labels: str) -> float:
-        return self.counters.get((name, _key(labels)), 0)
+        return self.counters[(name, _key(labels))]
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
