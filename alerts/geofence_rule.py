@@ -47,7 +47,7 @@ live timeline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from alerts.model import (
@@ -63,7 +63,7 @@ from alerts.model import (
     Fix,
     VehicleInfo,
 )
-from alerts.state import at, dump_position, load_position, ts
+from alerts.state import at, dump_position, load_position, ts, when
 from geo.fences import FORBIDDEN, LIMIT_KINDS, ROUTE, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
@@ -136,10 +136,6 @@ class _Vehicle:
     replay: _Lane | None = None
     version: int = -1  # index version the applies cache is for
     applies: dict[int, bool] = field(default_factory=dict)
-
-
-def _at(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 class GeofenceRule:
@@ -250,7 +246,7 @@ class GeofenceRule:
         lane = veh.live
         for fid, inside, since, pending, episodes in state["states"]:
             lane.states[int(fid)] = _FenceState(
-                bool(inside), at(since), at(pending), {k: _at(v) for k, v in episodes}
+                bool(inside), at(since), at(pending), {k: when(v) for k, v in episodes}
             )
             if inside:
                 self._dwell_watch[vehicle_id, int(fid)] = None  # tick drops what needs none
