@@ -11,10 +11,10 @@ from typing import Any
 
 import asyncpg
 from twisted.internet import reactor
-from twisted.internet.task import LoopingCall
 
 from ingest.directory import Directory
 from ingest.downlink import Downlink
+from ingest.jobs import every
 from ingest.jt808_server import IngestService, JT808Factory
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
@@ -47,8 +47,7 @@ async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
     writer.on_pressure = service.set_pressure
     writer.start()
     port = reactor.listenTCP(0, JT808Factory(service), interface="127.0.0.1")  # type: ignore[attr-defined]
-    sweep = LoopingCall(lambda: service.sweep(time.monotonic()))
-    sweep.start(0.1, now=False)
+    sweep = every(0.1, lambda: service.sweep(time.monotonic()), "the sweep")
     try:
         yield Ingest(port.getHost().port, pool, writer, service, Downlink(service, 5.0), metrics)
     finally:

@@ -91,7 +91,7 @@ def test_limits_bound_memory() -> None:
     parts = _parts()
     reassembler = Reassembler(max_bytes=1000)
     reassembler.add(decode_frame(parts[0]), now=0.0)
-    with pytest.raises(JT808Error, match="exceeds 1000 bytes"):
+    with pytest.raises(JT808Error, match="exceed 1000 bytes"):
         reassembler.add(decode_frame(parts[1]), now=0.0)
     assert not reassembler.pending
     few = Reassembler(max_pending=1)
