@@ -450,7 +450,7 @@ class JT808Protocol(protocol.Protocol):
         self.version = header.version
         if header.protocol_version is not None:
             self.protocol_version = header.protocol_version
-        if not self.phone:
+        if not self.phone or self.vehicle is None:  # answer each stranger as it names itself
             self.phone = header.phone
 
     # -- messages --------------------------------------------------------------------------
@@ -660,13 +660,17 @@ class JT808Protocol(protocol.Protocol):
     def send_with_serial(self, body: Body, serial: int) -> None:
         if self._closed:
             return
-        frame = encode_frame(
-            body,
-            phone=self.phone,
-            serial=serial,
-            version=self.version,
-            protocol_version=self.protocol_version,
-        )
+        try:
+            frame = encode_frame(
+                body,
+                phone=self.phone,
+                serial=serial,
+                version=self.version,
+                protocol_version=self.protocol_version,
+            )
+        except JT808Error as exc:  # a phone that does not fit the layout a bad frame named
+            self.bad("cannot answer {peer} ({phone}): {error}", error=str(exc))
+            return
         self.write(frame)
 
     def write(self, data: bytes) -> None:
@@ -693,12 +697,15 @@ class JT808Protocol(protocol.Protocol):
         """0x8001 for a terminal message (or for one part of it: ``serial``)."""
         if self._closed:
             return
-        self.write(
-            encode_general_response(
+        try:
+            frame = encode_general_response(
                 self.phone, self.next_serial(), header.serial if serial is None else serial,
                 header.msg_id, result, self.version, self.protocol_version,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+        except JT808Error as exc:
+            self.bad("cannot answer {peer} ({phone}): {error}", error=str(exc))
+            return
+        self.write(frame)
 
     def request_missing_parts(self, now: float) -> None:
         request, abandon = self.reassembler.due(now)

@@ -408,3 +408,25 @@ async def test_bad_frame_logging_is_rate_limited(db_url: str, short_tmp: Path) -
         assert any("500 bad frames or chunks; 495 were not logged" in t for t in lines)
         assert len(lines) < 20
         assert ingest.metrics.value("fleetwatch_decode_errors_total", kind="checksum") == 500
+
+
+@aio_test
+async def test_a_stranger_switching_layouts_is_answered_in_each(
+    db_url: str, short_tmp: Path
+) -> None:
+    """Random bytes between flags name a 2019 (20-digit phone) and then a 2013 header: the
+    answer to the second used to be encoded with the first's phone, raised, and dropped the
+    connection with a critical traceback."""
+    from protocols.jt808 import V2019
+
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000000")
+        with log_events() as events:
+            await terminal.send_raw(encode_frame(Heartbeat(), phone="98765432109876543210",
+                                                 serial=1, version=V2019))  # fmt: skip
+            first = await terminal.receive()
+            await terminal.send_raw(encode_frame(Heartbeat(), phone="13900000010", serial=2))
+            second = await terminal.receive()
+        assert (first.version, first.phone, first.body.result) == (V2019, "98765432109876543210", 0)
+        assert (second.version, second.phone, second.body.result) == (2013, "013900000010", 0)
+        assert not [e for e in events if e.get("log_failure") is not None]
