@@ -202,33 +202,40 @@ def bad_frames(phone: str, rng: random.Random) -> list[bytes]:
     return frames
 
 
-async def _flood(port: int, conns: int, frames: int, deadline: float) -> int:
+async def _flood(port: int, conns: int, frames: int, deadline: float) -> tuple[int, int]:
+    """Send the bad frames; returns (frames sent, connections the server closed early)."""
     per_conn = frames // conns
-    sent = 0
+    sent = dropped = 0
 
     async def one(k: int) -> None:
-        nonlocal sent
+        nonlocal sent, dropped
         rng = random.Random(k)
+        kinds = bad_frames(f"1390{k:07d}", rng)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         drain = asyncio.ensure_future(_discard(reader))
-        kinds = bad_frames(f"1390{k:07d}", rng)
-        for i in range(per_conn):
-            if time.monotonic() > deadline:
-                break
-            writer.write(kinds[i % len(kinds)])
-            sent += 1
-            if i % 100 == 99:
-                await writer.drain()
-        await writer.drain()
+        try:
+            for i in range(per_conn):
+                if time.monotonic() > deadline:
+                    break
+                writer.write(kinds[i % len(kinds)])
+                sent += 1
+                if i % 100 == 99:
+                    await writer.drain()
+            await writer.drain()
+        except OSError:  # ConnectionError included: the server closed it
+            dropped += 1
         writer.close()
         drain.cancel()
 
     await asyncio.gather(*(one(k) for k in range(conns)))
-    return sent
+    return sent, dropped
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
+    try:
+        while await reader.read(65536):
+            pass
+    except OSError:
         pass
 
 
@@ -239,7 +246,7 @@ def flood(args: argparse.Namespace) -> dict[str, object]:
         base, log_base = rss_kb(server.proc.pid), server.log.stat().st_size
         lines_base = server.log.read_bytes().count(b"\n")
         started = time.monotonic()
-        sent = asyncio.run(_flood(server.port, args.conns, args.frames,
+        sent, dropped = asyncio.run(_flood(server.port, args.conns, args.frames,
                                   started + args.max_seconds))  # fmt: skip
         while server.metric("fleetwatch_terminals_connected") and time.monotonic() < started + (
             args.max_seconds
@@ -252,6 +259,7 @@ def flood(args: argparse.Namespace) -> dict[str, object]:
         log = server.log.read_bytes()
         return {
             "frames_sent": sent,
+            "connections_closed_by_server": dropped,
             "seconds": round(took, 1),
             "rss_before_mb": round(base / 1024, 1),
             "rss_right_after_mb": round(right_after / 1024, 1),
