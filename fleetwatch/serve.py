@@ -174,7 +174,9 @@ class Server:
 
             nmea = NmeaService(lookup, self.supervision.judging(self.writer.submit), metrics)
             services.append(nmea)
+            nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
+            self.gate.ports.append(self.ports[-1])
 
         def pressure(on: bool) -> None:
             for service in services:

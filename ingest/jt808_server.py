@@ -320,9 +320,10 @@ class JT808Protocol(protocol.Protocol):
             return f"not authenticated within {service.pre_auth_timeout:g} s"
         if now - self.last_seen > service.idle_timeout:
             return "idle timeout"
-        if (  # not while we ourselves stopped reading (writer backpressure)
+        if (  # not while we ourselves stopped reading (backpressure, a full backlog)
             self.partial_since
             and not service.paused
+            and not self._held
             and now - self.partial_since > service.frame_timeout
         ):
             return f"slow sender (a frame took over {service.frame_timeout:g} s)"

@@ -430,3 +430,31 @@ async def test_a_stranger_switching_layouts_is_answered_in_each(
         assert (first.version, first.phone, first.body.result) == (V2019, "98765432109876543210", 0)
         assert (second.version, second.phone, second.body.result) == (2013, "013900000010", 0)
         assert not [e for e in events if e.get("log_failure") is not None]
+
+
+@aio_test
+async def test_frames_waiting_for_the_database_are_bounded_then_all_answered(
+    db_url: str, short_tmp: Path
+) -> None:
+    """While a registration waits for the database the connection is not read past a small
+    backlog (a client cannot queue unbounded frames behind a slow answer); nothing is lost."""
+    import asyncpg
+
+    async with running_ingest(db_url, short_tmp) as ingest:
+        blocker = await asyncpg.connect(db_url)
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE vehicles IN ACCESS EXCLUSIVE MODE")
+        terminal = await Terminal.connect(ingest.port, "13999990001")
+        await terminal.send(registration("沪A99001"))
+        await asyncio.sleep(0.2)  # the registration is waiting for its lock
+        serials = [await terminal.send(Heartbeat()) for _ in range(300)]
+        await asyncio.sleep(0.3)
+        (conn,) = ingest.service.connections
+        assert conn._waiting and conn._held and 64 < len(conn._backlog) <= 300
+        await tx.rollback()
+        await blocker.close()
+        assert (await terminal.receive()).msg_id == 0x8100
+        acks = [await terminal.receive() for _ in serials]
+        assert [a.body.reply_serial for a in acks] == serials
+        assert not conn._held
