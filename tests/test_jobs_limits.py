@@ -31,10 +31,10 @@ async def test_a_job_that_raises_runs_again() -> None:
             if len(runs) >= 3:
                 break
             await asyncio.sleep(0.05)
+        assert len(runs) >= 3 and loop.failures == 1  # type: ignore[attr-defined]
+        assert loop.running
     finally:
         loop.stop()
-    assert len(runs) >= 3 and loop.failures == 1  # type: ignore[attr-defined]
-    assert loop.running
 
 
 @aio_test
