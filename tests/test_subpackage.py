@@ -183,3 +183,14 @@ def test_resend_requests_fit_their_count(version: int, sizes: list[int]) -> None
                              version=version)  # fmt: skip
         assert decode_frame(frame).body.ids == ids
     assert len(resend_batches(list(range(1, 1200)), V2019)) == 3  # 509 a request
+
+
+def test_completed_messages_remembered_are_bounded() -> None:
+    """Parts may name any phone: completing many tiny messages under new keys must not grow
+    the memory of completed ones without bound."""
+    reassembler = Reassembler(max_pending=2)
+    for n in range(100):
+        for part in encode_frames(_media(600), phone=f"1390000{n:04d}", serial=1, max_body=512):
+            reassembler.add(decode_frame(part), now=0.0)
+    assert len(reassembler._completed) == 8
+    assert [k[0] for k in reassembler._completed][-1] == "013900000099"

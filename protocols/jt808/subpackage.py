@@ -146,7 +146,11 @@ class Reassembler:
         if len(pending.parts) < total:
             return None
         self._drop(key)
-        self._completed[key] = (pending.first_serial, now)
+        completed = self._completed
+        completed.pop(key, None)  # re-inserted last: the dict stays in completion order
+        completed[key] = (pending.first_serial, now)
+        if len(completed) > self.max_pending * 4:  # parts may name any phone: bound it
+            del completed[next(iter(completed))]
         return self._assemble(pending)
 
     def _over(self, cost: int) -> str:
