@@ -164,7 +164,7 @@ class Server:
         )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
-        self.gate.ports.append(self.ports[-1])
+        self.gate.watch(self.ports[-1])
         services = [self.service]
         if args.nmea_port:
             from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
@@ -176,7 +176,7 @@ class Server:
             services.append(nmea)
             nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
-            self.gate.ports.append(self.ports[-1])
+            self.gate.watch(self.ports[-1])
 
         def pressure(on: bool) -> None:
             for service in services:

@@ -230,13 +230,18 @@ class IngestService:
                 conn.reassembler.clear()
 
     def admit(self, host: str) -> bool:
-        """A new connection from ``host``: within the per-address cap?"""
-        if self.addresses.admit(host):
+        """A new connection from ``host``: within the descriptor budget and the per-address
+        cap?"""
+        if self.gate is not None and not self.gate.admit():
+            why = "no descriptor left"
+            self.metrics.inc("fleetwatch_connections_refused_total", reason="descriptors")
+        elif self.addresses.admit(host):
             return True
-        self.metrics.inc("fleetwatch_connections_refused_total", reason="per_address")
+        else:
+            why = f"{self.addresses.cap} already open from that address"
+            self.metrics.inc("fleetwatch_connections_refused_total", reason="per_address")
         if self.refusal_log.take(time.monotonic()):
-            log.warn("refused a connection from {host}: {cap} already open from that address",
-                     host=host, cap=self.addresses.cap)  # fmt: skip
+            log.warn("refused a connection from {host}: {why}", host=host, why=why)
         return False
 
 
@@ -277,7 +282,7 @@ class JT808Protocol(protocol.Protocol):
         self.host = ""  # source address, counted against the per-address cap
         self.peer = ""
         self._serial = 0
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] | None = None  # made when first needed (~700 B each)
         self._waiting = False  # a registration/authentication answer is pending
         self._held = False  # not read while the backlog is full
         self._closed = False
@@ -384,6 +389,8 @@ class JT808Protocol(protocol.Protocol):
 
     def _hold(self, frames: list[bytes]) -> None:
         """Keep frames until the database has answered; stop reading past MAX_BACKLOG."""
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.extend(frames)
         if len(self._backlog) > MAX_BACKLOG and not self._held:
             self._held = True
@@ -391,8 +398,9 @@ class JT808Protocol(protocol.Protocol):
 
     def _resume_input(self) -> None:
         self._waiting = False
-        while self._backlog and not self._waiting and not self._closed:
-            self.handle_frame(self._backlog.popleft())
+        backlog = self._backlog
+        while backlog and not self._waiting and not self._closed:
+            self.handle_frame(backlog.popleft())
         if self._held and not self._waiting and not self._closed:
             self._held = False
             if not self.service.paused:

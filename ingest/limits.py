@@ -12,7 +12,10 @@ from typing import Any
 
 #: Descriptors kept back from terminal connections: the database pool and the writer's
 #: connection, spool and media files, logs, the listening sockets, worker pipes.
-RESERVED_DESCRIPTORS = 64
+RESERVED_DESCRIPTORS = 128
+#: Of those, what connections may use past the capacity (a listening port the gate does not
+#: watch) before new ones are closed at once rather than let the process run out of files.
+ACCEPT_OVERSHOOT = 32
 
 
 @dataclass(slots=True)
@@ -112,7 +115,8 @@ class AcceptGate:
     trick) and the listening socket stays readable: the server spins, and legitimate terminals
     are refused. Counting connections against :func:`connection_capacity` and taking the
     listening sockets out of the reactor before the limit leaves new terminals waiting in the
-    kernel's backlog until a descriptor frees."""
+    kernel's backlog until a descriptor frees. Twisted accepts in batches (100 at first, then
+    growing), so :meth:`watch` also trims each batch to the room left."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -120,6 +124,22 @@ class AcceptGate:
         self.ports: list[Any] = []  # listening ports (``stopReading``/``startReading``)
         self.paused = False
         self.pauses = 0
+
+    def watch(self, port: Any) -> None:
+        """Pause and resume ``port`` with the others, and never let one of its accept batches
+        (``numberAccepts``, which Twisted re-sets after every batch) pass the capacity."""
+        self.ports.append(port)
+        accept = port.doRead
+
+        def doRead() -> Any:  # Twisted looks it up on the instance
+            room = self.capacity - self.open
+            port.numberAccepts = max(1, min(port.numberAccepts, room))
+            return accept()
+
+        port.doRead = doRead
+
+    def admit(self) -> bool:
+        return self.open < self.capacity + ACCEPT_OVERSHOOT
 
     def opened(self) -> None:
         self.open += 1

@@ -181,7 +181,10 @@ class NmeaFactory(protocol.ServerFactory):
     def __init__(self, service: NmeaService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> NmeaProtocol:
+    def buildProtocol(self, addr: IAddress) -> NmeaProtocol | None:
+        gate = self.service.gate
+        if gate is not None and not gate.admit():
+            return None  # past the descriptor budget (see ingest.limits.AcceptGate)
         return NmeaProtocol(self.service)
 
 

@@ -8,7 +8,7 @@ from datetime import date
 import asyncpg
 
 from ingest.jobs import every
-from ingest.limits import AcceptGate, AddressCount, RegistrationLimit, TokenBucket
+from ingest.limits import ACCEPT_OVERSHOOT, AcceptGate, AddressCount, RegistrationLimit, TokenBucket
 from protocols.jt808 import ResendSubpackages, encode_frame
 from store.partitions import ensure_partitions, list_partitions
 from tests.aio import aio, aio_test
@@ -111,3 +111,8 @@ def test_address_count_and_accept_gate() -> None:
     assert not port.reading and gate.pauses == 1
     gate.closed()
     assert port.reading
+    for _ in range(ACCEPT_OVERSHOOT + 1):  # one accept batch past the capacity...
+        gate.opened()
+    assert not gate.admit()  # ...and the rest of it is closed rather than run out of files
+    gate.closed()
+    assert gate.admit() and not port.reading
