@@ -47,7 +47,7 @@ class RegistrationLimit:
 
     per_address: float = 1.0  # a second, after a burst of ``burst``
     total: float = 20.0
-    burst: float = 10.0
+    burst: float = 50.0
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     overall: TokenBucket | None = None
 
