@@ -171,6 +171,8 @@ def _describe(row: dict[str, Any]) -> str:
     ]
     if row["vin"]:
         parts.append(f"VIN {row['vin']}")
+    if row.get("bound_at"):
+        parts.append(f"terminal {row['manufacturer']}/{row['terminal_id']}")
     if not row["provisioned"]:
         parts.append("NOT PROVISIONED")
     return ", ".join(parts)

@@ -319,7 +319,8 @@ async def list_vehicles(
     rows = await conn.fetch(
         """
         SELECT v.id, v.plate, v.plate_color, v.class::text AS class, c.name AS company,
-               v.phone, v.vin, v.provisioned, v.protocol_version, v.created_at
+               v.phone, v.vin, v.provisioned, v.protocol_version, v.created_at,
+               v.manufacturer, v.terminal_id, v.bound_at
         FROM vehicles v LEFT JOIN companies c ON c.id = v.company_id
         WHERE $1::integer IS NULL OR v.id = $1
         ORDER BY v.id

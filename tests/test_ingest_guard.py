@@ -230,9 +230,13 @@ async def test_unbind_lets_a_new_terminal_register(
         new = await Terminal.connect(ingest.port, phone)
         await new.send(registration(plate, "NEW001"))
         assert (await new.receive()).body.result == 3
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["vehicles", "list", "--db", db_url]) == 0
+        assert "terminal FWTST/T0001" in capsys.readouterr().out
         status = await asyncio.to_thread(main, ["vehicles", "unbind", plate, "--db", db_url])
         assert status == 0, capsys.readouterr().err
-        assert "unbound vehicle" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "unbound vehicle" in out and "terminal FWTST" not in out
         await new.send(registration(plate, "NEW001"))
         answer = await new.receive()
         assert answer.body.result == 0 and answer.body.auth_code != old_code
