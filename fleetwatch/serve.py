@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gc
-import signal
-import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--jt808-port", type=int, default=6808, help="JT/T 808 TCP port")
     parser.add_argument("--nmea-port", type=int, default=0, help="NMEA 0183 TCP port (0 = off)")
     parser.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics")
-    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    parser.add_argument(
+        "--listen",
+        "--host",
+        dest="listen",
+        metavar="ADDR",
+        default="0.0.0.0",
+        help="address the terminal ports (JT/T 808, NMEA) listen on (default: all interfaces)",
+    )
+    parser.add_argument(
+        "--http-listen",
+        metavar="ADDR",
+        default="127.0.0.1",
+        help="address the HTTP port (/metrics) listens on (default: 127.0.0.1, this host only)",
+    )
+    parser.add_argument(
+        "--spool-budget-mb",
+        type=int,
+        default=2048,
+        metavar="MB",
+        help="disk each worker's spool may use while the database is away; at the budget new "
+        "reports are not acknowledged (terminals send them again later) (default: 2048)",
+    )
     parser.add_argument(
         "--policy",
         choices=("open", "known"),
@@ -72,12 +93,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
+#: The writer's statistics, as counters ``fleetwatch_<name>_total``.
+WRITER_COUNTERS = {
+    "writer_flushes": "writer flushes (one transaction, or one spool append)",
+    "writer_flushes_diverted": "flushes not committed within the ack deadline, spooled instead",
+    "rows_written": "rows committed directly",
+    "rows_spooled": "rows acknowledged from the spool",
+    "rows_replayed": "rows moved from the spool into the database",
+    "rows_refused": "rows neither committed nor spooled (spool full): not acknowledged",
+    "db_failures": "failed database operations of the writer",
+}
+
+
 class Server:
     """Everything ``serve`` runs, started and stopped in order (inside the reactor)."""
 
-    def __init__(self, args: argparse.Namespace, db_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, url: Callable[[], str]) -> None:
         self.args = args
-        self.db_url = db_url
+        self.url = url  # read at each connect: a restarted embedded cluster may move its socket
+        self.adopted: list[Any] = []  # writers replaying spools no live worker owns
         self.ports: list[Any] = []
         self.loops: list[Any] = []
         self.writer: Any = None
@@ -88,7 +122,6 @@ class Server:
     async def start(self) -> None:
         import asyncpg
         from twisted.internet import reactor
-        from twisted.internet.task import LoopingCall
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
@@ -97,26 +130,27 @@ class Server:
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
-        from ingest.metrics_resource import MetricsResource
+        from ingest.metrics_resource import MetricsExchange, MetricsResource
         from store.migrations import migrate
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
 
         args = self.args
-        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=8)
+        self.pool = await asyncpg.create_pool(min_size=1, max_size=8, connect=self.connect)
         if args.worker_index == 0:
             async with self.pool.acquire() as conn:
                 await migrate(conn)
                 await refresh_last_positions(conn)
             await self.maintain()
         metrics = Metrics()
-        spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
+        spool = Spool(
+            args.data_dir / "spool" / f"worker-{args.worker_index}",
+            budget_bytes=args.spool_budget_mb << 20,
+        )
         flush_seconds = metrics.histogram(
             "fleetwatch_writer_flush_seconds", "duration of a writer flush (one transaction)"
         )
-        self.writer = PositionWriter(
-            lambda: asyncpg.connect(self.db_url), spool, on_flush=flush_seconds.observe
-        )
+        self.writer = PositionWriter(self.connect, spool, on_flush=flush_seconds.observe)
         self.service = IngestService(
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
@@ -135,22 +169,14 @@ class Server:
         )
         metrics.gauge("fleetwatch_spool_bytes", "bytes in the spool", lambda: spool.bytes)
         metrics.gauge(
-            "fleetwatch_writer_flushes", "writer transactions", lambda: writer.stats.flushes
-        )
-        metrics.gauge(
             "fleetwatch_writer_last_flush_seconds",
             "duration of the last flush",
             lambda: writer.stats.last_flush_s,
         )
-        metrics.gauge(
-            "fleetwatch_rows_written", "rows committed directly", lambda: writer.stats.rows_written
-        )
-        metrics.gauge("fleetwatch_rows_spooled", "rows spooled", lambda: writer.stats.rows_spooled)
-        metrics.gauge(
-            "fleetwatch_rows_replayed",
-            "rows replayed from the spool",
-            lambda: writer.stats.rows_replayed,
-        )
+        for name, help_text in WRITER_COUNTERS.items():
+            metrics.counter(
+                f"fleetwatch_{name}_total", help_text, partial(getattr, writer.stats, name)
+            )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
         services = [self.service]
@@ -169,21 +195,74 @@ class Server:
                 service.set_pressure(on)
 
         self.writer.on_pressure = pressure
-        if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
+        exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
+        if args.worker_index == 0:  # one /metrics, adding up every worker's
             root = Resource()
-            root.putChild(b"metrics", MetricsResource(metrics))
-            self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
-        sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
-        sweep.start(2.0, now=False)
-        self.loops.append(sweep)
+            root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
+            self.ports.append(
+                reactor.listenTCP(args.http_port, Site(root), interface=args.http_listen)  # type: ignore[attr-defined]
+            )
+        else:
+            self.every(1.0, lambda: exchange.publish(args.worker_index, metrics.snapshot()))
+        self.every(2.0, lambda: self.service.sweep(_monotonic()))
         if args.worker_index == 0:
-            maintenance = LoopingCall(lambda: _aio(self.maintain()))
-            maintenance.start(3600.0, now=False)
-            self.loops.append(maintenance)
+            self.every(3600.0, lambda: _aio(self.maintain()))
+            self.every(5.0, self.adopt_spools, now=True)
         for port in self.ports:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
         tune_gc()
+
+    def every(self, seconds: float, call: Callable[[], object], now: bool = False) -> None:
+        """Run ``call`` every ``seconds`` until stop (a failure is logged, the loop goes on)."""
+        from twisted.internet.task import LoopingCall
+
+        def guarded() -> None:
+            try:
+                call()
+            except Exception:
+                _logger().failure("periodic job {job} failed", job=getattr(call, "__name__", call))
+
+        loop = LoopingCall(guarded)
+        loop.start(seconds, now=now)
+        self.loops.append(loop)
+
+    async def connect(self, *_: Any, **kwargs: Any) -> Any:
+        """A database connection to wherever the database is now (the pool's and writers')."""
+        import asyncpg
+
+        from store.cluster import ClusterError
+
+        try:
+            url = self.url()
+        except ClusterError as exc:  # the embedded cluster is down (being restarted)
+            raise ConnectionRefusedError(str(exc)) from None
+        return await asyncpg.connect(url, **kwargs)
+
+    def adopt_spools(self) -> None:
+        """Replay every spool under the data dir that no live worker owns (left by a run with
+        more workers, or by a worker that died): each gets a writer of its own, closed once
+        its spool is empty. Runs at start and every few seconds in worker 0."""
+        from store.spool import unowned_spools
+        from store.writer import PositionWriter
+
+        for writer in [w for w in self.adopted if w.spool.empty]:
+            self.adopted.remove(writer)
+            _aio(writer.close())
+        keep = frozenset(f"worker-{k}" for k in range(self.args.workers))
+        for spool in unowned_spools(self.args.data_dir / "spool", keep):
+            _logger().info("replaying {dir}, which no worker owns", dir=str(spool.directory))
+            writer = PositionWriter(self.connect, spool)
+            writer.start()
+            self.adopted.append(writer)
+
+    def database_restarted(self) -> None:
+        """The embedded cluster is back: drop dead pooled connections, replay at once."""
+        if self.pool is not None:
+            _aio(self.pool.expire_connections())
+        for writer in (self.writer, *self.adopted):
+            if writer is not None:
+                writer.retry_now()
 
     def listen(self, port: int, factory: Any) -> Any:
         from twisted.internet import reactor
@@ -191,8 +270,8 @@ class Server:
         from ingest.listen import listen_shared
 
         if self.args.workers > 1:
-            return listen_shared(reactor, port, factory, self.args.host)
-        return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.host)  # type: ignore[attr-defined]
+            return listen_shared(reactor, port, factory, self.args.listen)
+        return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.listen)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
         """Partitions ahead of time, whole-partition retention."""
@@ -212,6 +291,8 @@ class Server:
         await _as_future(gatherResults([port.stopListening() for port in self.ports]))
         if self.writer is not None:
             await self.writer.close()  # acks for everything received go out before we close
+        for writer in self.adopted:
+            await writer.close()
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
         if self.service is not None:
@@ -219,6 +300,12 @@ class Server:
                 conn.close("server shutting down")
         if self.pool is not None:
             await self.pool.close()
+
+
+def _logger() -> Any:
+    from twisted.logger import Logger
+
+    return Logger(namespace="fleetwatch.serve")
 
 
 def _monotonic() -> float:
@@ -267,6 +354,8 @@ def run(args: argparse.Namespace) -> int:
         textFileLogObserver,
     )
 
+    from fleetwatch.processes import ClusterWatch, ParentWatch, Workers
+    from ingest.metrics_resource import MetricsExchange
     from store.cluster import EmbeddedCluster
 
     observer = (jsonFileLogObserver if args.log_format == "json" else textFileLogObserver)(
@@ -282,13 +371,31 @@ def run(args: argparse.Namespace) -> int:
             print(f"fleetwatch: another 'fleetwatch serve' uses {args.data_dir}", file=sys.stderr)
             return 1
     cluster = None
-    db_url = args.db
-    if db_url is None:
+    if args.db is not None:
+
+        def url() -> str:
+            return str(args.db)
+    else:
         cluster = EmbeddedCluster.in_data_dir(args.data_dir)
-        cluster.start()
-        db_url = cluster.url
-    server = Server(args, db_url)
-    workers = _spawn_workers(args, db_url) if args.worker_index == 0 else []
+        if args.worker_index == 0:
+            cluster.start()
+
+        def url() -> str:
+            return cluster.url  # where it listens now (the socket may move on a restart)
+
+    server = Server(args, url)
+    workers = None
+    if args.worker_index == 0:
+        MetricsExchange(args.data_dir / "run" / "metrics", args.workers).clear()
+        workers = Workers(args.workers, partial(_worker_command, args))
+        workers.start()
+        reactor.callWhenRunning(server.every, 0.5, workers.check)  # type: ignore[attr-defined]
+        if cluster is not None:
+            watch = ClusterWatch(cluster, server.database_restarted)
+            reactor.callWhenRunning(server.every, 1.0, watch.check)  # type: ignore[attr-defined]
+    else:
+        parent = ParentWatch(lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
+        reactor.callWhenRunning(server.every, 1.0, parent.check)  # type: ignore[attr-defined]
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
@@ -299,40 +406,34 @@ def run(args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(lambda: _aio(server.start()).addErrback(started_failed))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("during", "shutdown", _stop_workers, workers)  # type: ignore[attr-defined]
+    if workers is not None:
+        reactor.addSystemEventTrigger("during", "shutdown", workers.stop)  # type: ignore[attr-defined]
     try:
         reactor.run()  # type: ignore[attr-defined]
     finally:
-        _stop_workers(workers)
-        if cluster is not None:
+        if workers is not None:
+            workers.stop()
+        if cluster is not None and args.worker_index == 0:
             cluster.stop()
     return status["code"]
 
 
-def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Popen[bytes]]:
-    """Workers 1..N-1: the same server on the same ports (SO_REUSEPORT) and database."""
-    workers = []
-    for index in range(1, args.workers):
-        command = [
-            sys.executable, "-m", "fleetwatch.cli", "serve", "--db", db_url,
-            "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
-            "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
-            "--log-format", args.log_format, "--workers", str(args.workers),
-            "--worker-index", str(index),
-        ]  # fmt: skip
-        if args.rules_config:
-            command += ["--rules-config", args.rules_config]
-        workers.append(subprocess.Popen(command))
-    return workers
+def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
+    """Worker ``index``: the same server on the same ports (SO_REUSEPORT) and database."""
+    command = [
+        sys.executable, "-m", "fleetwatch.cli", "serve",
+        "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
+        "--nmea-port", str(args.nmea_port), "--listen", args.listen, "--policy", args.policy,
+        "--log-format", args.log_format, "--workers", str(args.workers),
+        "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
+    ]  # fmt: skip
+    if args.db:
+        command += ["--db", args.db]
+    if args.rules_config:
+        command += ["--rules-config", args.rules_config]
+    return command
 
 
-def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    """Ask the workers to stop (they flush their writers first) and wait for them."""
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()

@@ -8,8 +8,10 @@ Authenticated terminals are cached by phone, so the location hot path never quer
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
@@ -24,6 +26,10 @@ from protocols.jt808.platform import (
 )
 
 POLICY_OPEN, POLICY_KNOWN = "open", "known"
+#: What a database that is away or stalled raises (or times out with).
+DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+log = logging.getLogger(__name__)
 
 
 def phone_key(phone: str) -> str:
@@ -57,11 +63,17 @@ _COLUMNS = "id, phone, plate, auth_code, forced_version, clock_tz, provisioned"
 class Directory:
     """Registration and authentication against the ``vehicles`` table."""
 
-    def __init__(self, pool: asyncpg.Pool, policy: str = POLICY_OPEN) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, policy: str = POLICY_OPEN, *, db_timeout: float = 1.0
+    ) -> None:
         if policy not in (POLICY_OPEN, POLICY_KNOWN):
             raise ValueError(f"unknown registration policy {policy!r} (open or known)")
         self.pool = pool
         self.policy = policy
+        self.db_timeout = db_timeout
+        #: phone key → vehicle, as of its last successful authentication: while the database is
+        #: away (dead, restarting, stalled), known terminals still authenticate from here.
+        self.known: dict[str, Vehicle] = {}
 
     async def find(self, phone: str) -> Vehicle | None:
         row = await self.pool.fetchrow(
@@ -110,13 +122,30 @@ class Directory:
                 vehicle_id, phone, code, version, reg.manufacturer, reg.model, reg.terminal_id,
                 reg.province, reg.city, plate,
             )  # fmt: skip
+        self._new_code(phone, code)
         return REGISTER_OK, code
 
+    def _new_code(self, phone: str, code: str) -> None:
+        """A registration replaced the terminal's auth code: the cache must not accept the old."""
+        cached = self.known.get(phone_key(phone))
+        if cached is not None:
+            self.known[phone_key(phone)] = replace(cached, auth_code=code)
+
     async def authenticate(self, phone: str, code: str) -> Vehicle | None:
-        """The vehicle whose terminal holds this auth code, or None."""
-        vehicle = await self.find(phone)
+        """The vehicle whose terminal holds this auth code, or None. When the database does not
+        answer within ``db_timeout``, a terminal that authenticated before is checked against
+        the code it used then (anything else re-raises: the terminal is not told "wrong code")."""
+        try:
+            vehicle = await asyncio.wait_for(self.find(phone), self.db_timeout)
+        except DB_UNAVAILABLE as exc:
+            vehicle = self.known.get(phone_key(phone))
+            if vehicle is None:
+                raise
+            log.warning("database unavailable (%s); %s authenticated from the cache",
+                        type(exc).__name__, phone)  # fmt: skip
         if vehicle is None or not vehicle.auth_code:
             return None
         if not secrets.compare_digest(vehicle.auth_code.encode(), code.strip("\x00 ").encode()):
             return None
+        self.known[vehicle.phone] = vehicle
         return vehicle

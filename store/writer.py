@@ -226,8 +226,8 @@ class WriterStats:
     rows_spooled: int = 0
     rows_replayed: int = 0  # moved from the spool into the database
     rows_refused: int = 0  # neither committed nor spooled (spool full or failing): not acked
-    flushes: int = 0
-    flushes_diverted: int = 0  # no commit within ack_deadline: spooled instead
+    writer_flushes: int = 0
+    writer_flushes_diverted: int = 0  # no commit within ack_deadline: spooled instead
     db_failures: int = 0
     last_flush_s: float = 0.0
 
@@ -471,7 +471,7 @@ class PositionWriter:
             self.stats.rows_refused += len(rows)
             outcome = exc
         finally:
-            self.stats.flushes += 1
+            self.stats.writer_flushes += 1
             self.stats.last_flush_s = took = time.monotonic() - started
             if self.on_flush is not None:
                 self.on_flush(took)
@@ -494,7 +494,7 @@ class PositionWriter:
         try:
             return await asyncio.wait_for(asyncio.shield(op), deadline)
         except TimeoutError:
-            self.stats.flushes_diverted += 1
+            self.stats.writer_flushes_diverted += 1
             if began:
                 self._strays.add(op)
                 op.add_done_callback(self._strays.discard)
