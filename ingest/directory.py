@@ -135,8 +135,16 @@ class Directory:
         """The vehicle whose terminal holds this auth code, or None. When the database does not
         answer within ``db_timeout``, a terminal that authenticated before is checked against
         the code it used then (anything else re-raises: the terminal is not told "wrong code")."""
+        lookup = asyncio.ensure_future(self.find(phone))
         try:
-            vehicle = await asyncio.wait_for(self.find(phone), self.db_timeout)
+            # Not wait_for: a cancelled pool query waits for its cancel request to reach the
+            # server before the connection is released, which a frozen server never answers.
+            await asyncio.wait([lookup], timeout=self.db_timeout)
+            if not lookup.done():
+                lookup.cancel()  # finishes in the background, whenever the server lets it
+                lookup.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise TimeoutError(f"no answer within {self.db_timeout} s")
+            vehicle = lookup.result()
         except DB_UNAVAILABLE as exc:
             vehicle = self.known.get(phone_key(phone))
             if vehicle is None:
