@@ -596,8 +596,9 @@ class PositionWriter:
                 self._wake.set()
 
     async def _replay(self) -> bool:
-        """Move spooled batches into the database, oldest first; stop at the first failure.
-        Reads only sealed segments; when those are done, seals the active one and goes on."""
+        """Move spooled batches into the database, oldest first, up to ``batch_rows`` rows per
+        statement (a spool holds many small flushes); stop at the first failure. Reads only
+        sealed segments; when those are done, seals the active one and goes on."""
         while True:
             sealed = self.spool.sealed()
             if not sealed:
@@ -605,16 +606,27 @@ class PositionWriter:
                     return True
                 continue
             for segment in sealed:
+                done = self._done_batches.get(segment, 0)
+                group: list[Row] = []
                 index = 0
                 for rows in self.spool.read(segment):
                     index += 1
-                    if index <= self._done_batches.get(segment, 0):
+                    if index <= done:
                         continue  # replayed before; the segment's later batches were not
-                    revived = [_revive(r) for r in rows]
-                    write = partial(insert_rows, rows=revived, known_late=self._behind(revived))
-                    if not await self._db(write):
-                        return False
-                    self._done_batches[segment] = index
-                    self.stats.rows_replayed += len(rows)
+                    group.extend(_revive(r) for r in rows)
+                    if len(group) >= self.batch_rows:
+                        if not await self._replay_rows(group):
+                            return False
+                        self._done_batches[segment] = index
+                        group = []
+                if group and not await self._replay_rows(group):
+                    return False
                 self._done_batches.pop(segment, None)
                 self.spool.remove(segment)
+
+    async def _replay_rows(self, rows: list[Row]) -> bool:
+        write = partial(insert_rows, rows=rows, known_late=self._behind(rows))
+        if not await self._db(write):
+            return False
+        self.stats.rows_replayed += len(rows)
+        return True
