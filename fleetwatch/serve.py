@@ -283,6 +283,8 @@ class Server:
             await drop_expired(conn, today, self.args.retention_days)
 
     async def stop(self) -> None:
+        import asyncio
+
         from twisted.internet.defer import gatherResults
 
         for loop in self.loops:
@@ -299,7 +301,10 @@ class Server:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
         if self.pool is not None:
-            await self.pool.close()
+            try:  # lookups abandoned while the database froze may still hold connections
+                await asyncio.wait_for(self.pool.close(), 5.0)
+            except TimeoutError:
+                self.pool.terminate()
 
 
 def _logger() -> Any:

@@ -377,7 +377,10 @@ class PositionWriter:
                     self._retry.set()
             await asyncio.shield(self._task)
         if self._conn is not None:
-            await self._conn.close()
+            try:  # a frozen server never acknowledges a polite goodbye
+                await asyncio.wait_for(self._conn.close(), 2.0)
+            except _DB_ERRORS:
+                self._conn.terminate()
             self._conn = None
         self.spool.close()
 

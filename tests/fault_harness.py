@@ -65,10 +65,8 @@ class Serve:
         self.http = http or free_port()
         self.log = data.parent / f"serve-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_start = 0
 
     def start(self) -> Serve:
-        self.log_start = len(self.log.read_text(errors="replace")) if self.log.exists() else 0
         argv = [sys.executable, "-m", "fleetwatch.cli", "serve", "--data-dir", str(self.data),
                 "--jt808-port", str(self.port), "--http-port", str(self.http),
                 "--listen", "127.0.0.1", "--workers", str(self.workers), *self.extra]  # fmt: skip
@@ -80,14 +78,13 @@ class Serve:
         return self
 
     async def ready(self, timeout: float = 60.0) -> None:
-        """Until every worker listens (each prints a line when it does)."""
+        """Until every worker listens on the terminal port (one listening socket each)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited with {self.proc.returncode}: {self.tail()}")
-            text = self.log.read_text(errors="replace")[self.log_start :]
-            if text.count(f"listening on 127.0.0.1:{self.port}") >= self.workers:
+            if listening_sockets(self.port) >= self.workers:
                 return
             await asyncio.sleep(0.1)
         raise AssertionError(f"serve did not start within {timeout} s: {self.tail()}")
@@ -111,6 +108,18 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         return await asyncio.to_thread(self.proc.wait, timeout)
+
+
+def listening_sockets(port: int) -> int:
+    """TCP sockets listening on ``port`` (IPv4), from /proc/net/tcp: with SO_REUSEPORT each
+    worker has its own."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 def children(pid: int) -> list[int]:
