@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--spool-budget-mb",
-        type=int,
+        type=_positive,
         default=2048,
         metavar="MB",
         help="disk each worker's spool may use while the database is away; at the budget new "
@@ -91,6 +91,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 #: The writer's statistics, as counters ``fleetwatch_<name>_total``.

@@ -289,6 +289,16 @@ class Fleet:
                 record.acks.append((now, latency))
 
 
+async def streaming(serve: Serve, terminals: int, warm: float = 1.0, **options: float) -> Fleet:
+    """Once ``serve`` is ready: ``terminals`` registered and streaming for ``warm`` seconds."""
+    await serve.ready()
+    fleet = Fleet(serve.port, terminals, **options)  # type: ignore[arg-type]
+    await fleet.login()
+    fleet.start()
+    await asyncio.sleep(warm)
+    return fleet
+
+
 async def stored(url: str) -> dict[tuple[str, int], int]:
     """(phone, serial) → rows stored."""
     conn = await asyncpg.connect(url)

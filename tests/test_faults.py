@@ -32,6 +32,7 @@ from tests.fault_harness import (
     remove,
     signal_postgres,
     spool_files,
+    streaming,
     wait_until,
 )
 from tests.terminal_client import Terminal
@@ -69,11 +70,7 @@ def _url(data: Path) -> str:
 async def test_kill_9_of_serve_mid_stream_then_restart(data: Path, workers: int) -> None:
     serve = Serve(data, workers=workers).start()
     try:
-        await serve.ready()
-        fleet = Fleet(serve.port, 6)
-        await fleet.login()
-        fleet.start()
-        await asyncio.sleep(1.5)
+        fleet = await streaming(serve, 6, 1.5)
         others = serve.worker_pids()
         assert len(others) == workers - 1
         serve.kill()  # kill -9 of worker 0 while the terminals stream
@@ -98,11 +95,7 @@ async def test_kill_9_of_serve_mid_stream_then_restart(data: Path, workers: int)
 async def test_kill_9_of_postgresql_serve_restarts_it_and_acks_keep_flowing(data: Path) -> None:
     serve = Serve(data).start()
     try:
-        await serve.ready()
-        fleet = Fleet(serve.port, 4)
-        await fleet.login()
-        fleet.start()
-        await asyncio.sleep(1.0)
+        fleet = await streaming(serve, 4, 1.0)
         killed_at = time.monotonic()
         killed = signal_postgres(data, signal.SIGKILL)
         assert killed
@@ -164,11 +157,7 @@ async def test_postgresql_frozen_acks_from_the_spool_and_known_terminals_authent
 async def test_restart_with_fewer_workers_replays_every_spool_without_traffic(data: Path) -> None:
     serve = Serve(data, workers=2).start()
     try:
-        await serve.ready()
-        fleet = Fleet(serve.port, 8)  # spread over both workers by the kernel
-        await fleet.login()
-        fleet.start()
-        await asyncio.sleep(0.5)
+        fleet = await streaming(serve, 8, 0.5)  # spread over both workers by the kernel
         signal_postgres(data, signal.SIGSTOP)  # from now on every ack comes from a spool
         await asyncio.sleep(1.5)
         await fleet.stop()
@@ -195,11 +184,7 @@ async def test_restart_with_fewer_workers_replays_every_spool_without_traffic(da
 async def test_spool_budget_refuses_new_reports_and_loses_no_acknowledged_one(data: Path) -> None:
     serve = Serve(data, extra=("--spool-budget-mb", "1")).start()
     try:
-        await serve.ready()
-        fleet = Fleet(serve.port, 4, rate=400, window=32, give_up=1.0)
-        await fleet.login()
-        fleet.start()
-        await asyncio.sleep(0.5)
+        fleet = await streaming(serve, 4, 0.5, rate=400, window=32, give_up=1.0)
         signal_postgres(data, signal.SIGSTOP)
         try:
             await wait_until(lambda: fleet.record.unanswered > 50, 30, "the spool fills up")
@@ -224,10 +209,8 @@ async def test_dead_worker_restarted_metrics_of_every_worker_http_on_its_own_add
 ) -> None:
     serve = Serve(data, workers=2, extra=("--http-listen", "127.0.0.2")).start()
     try:
-        await serve.ready()
-        fleet = Fleet(serve.port, 6)
-        await fleet.login()
-        await fleet.run_for(1.5)
+        fleet = await streaming(serve, 6, 1.5)
+        await fleet.stop()
         await asyncio.sleep(1.5)  # workers publish their metrics every second
 
         def scrape(host: str) -> str:
@@ -245,7 +228,7 @@ async def test_dead_worker_restarted_metrics_of_every_worker_http_on_its_own_add
         assert values["fleetwatch_rows_written_total"] + values[
             "fleetwatch_rows_spooled_total"] == acked  # fmt: skip
         assert "# TYPE fleetwatch_rows_written_total counter" in text
-        assert values["fleetwatch_registrations_total{result=\"0\"}"] == 6
+        assert values['fleetwatch_registrations_total{result="0"}'] == 6
         (worker,) = serve.worker_pids()
         os.kill(worker, signal.SIGKILL)
         await wait_until(lambda: [p for p in serve.worker_pids() if p != worker and alive(p)],

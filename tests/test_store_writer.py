@@ -245,6 +245,13 @@ async def test_writer_moves_last_positions_in_chunks(
         await conn.close()
 
 
+async def _await_replayed(spool: Spool) -> None:
+    """Until the spool is empty (or 10 s)."""
+    deadline = time.monotonic() + 10
+    while not spool.empty and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 @aio_test
 async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
     db_url: str, tmp_path: Path
@@ -272,9 +279,7 @@ async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
         assert max(took) < 0.1 + 0.4  # the deadline, plus an fsync on a busy machine
         assert sorted(took)[len(took) // 2] < 0.05  # once stuck, flushes do not even wait
         await stall.rollback()  # the stalled statement goes on and commits
-        deadline = time.monotonic() + 10
-        while not writer.spool.empty and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _await_replayed(writer.spool)
         assert writer.spool.empty
         rows = await conn.fetch("SELECT serial, count(*) AS n FROM positions GROUP BY serial")
         assert sorted(r["serial"] for r in rows) == [0, *range(1, 21), *range(101, 121)]
@@ -301,9 +306,7 @@ async def test_spool_left_by_an_earlier_run_is_replayed_without_traffic(
         writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"))
         writer.start()
         try:
-            deadline = time.monotonic() + 10
-            while not writer.spool.empty and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await _await_replayed(writer.spool)
             assert await conn.fetchval("SELECT count(DISTINCT serial) FROM positions") == 30
             assert await conn.fetchval("SELECT count(*) FROM positions") == 30
             assert await _await_last(conn, 1) == [(a, 29)]
@@ -337,9 +340,7 @@ async def test_full_spool_refuses_instead_of_acking(db_url: str, tmp_path: Path)
         assert spool.bytes <= 2_000 and writer.stats.rows_refused == 20 - kept
         url["now"] = db_url
         writer.retry_now()
-        deadline = time.monotonic() + 10
-        while not spool.empty and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _await_replayed(spool)
         assert await conn.fetchval("SELECT count(*) FROM positions") == kept
         assert await writer.submit([_fix(a, 50, 50)]) == "db"
     finally:
