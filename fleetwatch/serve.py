@@ -133,6 +133,7 @@ class Server:
         from twisted.web.server import Site
 
         from fleetwatch.supervision import Supervision, load_config
+        from ingest.auth_cache import AuthCache
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
@@ -158,8 +159,9 @@ class Server:
             "fleetwatch_writer_flush_seconds", "duration of a writer flush (one transaction)"
         )
         self.writer = PositionWriter(self.connect, spool, on_flush=flush_seconds.observe)
+        codes = AuthCache(args.data_dir / "run" / "auth", args.worker_index, args.workers)
         self.service = IngestService(
-            Directory(self.pool, args.policy), self.writer.write, metrics,
+            Directory(self.pool, args.policy, cache=codes), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
         self.supervision = Supervision(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from ingest.auth_cache import AuthCache
 from protocols.jt808 import BEIJING, Register, TerminalProfile
 from protocols.jt808.platform import (
     REGISTER_NO_TERMINAL,
@@ -64,16 +65,21 @@ class Directory:
     """Registration and authentication against the ``vehicles`` table."""
 
     def __init__(
-        self, pool: asyncpg.Pool, policy: str = POLICY_OPEN, *, db_timeout: float = 1.0
+        self,
+        pool: asyncpg.Pool,
+        policy: str = POLICY_OPEN,
+        *,
+        db_timeout: float = 1.0,
+        cache: AuthCache | None = None,
     ) -> None:
         if policy not in (POLICY_OPEN, POLICY_KNOWN):
             raise ValueError(f"unknown registration policy {policy!r} (open or known)")
         self.pool = pool
         self.policy = policy
         self.db_timeout = db_timeout
-        #: phone key → vehicle, as of its last successful authentication: while the database is
-        #: away (dead, restarting, stalled), known terminals still authenticate from here.
-        self.known: dict[str, Vehicle] = {}
+        #: While the database is away (dead, restarting, stalled), terminals that authenticated
+        #: before still authenticate from here.
+        self.cache = cache if cache is not None else AuthCache()
 
     async def find(self, phone: str) -> Vehicle | None:
         row = await self.pool.fetchrow(
@@ -122,14 +128,8 @@ class Directory:
                 vehicle_id, phone, code, version, reg.manufacturer, reg.model, reg.terminal_id,
                 reg.province, reg.city, plate,
             )  # fmt: skip
-        self._new_code(phone, code)
+        self.cache.new_code(phone, code)  # the old code must not work from the cache either
         return REGISTER_OK, code
-
-    def _new_code(self, phone: str, code: str) -> None:
-        """A registration replaced the terminal's auth code: the cache must not accept the old."""
-        cached = self.known.get(phone_key(phone))
-        if cached is not None:
-            self.known[phone_key(phone)] = replace(cached, auth_code=code)
 
     async def authenticate(self, phone: str, code: str) -> Vehicle | None:
         """The vehicle whose terminal holds this auth code, or None. When the database does not
@@ -146,7 +146,7 @@ class Directory:
                 raise TimeoutError(f"no answer within {self.db_timeout} s")
             vehicle = lookup.result()
         except DB_UNAVAILABLE as exc:
-            vehicle = self.known.get(phone_key(phone))
+            vehicle = self.cache.get(phone_key(phone))
             if vehicle is None:
                 raise
             log.warning("database unavailable (%s); %s authenticated from the cache",
@@ -155,5 +155,5 @@ class Directory:
             return None
         if not secrets.compare_digest(vehicle.auth_code.encode(), code.strip("\x00 ").encode()):
             return None
-        self.known[vehicle.phone] = vehicle
+        self.cache.remember(vehicle)
         return vehicle

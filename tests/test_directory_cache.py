@@ -1,10 +1,14 @@
-"""Known terminals authenticate from the directory's cache while the database is away."""
+"""Known terminals authenticate from the directory's cache while the database is away, also on
+another worker than the one they authenticated on before."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from ingest.auth_cache import AuthCache
 from ingest.directory import Directory
 from protocols.jt808 import Register
 from tests.aio import aio_test
@@ -13,21 +17,28 @@ REG = Register(province=31, city=115, manufacturer="FWTST", model="T-1", termina
                plate_color=2, plate="沪C30001")  # fmt: skip
 
 
+@pytest.mark.parametrize("where", ["same worker", "other worker"])
 @aio_test
-async def test_cache_answers_only_when_the_database_does_not(db_url: str) -> None:
+async def test_cache_answers_only_when_the_database_does_not(
+    db_url: str, tmp_path: Path, where: str
+) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    directory = Directory(pool, db_timeout=0.5)
+    first_worker = Directory(pool, db_timeout=0.5, cache=AuthCache(tmp_path, 0, 2))
+    other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    second_worker = Directory(other_pool, db_timeout=0.5, cache=AuthCache(tmp_path, 1, 2))
+    asked = first_worker if where == "same worker" else second_worker
     try:
-        result, first = await directory.register("013930000001", REG, 2013)
+        result, first = await first_worker.register("013930000001", REG, 2013)
         assert result == 0
-        assert await directory.authenticate("013930000001", first) is not None  # cached now
-        result, second = await directory.register("013930000001", REG, 2013)  # a reset terminal
+        assert await first_worker.authenticate("013930000001", first) is not None  # cached now
+        result, second = await first_worker.register("013930000001", REG, 2013)  # a reset
         assert result == 0 and second != first
-        assert await directory.authenticate("13930000002", "whatever") is None  # unknown: DB says
+        assert await asked.authenticate("13930000002", "whatever") is None  # unknown: DB says so
     finally:
-        await pool.close()  # the database is now unreachable for this directory
-    assert await directory.authenticate("013930000001", first) is None  # replaced by the new code
-    vehicle = await directory.authenticate("013930000001", second)
+        await pool.close()  # the database is now unreachable for both directories
+        await other_pool.close()
+    assert await asked.authenticate("013930000001", first) is None  # replaced by the new code
+    vehicle = await asked.authenticate("013930000001", second)
     assert vehicle is not None and vehicle.plate == "沪C30001"
     with pytest.raises(asyncpg.InterfaceError):  # never seen: no answer rather than "wrong code"
-        await directory.authenticate("13930000002", "whatever")
+        await asked.authenticate("13930000002", "whatever")
