@@ -388,8 +388,9 @@ class PositionWriter:
         assert self._wake is not None
         self._wake.set()
 
-    def _report(self, batch: list[tuple[Sequence[Position], Done]], outcome: str | BaseException,
-                rows: int) -> None:
+    def _report(
+        self, batch: list[tuple[Sequence[Position], Done]], outcome: str | BaseException, rows: int
+    ) -> None:
         """In the caller's loop: tell every submitter of a flushed batch."""
         self._queued -= rows
         for _, done in batch:
