@@ -64,7 +64,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
     serve = None
     try:
         data = make_template(root)
-        serve = Serve(data).start()
+        serve = Serve(data, workers=args.workers).start()
         await serve.ready()
         fleet = Fleet(serve.port, args.terminals, rate=args.rate, give_up=60.0)
         await fleet.login()
@@ -76,7 +76,6 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
         stopped = time.monotonic()
         signal_postgres(data, signal.SIGSTOP)
         await asyncio.sleep(args.stall)
-        resumed = time.monotonic()
         signal_postgres(data, signal.SIGCONT)
         drained = await _until(lambda: not any(spool_files(data)), 120)
         results.append(_summary(
@@ -104,7 +103,6 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
             "unanswered": fleet.record.unanswered, "reconnects": fleet.reconnects,
             "exactly_once": True,
         })  # fmt: skip
-        _ = resumed
     finally:
         if serve is not None and serve.proc is not None:
             await serve.stop()
@@ -121,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="reports per second each")
     parser.add_argument("--stall", type=float, default=30.0, help="seconds PostgreSQL is frozen")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (and its log)")
     args = parser.parse_args()
     for row in asyncio.run(measure(args)):
