@@ -9,7 +9,8 @@ after a pause that doubles (1 s to 30 s) while it keeps dying soon after its sta
 
 The embedded cluster is watched once a second; when its postmaster is gone (killed, crashed)
 it is started again in a thread (crash recovery can take seconds; acks meanwhile come from the
-spool) and the writers are told to try the database at once.
+spool) and the writers are told to try the database at once (the other workers notice it is
+back by the same once-a-second look).
 """
 
 from __future__ import annotations
@@ -126,11 +127,14 @@ class ParentWatch:
 
 
 class ClusterWatch:
-    """Start the embedded cluster again whenever its postmaster is gone."""
+    """Start the embedded cluster again whenever its postmaster is gone (worker 0), or only
+    notice that it is back (``restart=False``, the other workers), and call ``restarted``."""
 
-    def __init__(self, cluster: Any, restarted: Callable[[], None]) -> None:
+    def __init__(self, cluster: Any, restarted: Callable[[], None], restart: bool = True) -> None:
         self.cluster = cluster
         self.restarted = restarted
+        self.restart = restart
+        self.was_running = True
         self.busy = False
         self.failures = 0
         self.next_try = 0.0
@@ -139,6 +143,12 @@ class ClusterWatch:
     def check(self) -> None:
         from twisted.internet.threads import deferToThread
 
+        if not self.restart:
+            running = self.cluster.running
+            if running and not self.was_running:
+                self.restarted()
+            self.was_running = running
+            return
         if self.busy or time.monotonic() < self.next_try or self.cluster.running:
             return
         self.busy = True

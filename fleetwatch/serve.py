@@ -410,6 +410,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         parent = ParentWatch(lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
         reactor.callWhenRunning(server.every, 1.0, parent.check)  # type: ignore[attr-defined]
+        if cluster is not None:  # worker 0 restarts it; this one only notices it is back
+            back = ClusterWatch(cluster, server.database_restarted, restart=False)
+            reactor.callWhenRunning(server.every, 1.0, back.check)  # type: ignore[attr-defined]
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
