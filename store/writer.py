@@ -305,6 +305,7 @@ class PositionWriter:
         self._drain: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[bool] | None = None  # a last-position update
         self._strays: set[asyncio.Task[bool]] = set()  # flushes given up on, still running
+        self._tail: asyncio.Future[None] | None = None  # done when the spool's tail is replayed
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
         self._latest_due = 0.0
@@ -461,9 +462,15 @@ class PositionWriter:
         started = time.monotonic()
         outcome: str | BaseException = "spool"
         try:
-            if self._direct(started):
+            if self._tail is not None and not self.spool.empty and self._healthy(started):
+                # The drain is replaying the spool's last segment: wait for it (within the
+                # deadline) rather than append behind it and keep the spool from ever emptying.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._tail), self.ack_deadline)
+            left = started + self.ack_deadline - time.monotonic()
+            if left > 0 and self.spool.empty and self._healthy(time.monotonic()):
                 write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
-                if await self._db_within(write, self.ack_deadline):
+                if await self._db_within(write, left):
                     outcome = "db"
                     self.stats.rows_written += len(rows)
                     self._hold_latest(rows)
@@ -481,11 +488,11 @@ class PositionWriter:
                 self.on_flush(took)
             self._report(batch, outcome, len(rows))
 
-    def _direct(self, now: float) -> bool:
-        """Whether a flush should try the database at all: not while the spool holds older
-        batches (they go in first), during a backoff, or while an operation is stuck."""
+    def _healthy(self, now: float) -> bool:
+        """Whether the database looks worth trying: no backoff, no operation stuck past the
+        deadline. (A flush also needs an empty spool: older batches go in first.)"""
         stuck = self._op_since and now - self._op_since > self.ack_deadline
-        return self.spool.empty and now >= self._next_db_try and not stuck
+        return now >= self._next_db_try and not stuck
 
     async def _db_within(
         self, write: Callable[[asyncpg.Connection], Awaitable[None]], deadline: float
@@ -595,9 +602,16 @@ class PositionWriter:
                     continue
                 await self._replay()
         finally:
+            self._end_tail()
             self._drain = None
             if self._wake is not None:
                 self._wake.set()
+
+    def _end_tail(self) -> None:
+        if self._tail is not None:
+            if not self._tail.done():
+                self._tail.set_result(None)
+            self._tail = None
 
     async def _replay(self) -> bool:
         """Move spooled batches into the database, oldest first, up to ``batch_rows`` rows per
@@ -606,8 +620,10 @@ class PositionWriter:
         while True:
             sealed = self.spool.sealed()
             if not sealed:
+                self._end_tail()
                 if self.spool.empty or not self.spool.seal():
                     return True
+                self._tail = asyncio.get_running_loop().create_future()
                 continue
             for segment in sealed:
                 done = self._done_batches.get(segment, 0)
@@ -631,6 +647,7 @@ class PositionWriter:
     async def _replay_rows(self, rows: list[Row]) -> bool:
         write = partial(insert_rows, rows=rows, known_late=self._behind(rows))
         if not await self._db(write):
+            self._end_tail()  # flushes must not wait for a replay that failed
             return False
         self.stats.rows_replayed += len(rows)
         return True
