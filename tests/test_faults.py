@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import tempfile
@@ -157,7 +158,7 @@ async def test_postgresql_frozen_acks_from_the_spool_and_known_terminals_authent
 async def test_restart_with_fewer_workers_replays_every_spool_without_traffic(data: Path) -> None:
     serve = Serve(data, workers=2).start()
     try:
-        fleet = await streaming(serve, 8, 0.5)  # spread over both workers by the kernel
+        fleet = await streaming(serve, 12, 0.5)  # spread over both workers by the kernel
         signal_postgres(data, signal.SIGSTOP)  # from now on every ack comes from a spool
         await asyncio.sleep(1.5)
         await fleet.stop()
@@ -209,26 +210,35 @@ async def test_dead_worker_restarted_metrics_of_every_worker_http_on_its_own_add
 ) -> None:
     serve = Serve(data, workers=2, extra=("--http-listen", "127.0.0.2")).start()
     try:
-        fleet = await streaming(serve, 6, 1.5)
+        fleet = await streaming(serve, 12, 1.5)  # spread over both workers by the kernel
         await fleet.stop()
-        await asyncio.sleep(1.5)  # workers publish their metrics every second
 
         def scrape(host: str) -> str:
             with urllib.request.urlopen(f"http://{host}:{serve.http}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        text = await asyncio.to_thread(scrape, "127.0.0.2")
+        def positions(values: dict[str, float]) -> float:
+            return sum(v for k, v in values.items() if k.startswith("fleetwatch_positions_total"))
+
+        acked = len(fleet.record.acked)
+        deadline = time.monotonic() + 15
+        while True:  # worker 1 publishes its metrics once a second
+            text = await asyncio.to_thread(scrape, "127.0.0.2")
+            values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                      if line and not line.startswith("#")}  # fmt: skip
+            if positions(values) == acked or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert positions(values) == acked, (positions(values), acked)
+        own = json.loads((data / "run" / "metrics" / "worker-1.json").read_text())
+        assert 0 < sum(v for name, _, v in own["counters"]
+                       if name == "fleetwatch_positions_total") < acked  # both workers served
         with pytest.raises(urllib.error.URLError):
             await asyncio.to_thread(scrape, "127.0.0.1")  # terminals' address, not HTTP's
-        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                  if line and not line.startswith("#")}  # fmt: skip
-        acked = len(fleet.record.acked)
-        counted = sum(v for k, v in values.items() if k.startswith("fleetwatch_positions_total"))
-        assert counted == acked, (counted, acked)
         assert values["fleetwatch_rows_written_total"] + values[
             "fleetwatch_rows_spooled_total"] == acked  # fmt: skip
         assert "# TYPE fleetwatch_rows_written_total counter" in text
-        assert values['fleetwatch_registrations_total{result="0"}'] == 6
+        assert values['fleetwatch_registrations_total{result="0"}'] == 12
         (worker,) = serve.worker_pids()
         os.kill(worker, signal.SIGKILL)
         await wait_until(lambda: [p for p in serve.worker_pids() if p != worker and alive(p)],
