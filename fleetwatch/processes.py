@@ -114,7 +114,7 @@ class ParentWatch:
     """In a worker: stop when the process that started it is gone (``PR_SET_PDEATHSIG``'s
     backup)."""
 
-    def __init__(self, stop: Callable[[], None]) -> None:
+    def __init__(self, stop: Callable[[], object]) -> None:
         self.parent = os.getppid()
         self.stop = stop
         self.stopped = False

@@ -209,7 +209,7 @@ class Server:
             root = Resource()
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             self.ports.append(
-                reactor.listenTCP(args.http_port, Site(root), interface=args.http_listen)  # type: ignore[attr-defined]
+                reactor.listenTCP(args.http_port, Site(root), interface=args.http_listen)  # type: ignore[attr-defined,arg-type]
             )
         else:
             self.every(1.0, lambda: exchange.publish(args.worker_index, metrics.snapshot()))

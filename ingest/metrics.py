@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -65,7 +65,9 @@ class Metrics:
     adds them up)."""
 
     def __init__(self) -> None:
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(
+            float
+        )
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counter_reads: dict[str, tuple[str, Callable[[], float]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
@@ -124,7 +126,7 @@ class Metrics:
 def render_snapshots(snapshots: Iterable[Snapshot]) -> str:
     """Several workers' metrics as one Prometheus text: counters, histogram buckets and gauges
     (connections, queued rows, spool bytes: all amounts) summed over the workers."""
-    counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+    counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
     help_texts: dict[str, str] = {}
     histograms: dict[str, tuple[str, Histogram]] = {}
     gauges: dict[str, list[Any]] = {}
