@@ -66,15 +66,24 @@ def _url(data: Path) -> str:
     return EmbeddedCluster.in_data_dir(data).url
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("workers", "sig"),
+    [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGTERM)],
+    ids=["kill-9-1-worker", "kill-9-2-workers", "sigterm-2-workers"],
+)
 @aio_test
-async def test_kill_9_of_serve_mid_stream_then_restart(data: Path, workers: int) -> None:
+async def test_serve_killed_or_stopped_mid_stream_then_restarted(
+    data: Path, workers: int, sig: int
+) -> None:
     serve = Serve(data, workers=workers).start()
     try:
         fleet = await streaming(serve, 6, 1.5)
         others = serve.worker_pids()
         assert len(others) == workers - 1
-        serve.kill()  # kill -9 of worker 0 while the terminals stream
+        assert serve.proc is not None
+        serve.proc.send_signal(sig)  # to worker 0, while the terminals stream
+        code = await asyncio.to_thread(serve.proc.wait, 60)
+        assert code == (0 if sig == signal.SIGTERM else -9), serve.tail()
         # No orphan keeps serving: the other workers stop with their parent.
         await wait_until(lambda: not any(alive(p) for p in others), 20, "workers follow worker 0")
         before = len(fleet.record.acked)
