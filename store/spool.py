@@ -183,6 +183,19 @@ class Spool:
             for rows in self.read(segment):
                 yield segment, rows
 
+    @property
+    def rejected(self) -> Path:
+        """Where rows the database refused are set aside (JSON lines, for the operator)."""
+        return self.directory / "rejected.jsonl"
+
+    def reject(self, row: Row) -> None:
+        """Set aside a spooled row the database refuses (it was acknowledged: keep it), fsynced
+        before its segment can be removed."""
+        with open(self.rejected, "ab") as f:
+            f.write(_encode([row])[1:-1] + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     def remove(self, segment: Path) -> None:
         """Drop a segment whose batches are all in the database."""
         if segment == self._active:

@@ -225,7 +225,8 @@ class WriterStats:
     rows_written: int = 0  # committed to the database directly
     rows_spooled: int = 0
     rows_replayed: int = 0  # moved from the spool into the database
-    rows_refused: int = 0  # neither committed nor spooled (spool full or failing): not acked
+    rows_refused: int = 0  # neither committed nor spooled (spool full, bad values): not acked
+    rows_rejected: int = 0  # spooled (acked), then refused by the database: set aside
     writer_flushes: int = 0
     writer_flushes_diverted: int = 0  # no commit within ack_deadline: spooled instead
     db_failures: int = 0
@@ -237,6 +238,17 @@ class WriterStats:
 Done = Callable[[str | BaseException], None]
 
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: What a flush that was not even tried (spool not empty, backoff, stuck) counts as.
+_NOT_TRIED = ConnectionError("the database was not tried")
+_BACKING_OFF = ConnectionError("backing off after a failure")
+
+
+def _refused(failure: BaseException | None) -> bool:
+    """The database answered, and refused the rows themselves: a value it cannot store
+    (SQLSTATE class 22, e.g. a NUL character in JSON) or a constraint (23). Trying the same
+    rows again cannot help; every other failure (connection, timeout, shutdown) can."""
+    sqlstate = getattr(failure, "sqlstate", None) or ""
+    return isinstance(failure, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
 
 
 class PositionWriter:
@@ -460,7 +472,7 @@ class PositionWriter:
         self._pending_rows = 0
         rows = [position_row(p) for positions, _ in batch for p in positions]
         started = time.monotonic()
-        outcome: str | BaseException = "spool"
+        outcome: str | BaseException = RuntimeError("the flush was interrupted")
         try:
             if self._tail is not None and not self.spool.empty and self._healthy(started):
                 # The drain is replaying the spool's last segment: wait for it (within the
@@ -468,15 +480,21 @@ class PositionWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._tail), self.ack_deadline)
             left = started + self.ack_deadline - time.monotonic()
+            failure: BaseException | None = _NOT_TRIED
             if left > 0 and self.spool.empty and self._healthy(time.monotonic()):
                 write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
-                if await self._db_within(write, left):
-                    outcome = "db"
-                    self.stats.rows_written += len(rows)
-                    self._hold_latest(rows)
-            if outcome == "spool":
+                failure = await self._db_within(write, left)
+            if failure is None:
+                outcome = "db"
+                self.stats.rows_written += len(rows)
+                self._hold_latest(rows)
+            elif _refused(failure):
+                outcome = "split"  # some submission's rows cannot be stored: find which
+                await self._refuse_or_split(batch, failure)
+            else:
                 self.spool.append(rows)
                 self.stats.rows_spooled += len(rows)
+                outcome = "spool"
         except OSError as exc:  # the spool is full or failing: nothing is acked
             log.error("spool write failed, %d rows not acknowledged: %s", len(rows), exc)
             self.stats.rows_refused += len(rows)
@@ -486,7 +504,44 @@ class PositionWriter:
             self.stats.last_flush_s = took = time.monotonic() - started
             if self.on_flush is not None:
                 self.on_flush(took)
+            if outcome != "split":
+                self._report(batch, outcome, len(rows))
+
+    async def _split(self, batch: list[tuple[Sequence[Position], Done]]) -> None:
+        """The database refused a flush for what is in it (a value it cannot store): store
+        each half on its own, down to single submissions, so that one terminal's bad report
+        is refused (not acknowledged; logged with its rows) and nobody else's is held back."""
+        rows = [position_row(p) for positions, _ in batch for p in positions]
+        failure = await self._db(partial(insert_rows, rows=rows, last=False,
+                                         known_late=self._behind(rows)))  # fmt: skip
+        if failure is None:
+            self.stats.rows_written += len(rows)
+            self._hold_latest(rows)
+            self._report(batch, "db", len(rows))
+        elif not _refused(failure):
+            outcome: str | BaseException = "spool"
+            try:
+                self.spool.append(rows)
+                self.stats.rows_spooled += len(rows)
+            except OSError as exc:
+                self.stats.rows_refused += len(rows)
+                outcome = exc
             self._report(batch, outcome, len(rows))
+        else:
+            await self._refuse_or_split(batch, failure)
+
+    async def _refuse_or_split(
+        self, batch: list[tuple[Sequence[Position], Done]], failure: BaseException
+    ) -> None:
+        if len(batch) == 1:
+            rows = [position_row(p) for p in batch[0][0]]
+            log.error("rows refused by the database, not acknowledged (%s): %s", failure, rows)
+            self.stats.rows_refused += len(rows)
+            self._report(batch, failure, len(rows))
+            return
+        middle = len(batch) // 2
+        await self._split(batch[:middle])
+        await self._split(batch[middle:])
 
     def _healthy(self, now: float) -> bool:
         """Whether the database looks worth trying: no backoff, no operation stuck past the
@@ -496,34 +551,37 @@ class PositionWriter:
 
     async def _db_within(
         self, write: Callable[[asyncpg.Connection], Awaitable[None]], deadline: float
-    ) -> bool:
-        """:meth:`_db` if it succeeds within ``deadline``. Past it, an operation still waiting
-        for the connection is cancelled (it never reached the database); one already running is
-        left to finish or time out on its own (see the class docstring for why that is safe)."""
+    ) -> BaseException | None:
+        """:meth:`_db` if it finishes within ``deadline`` (else a TimeoutError). Past it, an
+        operation still waiting for the connection is cancelled (it never reached the
+        database); one already running is left to finish or time out on its own (see the
+        class docstring for why that is safe)."""
         began: list[bool] = []
         op = asyncio.get_running_loop().create_task(self._db(write, began))
         try:
             return await asyncio.wait_for(asyncio.shield(op), deadline)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.stats.writer_flushes_diverted += 1
             if began:
                 self._strays.add(op)
                 op.add_done_callback(self._strays.discard)
             else:
                 op.cancel()
-            return False
+            return exc
 
     async def _db(
         self,
         write: Callable[[asyncpg.Connection], Awaitable[None]],
         began: list[bool] | None = None,
-    ) -> bool:
+    ) -> BaseException | None:
         """Run ``write`` on the writer's connection (connecting first if need be), one
-        operation at a time; on failure, drop the connection and back off."""
+        operation at a time; None if it succeeded, else why not. On failure the connection is
+        dropped (a failed COPY may leave rows in its staging table) and, unless the database
+        refused the rows themselves (:func:`_refused`: it is answering), the writer backs off."""
         assert self._db_lock is not None
         async with self._db_lock:
             if time.monotonic() < self._next_db_try:
-                return False
+                return _BACKING_OFF
             if began is not None:
                 began.append(True)
             self._op_since = time.monotonic()
@@ -532,9 +590,12 @@ class PositionWriter:
                     self._conn = await asyncio.wait_for(self._connect(), self.db_timeout)
                 await asyncio.wait_for(write(self._conn), self.db_timeout)
                 self._failures = 0
-                return True
+                return None
             except _DB_ERRORS as exc:
                 self.stats.db_failures += 1
+                self._drop_connection()
+                if _refused(exc):
+                    return exc
                 self._failures += 1
                 wait = min(self.retry_interval * 2 ** (self._failures - 1), self.max_retry_interval)
                 self._next_db_try = time.monotonic() + wait
@@ -542,8 +603,7 @@ class PositionWriter:
                     "database write failed (%s: %s); spooling positions, next try in %.2f s",
                     type(exc).__name__, exc, wait,
                 )  # fmt: skip
-                self._drop_connection()
-                return False
+                return exc
             finally:
                 self._op_since = 0.0
 
@@ -582,7 +642,7 @@ class PositionWriter:
             self._latest = {}
         else:
             rows = [latest.pop(vid) for vid in list(itertools.islice(latest, LAST_CHUNK))]
-        if await self._db(partial(upsert_last_positions, rows=rows)):
+        if await self._db(partial(upsert_last_positions, rows=rows)) is None:
             return True
         self._hold_latest(rows)
         self._latest_due = max(self._next_db_try, time.monotonic() + self.retry_interval)
@@ -645,9 +705,22 @@ class PositionWriter:
                 self.spool.remove(segment)
 
     async def _replay_rows(self, rows: list[Row]) -> bool:
+        """Replay ``rows``; False if the database is away. Rows it refuses (acknowledged long
+        ago, so they must not be lost either) are found by halving and set aside with
+        :meth:`Spool.reject`, so one bad row never blocks the spool behind it."""
         write = partial(insert_rows, rows=rows, known_late=self._behind(rows))
-        if not await self._db(write):
+        failure = await self._db(write)
+        if failure is None:
+            self.stats.rows_replayed += len(rows)
+            return True
+        if not _refused(failure):
             self._end_tail()  # flushes must not wait for a replay that failed
             return False
-        self.stats.rows_replayed += len(rows)
-        return True
+        if len(rows) == 1:
+            log.error("spooled row refused by the database, set aside in %s (%s): %s",
+                      self.spool.rejected, failure, rows[0])  # fmt: skip
+            self.spool.reject(rows[0])
+            self.stats.rows_rejected += 1
+            return True
+        middle = len(rows) // 2
+        return await self._replay_rows(rows[:middle]) and await self._replay_rows(rows[middle:])

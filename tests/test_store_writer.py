@@ -4,6 +4,7 @@ defers and coalesces last-position updates, and a start-up refresh mends what a 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -366,3 +367,64 @@ def test_a_spool_has_one_owner(tmp_path: Path) -> None:
     assert [s.directory.name for s in adopted] == ["worker-3", "worker-0"]
     for spool in adopted:
         spool.close()
+
+
+@aio_test
+async def test_a_report_the_database_refuses_is_refused_alone(db_url: str, tmp_path: Path) -> None:
+    """One submission with a value PostgreSQL cannot store (a NUL character in JSON, as a
+    terminal's text field can carry) in a flush with others: only it is refused (not acked);
+    the others are stored, and the writer neither backs off nor spools."""
+    conn = await asyncpg.connect(db_url)
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.05)  # fmt: skip
+    writer.start()
+    try:
+        vehicles = await _vehicles(conn, 5)
+        bad = vehicles[3]
+        futures = [writer.submit([_fix(v, 1, 1, note="A\x00B" if v == bad else "ok")])
+                   for v in vehicles]  # fmt: skip
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert writer.stats.writer_flushes == 1  # one flush, split to find the bad one
+        assert [r == "db" for r in results] == [True, True, True, False, True], results
+        assert isinstance(results[3], asyncpg.PostgresError)
+        stored = await conn.fetch("SELECT vehicle_id FROM positions ORDER BY vehicle_id")
+        assert [r["vehicle_id"] for r in stored] == [v for v in vehicles if v != bad]
+        assert writer.stats.rows_refused == 1
+        assert await writer.submit([_fix(bad, 2, 2)]) == "db"  # no backoff
+        assert writer.spool.empty
+    finally:
+        await writer.close()
+        await conn.close()
+
+
+@aio_test
+async def test_a_spooled_row_the_database_refuses_is_set_aside(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Spooled rows were acknowledged: one the database refuses must neither block the
+    spool behind it nor be lost. It goes to rejected.jsonl; the rest is stored."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        a, b = await _vehicles(conn, 2)
+        earlier = Spool(tmp_path / "spool")
+        earlier.append([position_row(_fix(a, k, k)) for k in range(5)]
+                       + [position_row(_fix(b, 1, 1, note="A\x00B"))])  # fmt: skip
+        earlier.append([position_row(_fix(a, k, k)) for k in range(5, 10)])
+        earlier.close()
+        writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"))
+        writer.start()
+        try:
+            await _await_replayed(writer.spool)
+            assert writer.spool.empty
+            assert await conn.fetchval("SELECT count(*) FROM positions WHERE vehicle_id = $1",
+                                       a) == 10  # fmt: skip
+            assert await conn.fetchval("SELECT count(*) FROM positions WHERE vehicle_id = $1",
+                                       b) == 0  # fmt: skip
+            assert writer.stats.rows_rejected == 1
+            (line,) = writer.spool.rejected.read_text().splitlines()
+            row = json.loads(line)
+            assert row[0] == b and json.loads(row[-1]) == {"note": "A\x00B"}
+        finally:
+            await writer.close()
+    finally:
+        await conn.close()
