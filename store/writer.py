@@ -316,7 +316,7 @@ class PositionWriter:
         self._next_db_try = 0.0
         self._drain: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[bool] | None = None  # a last-position update
-        self._strays: set[asyncio.Task[bool]] = set()  # flushes given up on, still running
+        self._strays: set[asyncio.Task[BaseException | None]] = set()  # given up on, running
         self._tail: asyncio.Future[None] | None = None  # done when the spool's tail is replayed
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
@@ -497,6 +497,10 @@ class PositionWriter:
                 outcome = "spool"
         except OSError as exc:  # the spool is full or failing: nothing is acked
             log.error("spool write failed, %d rows not acknowledged: %s", len(rows), exc)
+            self.stats.rows_refused += len(rows)
+            outcome = exc
+        except Exception as exc:  # a bug: nothing is acked, and the writer goes on
+            log.exception("flush failed, %d rows not acknowledged", len(rows))
             self.stats.rows_refused += len(rows)
             outcome = exc
         finally:
