@@ -46,6 +46,27 @@ async def _until(predicate: object, timeout: float) -> float | None:
     return None
 
 
+async def _back(data: Path, killed: list[int], timeout: float) -> float | None:
+    """Seconds until a new postmaster (the killed one may be listed for a moment) accepts a
+    connection (None if not within ``timeout``)."""
+    import asyncpg
+
+    from store.cluster import EmbeddedCluster
+
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if postgres_pids(data)[:1] not in ([], killed):
+            try:
+                conn = await asyncpg.connect(EmbeddedCluster.in_data_dir(data).url, timeout=1)
+            except Exception:  # not yet: starting up, recovering, socket not there
+                pass
+            else:
+                await conn.close()
+                return time.monotonic() - began
+        await asyncio.sleep(0.02)
+    return None
+
+
 def _summary(name: str, latencies: list[float], **extra: object) -> dict[str, object]:
     return {
         "phase": name,
@@ -85,8 +106,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
 
         await asyncio.sleep(2.0)
         killed = time.monotonic()
-        signal_postgres(data, signal.SIGKILL)
-        back = await _until(lambda: bool(postgres_pids(data)), 120)
+        old = signal_postgres(data, signal.SIGKILL)[:1]
+        back = await _back(data, old, 120)
         drained = await _until(lambda: not any(spool_files(data)), 120)
         results.append(_summary(
             "SIGKILL", fleet.record.latencies(since=killed),
