@@ -34,20 +34,16 @@ RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 HEALTHY_S = 30.0
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking the kernel to SIGTERM the child when this process exits."""
+def die_with_parent(parent: int) -> bool:
+    """In a worker, first thing: ask the kernel for SIGTERM when the parent exits. False if
+    ``parent`` is gone already (it died before the call: too late for the signal). Called by
+    the worker itself rather than as a ``preexec_fn``, which is unsafe in a threaded parent."""
     try:
         prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def in_child() -> None:
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the call: too late for the signal
-            os._exit(1)
-
-    return in_child
+    except (OSError, AttributeError):
+        pass  # not Linux: ParentWatch still notices within a second
+    return os.getppid() == parent
 
 
 class Workers:
@@ -68,7 +64,7 @@ class Workers:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        self.procs[index] = subprocess.Popen(self.command(index), preexec_fn=die_with_parent())
+        self.procs[index] = subprocess.Popen(self.command(index))
         self.started[index] = time.monotonic()
 
     def check(self) -> None:
@@ -114,8 +110,8 @@ class ParentWatch:
     """In a worker: stop when the process that started it is gone (``PR_SET_PDEATHSIG``'s
     backup)."""
 
-    def __init__(self, stop: Callable[[], object]) -> None:
-        self.parent = os.getppid()
+    def __init__(self, parent: int, stop: Callable[[], object]) -> None:
+        self.parent = parent
         self.stop = stop
         self.stopped = False
 

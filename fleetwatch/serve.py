@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gc
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -90,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="ingest processes sharing the TCP ports (one Python process uses one core)",
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -370,9 +372,13 @@ def run(args: argparse.Namespace) -> int:
         textFileLogObserver,
     )
 
-    from fleetwatch.processes import ClusterWatch, ParentWatch, Workers
+    from fleetwatch.processes import ClusterWatch, ParentWatch, Workers, die_with_parent
     from ingest.metrics_resource import MetricsExchange
     from store.cluster import EmbeddedCluster
+
+    if args.worker_index > 0 and not die_with_parent(args.parent_pid):
+        print("fleetwatch: the serve process that started this worker is gone", file=sys.stderr)
+        return 1
 
     observer = (jsonFileLogObserver if args.log_format == "json" else textFileLogObserver)(
         sys.stderr
@@ -410,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
             watch = ClusterWatch(cluster, server.database_restarted)
             reactor.callWhenRunning(server.every, 1.0, watch.check)  # type: ignore[attr-defined]
     else:
-        parent = ParentWatch(lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
+        parent = ParentWatch(args.parent_pid, lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
         reactor.callWhenRunning(server.every, 1.0, parent.check)  # type: ignore[attr-defined]
         if cluster is not None:  # worker 0 restarts it; this one only notices it is back
             back = ClusterWatch(cluster, server.database_restarted, restart=False)
@@ -445,6 +451,7 @@ def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
         "--nmea-port", str(args.nmea_port), "--listen", args.listen, "--policy", args.policy,
         "--log-format", args.log_format, "--workers", str(args.workers),
         "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
+        "--parent-pid", str(os.getpid()),
     ]  # fmt: skip
     if args.db:
         command += ["--db", args.db]
