@@ -265,3 +265,16 @@ def test_http_listens_on_localhost_unless_told() -> None:
     assert (args.listen, args.http_listen) == ("0.0.0.0", "127.0.0.1")
     args = build_parser().parse_args(["serve", "--host", "127.0.0.1", "--http-listen", "::1"])
     assert (args.listen, args.http_listen) == ("127.0.0.1", "::1")
+
+
+def test_a_worker_stops_once_its_parent_is_not_the_one_that_started_it() -> None:
+    from fleetwatch.processes import ParentWatch, die_with_parent
+
+    stops: list[int] = []
+    ParentWatch(os.getppid(), lambda: stops.append(1)).check()
+    assert stops == []
+    gone = ParentWatch(os.getppid() + 1_000_000, lambda: stops.append(1))  # not our parent
+    gone.check()
+    gone.check()
+    assert stops == [1]  # once
+    assert not die_with_parent(os.getppid() + 1_000_000)  # started after its parent died
