@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -22,6 +24,7 @@ from protocols.jt808 import Authenticate
 from store.cluster import EmbeddedCluster
 from tests.aio import aio_test
 from tests.fault_harness import (
+    REPO,
     Fleet,
     Serve,
     alive,
@@ -268,7 +271,7 @@ def test_http_listens_on_localhost_unless_told() -> None:
 
 
 def test_a_worker_stops_once_its_parent_is_not_the_one_that_started_it() -> None:
-    from fleetwatch.processes import ParentWatch, die_with_parent
+    from fleetwatch.processes import ParentWatch
 
     stops: list[int] = []
     ParentWatch(os.getppid(), lambda: stops.append(1)).check()
@@ -277,4 +280,7 @@ def test_a_worker_stops_once_its_parent_is_not_the_one_that_started_it() -> None
     gone.check()
     gone.check()
     assert stops == [1]  # once
-    assert not die_with_parent(os.getppid() + 1_000_000)  # started after its parent died
+    # started after its parent died (in a child: the call marks the calling process)
+    check = "import os, sys; from fleetwatch.processes import die_with_parent as d; " \
+        "sys.exit(10 * d(os.getppid()) + d(os.getppid() + 1_000_000))"
+    assert subprocess.run([sys.executable, "-c", check], cwd=REPO).returncode == 10
