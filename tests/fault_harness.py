@@ -69,7 +69,8 @@ class Serve:
     def start(self) -> Serve:
         argv = [sys.executable, "-m", "fleetwatch.cli", "serve", "--data-dir", str(self.data),
                 "--jt808-port", str(self.port), "--http-port", str(self.http),
-                "--listen", "127.0.0.1", "--workers", str(self.workers), *self.extra]  # fmt: skip
+                "--listen", "127.0.0.1", "--workers", str(self.workers), *unlimited(),
+                *self.extra]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=log, cwd=REPO,
@@ -108,6 +109,21 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         return await asyncio.to_thread(self.proc.wait, timeout)
+
+
+def unlimited() -> tuple[str, ...]:
+    """No registration rate limit, where serve has one: every test terminal comes from
+    127.0.0.1 and registers at once."""
+    import argparse
+
+    from fleetwatch.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction) and "serve" in action.choices:
+            serve = action.choices["serve"]
+            if "--registration-rate" in serve._option_string_actions:
+                return ("--registration-rate", "0")
+    return ()
 
 
 def listening_sockets(port: int) -> int:
