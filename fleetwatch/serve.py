@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--rules-config",
         metavar="FILE",
         help="JSON: supervision rules, automatic actions, escalation and enforcement "
-        "(see fleetwatch/supervision.py; default: the regulations' values)",
+        "(see alerts/supervision.py; default: the regulations' values)",
     )
     parser.add_argument(
         "--workers",
@@ -129,6 +129,7 @@ class Server:
         self.pool: Any = None
         self.service: Any = None
         self.supervision: Any = None
+        self.gateway: Any = None
 
     async def start(self) -> None:
         import asyncpg
@@ -136,14 +137,16 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
-        from fleetwatch.supervision import Supervision, load_config
+        from alerts.gateway import STATS as GATEWAY_STATS
+        from alerts.gateway import CommandGateway
+        from alerts.supervision import Supervision, load_config
         from ingest.auth_cache import AuthCache
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
-        from store.migrations import migrate
+        from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
 
@@ -154,6 +157,9 @@ class Server:
                 await migrate(conn)
                 await refresh_last_positions(conn)
             await self.maintain()
+        else:  # worker 0 migrates meanwhile: nothing here may touch a table before it has
+            async with self.pool.acquire() as conn:
+                await wait_until_migrated(conn)
         metrics = Metrics()
         spool = Spool(
             args.data_dir / "spool" / f"worker-{args.worker_index}",
@@ -168,9 +174,17 @@ class Server:
             Directory(self.pool, args.policy, cache=codes), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
+        self.gateway = gateway = CommandGateway(self.pool, self.url(), self.service.terminals)
+        await gateway.start()
+        for name, meaning in GATEWAY_STATS.items():
+            metrics.gauge(
+                f"fleetwatch_gateway_{name}", meaning,
+                lambda name=name: gateway.stats[name],  # type: ignore[misc]
+            )  # fmt: skip
         self.supervision = Supervision(
-            self.pool, self.service, load_config(args.rules_config), worker_index=args.worker_index
-        )
+            self.pool, self.gateway, load_config(args.rules_config),
+            metrics=metrics, worker_index=args.worker_index,
+        )  # fmt: skip
         self.service.observer = self.supervision
         await self.supervision.start()
         self.writer.start()
@@ -212,9 +226,8 @@ class Server:
         if args.worker_index == 0:  # one /metrics, adding up every worker's
             root = Resource()
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
-            self.ports.append(
-                reactor.listenTCP(args.http_port, Site(root), interface=args.http_listen)  # type: ignore[attr-defined,arg-type]
-            )
+            site: Any = Site(root)  # a ServerFactory in all but its stubs
+            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
         else:
             self.every(1.0, lambda: exchange.publish(args.worker_index, metrics.snapshot()))
         self.every(2.0, lambda: self.service.sweep(_monotonic()))
@@ -287,13 +300,15 @@ class Server:
         return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.listen)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
-        """Partitions ahead of time, whole-partition retention."""
+        """Partitions ahead of time, whole-partition retention, old command records."""
+        from store import commands
         from store.partitions import drop_expired, ensure_partitions
 
         today = datetime.now(UTC).date()
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, today)
             await drop_expired(conn, today, self.args.retention_days)
+            await commands.prune(conn, datetime.now(UTC) - COMMAND_RECORDS)
 
     async def stop(self) -> None:
         import asyncio
@@ -310,6 +325,8 @@ class Server:
             await writer.close()
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
+        if self.gateway is not None:
+            await self.gateway.stop()
         if self.service is not None:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
@@ -344,6 +361,8 @@ async def _as_future(d: Any) -> Any:
     return await d.asFuture(asyncio.get_running_loop())
 
 
+#: How long the records of commands sent between processes are kept.
+COMMAND_RECORDS = timedelta(days=90)
 #: Cyclic GC thresholds for a running server (Python's are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 50, 1_000)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -65,22 +65,20 @@ class Metrics:
     adds them up)."""
 
     def __init__(self) -> None:
-        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(
-            float
-        )
+        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counter_reads: dict[str, tuple[str, Callable[[], float]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.help: dict[str, str] = {}
 
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         self.counters[(name, _key(labels))] += amount
 
     def key(self, name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         """A counter's key, made once, for :meth:`add` on hot paths."""
         return (name, _key(labels))
 
-    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: float = 1) -> None:
+    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: int = 1) -> None:
         self.counters[key] += amount
 
     def value(self, name: str, **labels: str) -> float:
@@ -126,7 +124,7 @@ class Metrics:
 def render_snapshots(snapshots: Iterable[Snapshot]) -> str:
     """Several workers' metrics as one Prometheus text: counters, histogram buckets and gauges
     (connections, queued rows, spool bytes: all amounts) summed over the workers."""
-    counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+    counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
     help_texts: dict[str, str] = {}
     histograms: dict[str, tuple[str, Histogram]] = {}
     gauges: dict[str, list[Any]] = {}

@@ -19,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from geo.classes import VEHICLE_CLASSES
+
 if TYPE_CHECKING:  # imported where used: the CLI imports this module to build its --help
     import asyncpg
 
-#: ``vehicle_class`` values (the enum in migration 0001).
-VEHICLE_CLASSES = ("police", "school_bus", "coach", "heavy_truck", "hazmat", "other")
 #: JT/T 697.7 plate colours (JT/T 808 register message): 0 means "not plated yet".
 PLATE_COLORS = {0: "none", 1: "blue", 2: "yellow", 3: "black", 4: "white", 5: "green", 9: "other"}
 #: The vehicles this platform supervises (coaches, trucks, hazmat, school buses) carry yellow
@@ -329,3 +329,16 @@ async def list_vehicles(
     return [
         {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
     ]
+
+
+async def vehicle_facts(
+    db: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
+) -> dict[str, Any] | None:
+    """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
+    as JSON text), or None if there is no such vehicle."""
+    row = await db.fetchrow(
+        "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
+        " FROM vehicles WHERE id = $1",
+        vehicle_id,
+    )
+    return dict(row) if row is not None else None
