@@ -92,6 +92,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    guard = parser.add_argument_group("limits (see docs/decisions.md)")
+    guard.add_argument(
+        "--pre-auth-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close connections not authenticated within S seconds (default 30)",
+    )
+    guard.add_argument(
+        "--max-per-address",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections per source address (0 = no cap; default 256)",
+    )
+    guard.add_argument("--registration-rate", type=float, default=20.0, metavar="N",
+                       help="registrations a second under --policy open, N/10 per address "
+                       "(0 = no limit; default 20)")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -130,6 +148,7 @@ class Server:
         self.service: Any = None
         self.supervision: Any = None
         self.gateway: Any = None
+        self.gate = _accept_gate()
 
     async def start(self) -> None:
         import asyncpg
@@ -170,9 +189,12 @@ class Server:
         )
         self.writer = PositionWriter(self.connect, spool, on_flush=flush_seconds.observe)
         codes = AuthCache(args.data_dir / "run" / "auth", args.worker_index, args.workers)
+        directory = Directory(self.pool, args.policy, cache=codes)
         self.service = IngestService(
-            Directory(self.pool, args.policy, cache=codes), self.writer.write, metrics,
+            directory, self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
+            pre_auth_timeout=args.pre_auth_timeout, max_per_address=args.max_per_address,
+            registration_rate=args.registration_rate, gate=self.gate,
         )  # fmt: skip
         self.gateway = gateway = CommandGateway(self.pool, self.url(), self.service.terminals)
         await gateway.start()
@@ -206,6 +228,7 @@ class Server:
             )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
+        self.gate.watch(self.ports[-1])
         services = [self.service]
         if args.nmea_port:
             from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
@@ -215,7 +238,9 @@ class Server:
 
             nmea = NmeaService(lookup, self.supervision.judging(self.writer.submit), metrics)
             services.append(nmea)
+            nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
+            self.gate.watch(self.ports[-1])
 
         def pressure(on: bool) -> None:
             for service in services:
@@ -229,29 +254,26 @@ class Server:
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
         else:
-            self.every(1.0, lambda: exchange.publish(args.worker_index, metrics.snapshot()))
-        self.every(2.0, lambda: self.service.sweep(_monotonic()))
+            publish = partial(_publish, exchange, args.worker_index, metrics)
+            self.every(1.0, publish, "metrics publication")
+        self.every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep")
+        self.every(60.0, lambda: _aio(directory.refresh_cache()), "the auth-code cache check")
         if args.worker_index == 0:
-            self.every(3600.0, lambda: _aio(self.maintain()))
-            self.every(5.0, self.adopt_spools, now=True)
+            self.every(3600.0, lambda: _aio(self.maintain()), "partition maintenance")
+            self.every(5.0, self.adopt_spools, "spool adoption", now=True)
         for port in self.ports:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
         tune_gc()
 
-    def every(self, seconds: float, call: Callable[[], object], now: bool = False) -> None:
-        """Run ``call`` every ``seconds`` until stop (a failure is logged, the loop goes on)."""
-        from twisted.internet.task import LoopingCall
+    def every(
+        self, seconds: float, call: Callable[[], object], name: str, now: bool = False
+    ) -> None:
+        """Run ``call`` every ``seconds`` until stop (``ingest.jobs.every``: a failure is
+        logged and the loop goes on)."""
+        from ingest.jobs import every
 
-        def guarded() -> None:
-            try:
-                call()
-            except Exception:
-                _logger().failure("periodic job {job} failed", job=getattr(call, "__name__", call))
-
-        loop = LoopingCall(guarded)
-        loop.start(seconds, now=now)
-        self.loops.append(loop)
+        self.loops.append(every(seconds, call, name, now=now))
 
     async def connect(self, *_: Any, **kwargs: Any) -> Any:
         """A database connection to wherever the database is now (the pool's and writers')."""
@@ -337,10 +359,25 @@ class Server:
                 self.pool.terminate()
 
 
+def _publish(exchange: Any, index: int, metrics: Any) -> None:
+    exchange.publish(index, metrics.snapshot())
+
+
 def _logger() -> Any:
     from twisted.logger import Logger
 
     return Logger(namespace="fleetwatch.serve")
+
+
+def _accept_gate() -> Any:
+    """Raise the open-file limit as far as allowed and say how many terminals that holds."""
+    from ingest.limits import AcceptGate, connection_capacity, raise_descriptor_limit
+
+    before, after = raise_descriptor_limit()
+    gate = AcceptGate(connection_capacity())
+    print(f"fleetwatch: open-file limit {after} (was {before}): up to {gate.capacity} "
+          "terminal connections", file=sys.stderr, flush=True)  # fmt: skip
+    return gate
 
 
 def _monotonic() -> float:
@@ -430,16 +467,16 @@ def run(args: argparse.Namespace) -> int:
         MetricsExchange(args.data_dir / "run" / "metrics", args.workers).clear()
         workers = Workers(args.workers, partial(_worker_command, args))
         workers.start()
-        reactor.callWhenRunning(server.every, 0.5, workers.check)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(server.every, 0.5, workers.check, "worker supervision")  # type: ignore[attr-defined]
         if cluster is not None:
             watch = ClusterWatch(cluster, server.database_restarted)
-            reactor.callWhenRunning(server.every, 1.0, watch.check)  # type: ignore[attr-defined]
+            reactor.callWhenRunning(server.every, 1.0, watch.check, "the PostgreSQL watch")  # type: ignore[attr-defined]
     else:
         parent = ParentWatch(args.parent_pid, lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
-        reactor.callWhenRunning(server.every, 1.0, parent.check)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(server.every, 1.0, parent.check, "the parent watch")  # type: ignore[attr-defined]
         if cluster is not None:  # worker 0 restarts it; this one only notices it is back
             back = ClusterWatch(cluster, server.database_restarted, restart=False)
-            reactor.callWhenRunning(server.every, 1.0, back.check)  # type: ignore[attr-defined]
+            reactor.callWhenRunning(server.every, 1.0, back.check, "the PostgreSQL watch")  # type: ignore[attr-defined]
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
@@ -471,6 +508,9 @@ def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
         "--log-format", args.log_format, "--workers", str(args.workers),
         "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
         "--parent-pid", str(os.getpid()),
+        "--pre-auth-timeout", str(args.pre_auth_timeout),
+        "--max-per-address", str(args.max_per_address),
+        "--registration-rate", str(args.registration_rate),
     ]  # fmt: skip
     if args.db:
         command += ["--db", args.db]

@@ -27,6 +27,7 @@ class AuthCache:
     def __init__(self, directory: Path | None = None, worker: int = 0, workers: int = 1) -> None:
         self._vehicles: dict[str, tuple[float, Vehicle]] = {}  # phone key → (when, vehicle)
         self._codes: dict[str, tuple[float, str]] = {}  # phone key → (when, registered code)
+        self._forgotten: dict[str, float] = {}  # phone key → when its code stopped working
         self._fd: int | None = None
         self._others: dict[Path, int] = {}  # another worker's file → bytes read so far
         if directory is not None:
@@ -48,11 +49,29 @@ class AuthCache:
         self._codes[key] = (at, code)
         self._share({"key": key, "t": at, "code": code})
 
+    def forget(self, key: str) -> None:
+        """The database no longer has the code this cache holds (an operator unbound the
+        terminal, or it registered anew elsewhere): no answer from here until it
+        authenticates again."""
+        at = time.time()
+        self._vehicles.pop(key, None)
+        self._codes.pop(key, None)
+        self._forgotten[key] = at
+        self._share({"key": key, "t": at, "forget": True})
+
+    def keys(self) -> list[str]:
+        """The terminals this worker would answer for (to check against the database)."""
+        return list(self._vehicles)
+
     def get(self, key: str) -> Vehicle | None:
         """The vehicle with its newest code, as any worker last saw it."""
         self._catch_up()
+        return self.peek(key)
+
+    def peek(self, key: str) -> Vehicle | None:
+        """:meth:`get` from what this worker knows already (reads no file)."""
         held = self._vehicles.get(key)
-        if held is None:
+        if held is None or held[0] <= self._forgotten.get(key, 0.0):
             return None
         at, vehicle = held
         newer = self._codes.get(key)
@@ -82,7 +101,9 @@ class AuthCache:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     record = json.loads(line)
                     key, at = record["key"], float(record["t"])
-                    if "vehicle" in record:
+                    if "forget" in record:
+                        self._forgotten[key] = max(at, self._forgotten.get(key, 0.0))
+                    elif "vehicle" in record:
                         if at > self._vehicles.get(key, (0.0,))[0]:
                             self._vehicles[key] = (at, Vehicle(**record["vehicle"]))
                     elif at > self._codes.get(key, (0.0,))[0]:
