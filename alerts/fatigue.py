@@ -1,16 +1,24 @@
 """Fatigue: driving time per driver (0x0702 IC card) or, with no driver identified, per vehicle.
 
-Timeline. Each report has a state: *driving* (speed over ``moving_kmh``), *idling* (stopped
-with the ACC bit set) or *stopped*. A report's state holds until the next report, for at most
-``hold_s`` (5 min); a longer silence is a *gap*, counted as a stop: a terminal goes quiet when
-the engine is off, and a real blind area is filled in later by its 0x0704 upload (below).
-Driving time is the time spent in driving state.
+Two clocks. Everything here runs on fix time: a report's state covers the fix-time interval
+up to the next report, whenever either was received. The wall clock decides nothing: a
+backlog uploaded with pauses, a terminal whose clock is hours behind, or a restart between two
+reports gets exactly the alarms it would get in real time.
 
-Rest. A rest is ``rest_s`` (20 min) of uninterrupted stop or gap. Idling is stopped but no
-rest: the vendors' rule is "ACC off for 20 min". A terminal that never reports ACC has the bit
-clear all the time, so for it any 20-min stop is a rest (``use_acc=False`` does the same for a
-terminal that reports ACC always on). A shorter stop neither counts as driving nor resets the
-count (GB/T 19056: continuous driving is the driving time between rests of 20 min or more).
+Timeline. Each report has a state: *driving* (speed over ``moving_kmh``), *idling* (stopped
+with the ignition on) or *stopped* (ignition off, or not reported). A report's state holds
+until the next report, for at most ``hold_s`` (5 min) when it is driving or idling; beyond that
+the interval is a *gap*: unknown, neither driving nor rest (a gap is never a rest by itself).
+A stopped report holds until the next report however long the silence (*held* stop): a
+terminal with the engine off reports rarely or not at all, and its last word was "parked,
+engine off". Driving time is the time spent in driving state.
+
+Rest. A rest is ``rest_s`` (20 min) of uninterrupted stop, as the fixes show it. Idling is
+stopped but no rest: the vendors' rule is "ACC off for 20 min". A terminal that never reports
+ignition counts any 20-min stop as a rest (``use_acc=False`` does the same for a terminal that
+reports ACC always on). A shorter stop neither counts as driving nor resets the count (GB/T
+19056: continuous driving is the driving time between rests of 20 min or more). A rest is
+confirmed by the first report at or after its 20th minute (fix time), never by a tick.
 
 Alerts (all are episodes that end when a rest is confirmed; end = the moment the vehicle
 stopped moving before that rest, i.e. the start of the stationary period, which may begin with
@@ -35,15 +43,16 @@ Start times are the exact moments a threshold was crossed (between two reports);
 The timeline is kept as run-length *runs* (start, end, state) for the last day or two, and the
 live counters are updated per report in O(1) (the rolling 24 h uses a deque of driving
 intervals). Late data (fixes behind the vehicle's newest, from 0x0704 blind-area uploads) is
-merged into the runs: a late fix can only fall in a gap (time covered by reports is not
-re-judged), splitting it into what the fix says and what remains unknown. The subject is then
-replayed from its runs at the next in-order report or :meth:`FatigueRule.tick`, and what the
-replay finds that was not emitted is emitted with ``late=True``: a new episode, a close, or
-the continuation of an episode that the gap had ended too early. Since a gap counted as a stop,
-late data can only add driving, so a replay never takes an alert back.
+merged into the runs: a late fix can only fall in a gap or a held stop (time covered by
+reports is not re-judged), splitting it into what the fix says and what remains unknown. The
+subject is then replayed from its runs at the next in-order report or :meth:`FatigueRule.tick`,
+and what the replay finds that was not emitted is emitted with ``late=True``: a new episode, a
+close, or the continuation of an episode that a held stop had ended too early. A replay never
+takes an alert back (an episode it does not reproduce stays open until the next rest).
 
 A driver who signs out and signs in elsewhere within 20 min keeps the count; an episode
-stays on the vehicle where it started until the driver rests.
+stays on the vehicle where it started until the driver rests. A signed-out driver rests on the
+fix clock of the vehicle he left (its reports after the sign-out), or of the one he signs in to.
 """
 
 from __future__ import annotations
@@ -66,8 +75,9 @@ from alerts.model import (
 from alerts.settings import Profile
 from geo.position import Position
 
-DRIVE, IDLE, STOP, GAP = 0, 1, 2, 3
-STATE_NAMES = ("drive", "idle", "stop", "gap")
+#: Report states; GAP (unknown) and HELD (a stop held across a silence) only label intervals.
+DRIVE, IDLE, STOP, GAP, HELD = 0, 1, 2, 3, 4
+STATE_NAMES = ("drive", "idle", "stop", "gap", "held")
 
 _BJ = 8 * 3600.0
 _DAY = 86400.0
@@ -111,14 +121,25 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-
 def motion(p: Position, profile: Profile) -> int:
-    """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP."""
+    """DRIVE above the moving speed; else IDLE with the ignition on (when it counts), else
+    STOP."""
     if p.speed_kmh > profile.moving_kmh:
         return DRIVE
     if profile.use_acc and p.status & 1:
         return IDLE
     return STOP
+
+
+def span_state(st0: int, span: float, hold: float) -> int:
+    """The state of an interval of ``span`` seconds after a report in ``st0``: the report's
+    own up to ``hold``; beyond it a stop is held (HELD) and anything else is unknown (GAP)."""
+    if st0 in (HELD, GAP):
+        return st0
+    if span <= hold:
+        return st0
+    return HELD if st0 == STOP else GAP
+
 
 class Episode:
     """A fatigue episode as the machine sees it (times in epoch seconds)."""
@@ -241,6 +262,11 @@ class Machine:
             if self.open:
                 self._night_close(e, out)
             self._drive(s, e, out)
+            return
+        if state == GAP:  # unknown: no driving counted, and no rest either
+            self.stationary = self.rest_run = None
+            if self.open:
+                self._night_close(e, out)
             return
         if self.stationary is None:
             self.stationary = s
@@ -412,7 +438,6 @@ class Subject:
         "prune_at",
         "runs",
         "vehicle_id",
-        "virtual",
     )
 
     def __init__(self, name: str, driver: str | None, profile: Profile, long_distance: bool):
@@ -428,7 +453,6 @@ class Subject:
         self.vehicle_id = 0
         self.last_state = STOP
         self.detached: float | None = None
-        self.virtual = -1e18  # the live machine ran on (gap) beyond the runs up to here
         self.prune_at = _PRUNE_AT
 
     @property
@@ -445,14 +469,15 @@ class Subject:
             last = runs[-1]
             end = last[1]
             if s > end:
-                runs.append([end, s, GAP, self.last_state, vid])
-                self._feed(end, s, GAP, vid, out)
+                join = span_state(self.last_state, s - end, self.profile.hold_s)
+                runs.append([end, s, join, self.last_state, vid])
+                self._feed(end, s, join, vid, out)
                 last = runs[-1]
             elif s < end:
                 s = end
                 if e <= s:
                     return
-            if last[2] == state and state != GAP and last[4] == vid and last[1] == s:
+            if last[2] == state and state < GAP and last[4] == vid and last[1] == s:
                 last[1] = e
             else:
                 runs.append([s, e, state, st0, vid])
@@ -487,15 +512,15 @@ class Subject:
             return False
         if t < runs[0][0]:
             nxt = runs[0][0]
-            runs.insert(0, [t, nxt, state if nxt - t <= hold else GAP, state, vid])
+            runs.insert(0, [t, nxt, span_state(state, nxt - t, hold), state, vid])
             return True
         i = bisect.bisect_right(runs, t, key=lambda r: r[0]) - 1
         g0, g1, kind, st0, gvid = runs[i]
-        if kind != GAP or t <= g0:
+        if kind < GAP or t <= g0:
             return False  # covered by reports already (or the gap's own start report)
         runs[i : i + 1] = [
-            [g0, t, st0 if t - g0 <= hold else GAP, st0, gvid],
-            [t, g1, state if g1 - t <= hold else GAP, state, vid],
+            [g0, t, span_state(st0, t - g0, hold), st0, gvid],
+            [t, g1, span_state(state, g1 - t, hold), state, vid],
         ]
         return True
 
@@ -516,20 +541,80 @@ class Subject:
             self.episodes = [ep for ep in eps if ep.end is None or ep.end >= horizon]
 
 
+_MACHINE_FIELDS = (
+    "t", "cont", "stationary", "rest_run", "rested", "warn_at", "escalated", "night_win",
+    "night_first", "night_acc", "night_end", "daily_total", "vehicle_id", "driver",
+    "block_start",
+)  # fmt: skip
+_SUBJECT_FIELDS = (
+    "dirty", "last_state", "detached", "prune_at", "vehicle_id", "long_distance",
+)  # fmt: skip
+
+
+def _dump_subject(subj: Subject) -> dict:
+    m = subj.machine
+    table: list[Episode] = []
+    index: dict[int, int] = {}
+    for ep in [*subj.episodes, *m.open.values()]:
+        if id(ep) not in index:
+            index[id(ep)] = len(table)
+            table.append(ep)
+    return {
+        "name": subj.name,
+        "driver": subj.driver,
+        **{f: getattr(subj, f) for f in _SUBJECT_FIELDS},
+        "runs": subj.runs,
+        "episodes_table": [
+            [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details]
+            for ep in table
+        ],
+        "episodes": [index[id(ep)] for ep in subj.episodes],
+        "machine": {
+            **{f: getattr(m, f) for f in _MACHINE_FIELDS},
+            "daily": list(m.daily),
+            "open": [[kind, index[id(ep)]] for kind, ep in m.open.items()],
+        },
+    }
+
+
+def _load_subject(d: dict) -> Subject:
+    subj = Subject(d["name"], d["driver"], _DEFAULT, bool(d["long_distance"]))
+    for f in _SUBJECT_FIELDS:
+        setattr(subj, f, d[f])
+    subj.runs = [list(r) for r in d["runs"]]
+    table = []
+    for type_, start, end, key, vid, driver, details in d["episodes_table"]:
+        ep = Episode(type_, start, vid, driver, dict(details))
+        ep.end, ep.key = end, key
+        table.append(ep)
+    subj.episodes = [table[i] for i in d["episodes"]]
+    m = subj.machine
+    md = d["machine"]
+    for f in _MACHINE_FIELDS:
+        setattr(m, f, md[f])
+    m.daily = deque([list(x) for x in md["daily"]])
+    m.open = {kind: table[i] for kind, i in md["open"]}
+    return subj
+
+
 def _overlaps(a: Episode, b: Episode) -> bool:
     a_end = 1e18 if a.end is None else a.end
     b_end = 1e18 if b.end is None else b.end
     return a.start < b_end and b.start < a_end
 
 
+_DEFAULT = Profile()
+
+
 class FatigueRule:
     """Fatigue per subject; fed every report of every vehicle (usable or not)."""
+
+    name = "fatigue"
 
     def __init__(self) -> None:
         self._subjects: dict[str, Subject] = {}
         self._cars: dict[int, _Car] = {}
         self._dirty: set[str] = set()
-        self._active: set[str] = set()  # subjects with open episodes (for tick)
         self._trans: list[tuple[str, Episode]] = []  # scratch for the hot path
 
     # ------------------------------------------------------------------ subjects
@@ -564,10 +649,12 @@ class FatigueRule:
             ts = car.last_t
         out: list[tuple[str, Episode]] = []
         if car.last_t is not None and ts > car.last_t:
-            state = car.last_state if ts - car.last_t <= profile.hold_s else GAP
+            state = span_state(car.last_state, ts - car.last_t, profile.hold_s)
             old.add(car.last_t, ts, state, car.last_state, vehicle_id, out)
             car.last_t = ts
         old.detached = ts
+        old.last_state = STOP  # out of the vehicle: not driving it
+        car.left = old if old.machine.open and not old.name.startswith("vehicle:") else None
         new = self._subject(name, driver, profile, ld)
         new.detached = None
         new.last_state = car.last_state
@@ -575,20 +662,19 @@ class FatigueRule:
         car.history.append((ts, new))
         if len(car.history) > 64:
             del car.history[:32]
-        self._track(old)
         return self._events(out, False)
 
     # ------------------------------------------------------------------ reports
 
-    def feed(self, fix: Fix, t: float, profile: Profile) -> list[AlertEvent]:
-        """An in-order report (``t`` = fix time, epoch seconds)."""
-        out: list[AlertEvent] = []
-        self.step(fix, t, profile, out)
-        return out
-
-    def step(self, fix: Fix, t: float, profile: Profile, out: list[AlertEvent]) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """One report (usable or not: speed and ACC still tell motion); a report behind the
+        vehicle's newest is merged into the timeline (:meth:`feed_late`)."""
+        profile = fix.profile or _DEFAULT
         if not profile.fatigue:
+            return
+        t = fix.t
+        if fix.behind:
+            self.feed_late(fix, t, profile)
             return
         p = fix.position
         vid = p.vehicle_id
@@ -605,18 +691,20 @@ class FatigueRule:
             if last_t is None:
                 car.last_t = t
                 if subj.runs and subj.end < t:
-                    subj.add(subj.end, t, GAP, subj.last_state, vid, trans)
+                    join = span_state(subj.last_state, t - subj.end, profile.hold_s)
+                    subj.add(subj.end, t, join, subj.last_state, vid, trans)
             car.last_state = subj.last_state = state
         else:
             last_state = car.last_state
-            seg = last_state if t - last_t <= profile.hold_s else GAP
+            span = t - last_t
+            seg = last_state if span <= profile.hold_s else span_state(last_state, span, 0.0)
             runs = subj.runs
             last = runs[-1] if runs else None
             if (
                 last is not None
                 and last[1] == last_t
                 and last[2] == seg
-                and seg != GAP
+                and seg < GAP
                 and last[4] == vid
             ):
                 last[1] = t  # the run goes on (Subject.add, inlined)
@@ -632,9 +720,25 @@ class FatigueRule:
             if subj.dirty and not p.batch:
                 out += self._replay(subj)
         if trans:
-            self._track(subj)
             out += self._events(trans, fix.late)
             trans.clear()
+        left = car.left
+        if left is not None:
+            self._rest_away(car, left, t, vid, fix.late, out)
+
+    def _rest_away(
+        self, car: _Car, subj: Subject, t: float, vid: int, late: bool, out: list[AlertEvent]
+    ) -> None:
+        """A driver signed out of this vehicle with episodes open: he has been out of it (a
+        stop) up to this report's fix time, unless he signed in somewhere since."""
+        if subj.detached is None or not subj.machine.open:
+            car.left = None
+            return
+        if t > subj.end:
+            trans: list[tuple[str, Episode]] = []
+            subj.add(subj.end, t, HELD, STOP, vid, trans)
+            if trans:
+                out += self._events(trans, late)
 
     def feed_late(self, fix: Fix, t: float, profile: Profile) -> list[AlertEvent]:
         """A report behind the vehicle's newest: merged into its subject's runs; the results
@@ -652,35 +756,52 @@ class FatigueRule:
             self._dirty.add(subj.name)
         return []
 
-    def tick(self, now: datetime) -> list[AlertEvent]:
-        """Replays subjects with merged late data; confirms rests of subjects that have gone
-        quiet while stopped (or signed out, or silent longer than ``hold_s``)."""
-        n = now.timestamp()
-        out: list[AlertEvent] = []
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """Replays subjects with merged late data whose vehicle has not reported since (a
+        replay only reads the runs: fix time). Nothing else: the wall clock confirms no rest
+        and moves no subject's clock."""
         for name in list(self._dirty):
             out += self._replay(self._subjects[name])
-        for name in list(self._active):
-            subj = self._subjects[name]
-            m = subj.machine
-            if not m.open:
-                self._active.discard(name)
-                continue
-            end = max(subj.end, m.t)
-            if n <= end:
-                continue
-            if subj.detached is not None or n - subj.end > subj.profile.hold_s:
-                state = GAP
-            elif subj.last_state == STOP:
-                state = STOP
-            else:
-                continue
-            trans: list[tuple[str, Episode]] = []
-            m.segment(end, n, state, trans)
-            subj.virtual = max(subj.virtual, n)
-            out += self._events(trans, False)
-            if not m.open:
-                self._active.discard(name)
-        return out
+
+    # ------------------------------------------------------------------ state
+
+    def export(self, vehicle_id: int) -> dict | None:
+        """The vehicle's fatigue: its last report, and the subject driving it (a driver's
+        subject travels with the vehicle that exported it last)."""
+        car = self._cars.get(vehicle_id)
+        if car is None:
+            return None
+        return {
+            "last_t": car.last_t,
+            "last_state": car.last_state,
+            "subject": _dump_subject(car.subject),
+            "history": [[t, subj.name] for t, subj in car.history],
+            "left": None if car.left is None else car.left.name,
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._cars.pop(vehicle_id, None)
+            return
+        subj = _load_subject(state["subject"])
+        known = self._subjects.get(subj.name)
+        if known is not None and known.machine.t > subj.machine.t:
+            subj = known  # another vehicle brought this driver's newer state already
+        else:
+            self._subjects[subj.name] = subj
+        car = self._cars[vehicle_id] = _Car(subj)
+        car.last_t = state["last_t"]
+        car.last_state = int(state["last_state"])
+        history = []
+        for t, name in state["history"]:
+            past = subj if name == subj.name else self._subjects.get(name)
+            if past is not None:
+                history.append((float(t), past))
+        if history:
+            car.history = history
+        car.left = self._subjects.get(state["left"]) if state["left"] else None
+        if subj.dirty:
+            self._dirty.add(subj.name)
 
     # ------------------------------------------------------------------ replay
 
@@ -697,8 +818,6 @@ class FatigueRule:
         for s, e, state, _st0, vid in subj.runs:
             m.vehicle_id = vid
             m.segment(s, e, state, scratch)
-        if subj.virtual > m.t:
-            m.segment(m.t, subj.virtual, GAP, scratch)
         trans: list[tuple[str, Episode]] = []
         emitted = subj.episodes
         for r in m.history or ():
@@ -754,14 +873,9 @@ class FatigueRule:
         m.history = None
         subj.machine = m
         del old
-        self._track(subj)
         return self._events(trans, True)
 
     # ------------------------------------------------------------------ events
-
-    def _track(self, subj: Subject) -> None:
-        if subj.machine.open or subj.detached is not None:
-            self._active.add(subj.name)
 
     def _events(self, trans: list[tuple[str, Episode]], late: bool) -> list[AlertEvent]:
         return [
@@ -784,10 +898,11 @@ class FatigueRule:
 class _Car:
     """A vehicle as fatigue sees it: its last report and who is driving it."""
 
-    __slots__ = ("history", "last_state", "last_t", "subject")
+    __slots__ = ("history", "last_state", "last_t", "left", "subject")
 
     def __init__(self, subject: Subject) -> None:
         self.subject = subject
+        self.left: Subject | None = None  # a driver who signed out with episodes open
         self.last_t: float | None = None
         self.last_state = STOP
         # (sign-in/out time, subject from then on), for late reports

@@ -44,7 +44,7 @@ live timeline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from alerts.model import (
@@ -60,6 +60,7 @@ from alerts.model import (
     Fix,
     VehicleInfo,
 )
+from alerts.state import at, dump_position, load_position, ts
 from geo.fences import FORBIDDEN, ROUTE, SPEED_LIMIT, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
@@ -132,6 +133,10 @@ class _Vehicle:
     applies: dict[int, bool] = field(default_factory=dict)
 
 
+def _at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
 class GeofenceRule:
     """Geofence alerts for every vehicle, fed fix by fix (see the module docstring).
 
@@ -139,6 +144,8 @@ class GeofenceRule:
     state before it is kept for that replay). ``replay_idle_s``: a replay with no new late fix
     for this long (received time) is over; :meth:`tick` cuts its open episodes.
     """
+
+    name = "geofence"
 
     def __init__(
         self,
@@ -157,17 +164,16 @@ class GeofenceRule:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(self, fix: Fix) -> list[AlertEvent]:
+    def step(self, fix: Fix, events: list[AlertEvent]) -> None:
         """The events one fix causes (usually none). Unusable fixes change nothing."""
         if not fix.usable:
-            return []
+            return
         pos = fix.position
         veh = self._vehicles.get(pos.vehicle_id)
         if veh is None:
             if not self.index.fences:
-                return []  # nothing to judge, nothing to end: no state until there are fences
+                return  # nothing to judge, nothing to end: no state until there are fences
             veh = self._vehicles[pos.vehicle_id] = _Vehicle(fix.vehicle)
-        events: list[AlertEvent] = []
         if veh.version != self.index.version or (
             veh.info is not fix.vehicle and veh.info != fix.vehicle
         ):
@@ -180,12 +186,12 @@ class GeofenceRule:
         elif last_time is not None and (pos.fix_time - last_time).total_seconds() >= self.gap_s:
             veh.snapshot = lane.copy(replay=True)
         self._step(veh, lane, fix, events)
-        return events
 
-    def tick(self, now: datetime) -> list[AlertEvent]:
-        """Time-driven events: dwell limits passed by vehicles that report no more, and the
-        end of replays that went quiet."""
-        events: list[AlertEvent] = []
+    def tick(self, now: datetime, events: list[AlertEvent]) -> None:
+        """Wall-clock events: dwell limits passed by vehicles that report no more, and the
+        end of replays that went quiet. A silent vehicle's dwell is judged on its own fix
+        clock (its last fix time plus the wall time since that fix was received), so a
+        terminal whose clock lags, or a backlog, is not judged on our clock."""
         for vid, fid in list(self._dwell_watch):
             veh = self._vehicles.get(vid)
             st = veh.live.states.get(fid) if veh else None
@@ -193,7 +199,14 @@ class GeofenceRule:
             if veh is None or st is None or fence is None or not st.inside or not fence.max_dwell_s:
                 del self._dwell_watch[vid, fid]
                 continue
-            self._check_dwell(veh, veh.live, fence, st, now, veh.live.last_late, None, events)
+            last = veh.live.last
+            if last is None:
+                continue
+            silent = now - last.received_time
+            if silent.total_seconds() < self.gap_s:
+                continue  # still reporting: its fixes judge the dwell
+            clock = last.fix_time + silent
+            self._check_dwell(veh, veh.live, fence, st, clock, veh.live.last_late, None, events)
         for vid in list(self._replaying):
             veh = self._vehicles.get(vid)
             lane = veh.replay if veh else None
@@ -201,7 +214,44 @@ class GeofenceRule:
                 del self._replaying[vid]
             elif lane.seen is not None and (now - lane.seen).total_seconds() >= self.replay_idle_s:
                 self._end_replay(veh, events)
-        return events
+
+    def export(self, vehicle_id: int) -> dict | None:
+        """The live lane (a running replay of late fixes is not kept: see the engine)."""
+        veh = self._vehicles.get(vehicle_id)
+        if veh is None:
+            return None
+        lane = veh.live
+        return {
+            "states": [
+                [
+                    fid,
+                    st.inside,
+                    ts(st.since),
+                    ts(st.pending),
+                    [[kind, start.timestamp()] for kind, start in st.episodes.items()],
+                ]
+                for fid, st in lane.states.items()
+            ],
+            "last": dump_position(lane.last),
+            "fences": [[fid, v] for fid, v in lane.last_fences.items()],
+            "late": lane.last_late,
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        self.forget(vehicle_id)
+        if state is None:
+            return
+        veh = self._vehicles[vehicle_id] = _Vehicle(VehicleInfo(id=vehicle_id))
+        lane = veh.live
+        for fid, inside, since, pending, episodes in state["states"]:
+            lane.states[int(fid)] = _FenceState(
+                bool(inside), at(since), at(pending), {k: _at(v) for k, v in episodes}
+            )
+            if inside:
+                self._dwell_watch[vehicle_id, int(fid)] = None  # tick drops what needs none
+        lane.last = load_position(state["last"])
+        lane.last_fences = {int(fid): int(v) for fid, v in state["fences"]}
+        lane.last_late = bool(state["late"])
 
     def forget(self, vehicle_id: int) -> None:
         """Drop a vehicle's state (deprovisioned)."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from geo.position import Position
+
+if TYPE_CHECKING:
+    from alerts.settings import Profile
 
 # Vehicle classes (the values of vehicles.class).
 POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER = (
@@ -69,7 +72,9 @@ class AlertEvent:
 
     ``start``/``end`` are fix times (UTC). ``late`` marks episodes found in late data (0x0704
     batches, fix times behind the vehicle's newest): recorded, never notified to the driver.
-    ``driver`` is the identified driver (0x0702 IC card) when there is one.
+    ``driver`` is the identified driver (0x0702 IC card) when there is one. ``found``: the fix
+    time of the report that revealed the event (None from the wall-clock tick); the start of a
+    threshold crossing lies between two reports, so this is what says how fresh the news is.
     """
 
     phase: Phase
@@ -82,6 +87,7 @@ class AlertEvent:
     late: bool = False
     driver: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    found: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +99,9 @@ class Fix:
     vehicle's newest fix time. ``previous``: the vehicle's previous usable fix (for crossings
     between sparse fixes). ``fences``: ``FenceIndex.classify`` of this fix (empty when not
     usable): fence id -> 1 inside beyond its margin, 0 within its margin of the boundary.
+    ``t``: the fix time in epoch seconds; ``behind``: older than the vehicle's newest fix (the
+    rules' late lanes); ``has_fix``: good coordinates (no jump verdict); ``profile``: the
+    vehicle's thresholds. The engine fills all of them, once per position.
     """
 
     position: Position
@@ -102,3 +111,7 @@ class Fix:
     previous: Position | None = None
     fences: dict[int, int] = field(default_factory=dict)
     driver: str | None = None
+    t: float = 0.0
+    behind: bool = False
+    has_fix: bool = True
+    profile: Profile | None = None

@@ -113,6 +113,7 @@ class RuleSettings:
     jump_tolerance_m: float = 50.0  # GNSS scatter allowed on top of the implied speed
     jump_reanchor: int = 3  # this many consecutive fixes agreeing with each other end a jump
     late_idle_s: float = 30.0  # a late (blind-area) sequence idle this long is finished
+    recent_s: float = 120.0  # a fix received more than this after its fix time is found late
     classes: dict[str, Profile] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
 
     @classmethod

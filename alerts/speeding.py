@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
+from alerts.state import at
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
@@ -135,8 +136,14 @@ class _Lane:
         return self.ep is None and self.over_t is None and self.near_t is None and not self.warned
 
 
+_LANE_TIMES = ("last_at", "over_at", "under_at", "near_at", "below_at", "warn_start")
+_DEFAULT = Profile()
+
+
 class SpeedingRule:
     """Speeding episodes per vehicle; fed usable fixes in fix-time order (per lane)."""
+
+    name = "speeding"
 
     def __init__(self, index: FenceIndex) -> None:
         self.index = index
@@ -213,18 +220,13 @@ class SpeedingRule:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(
-        self, fix: Fix, t: float, profile: Profile, late_lane: bool = False
-    ) -> list[AlertEvent]:
-        """One usable fix (``t`` = its fix time in epoch seconds)."""
-        out: list[AlertEvent] = []
-        self.step(fix, t, profile, late_lane, out)
-        return out
-
-    def step(
-        self, fix: Fix, t: float, profile: Profile, late_lane: bool, out: list[AlertEvent]
-    ) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """One fix; only usable ones count (a fix behind the newest goes to the late lane)."""
+        if not fix.usable:
+            return
+        t = fix.t
+        profile = fix.profile or _DEFAULT
+        late_lane = fix.behind
         lanes = self._late if late_lane else self._live
         vid = fix.vehicle.id
         lane = lanes.get(vid)
@@ -250,12 +252,53 @@ class SpeedingRule:
             return
         self._step(lane, fix, t, limit, express, profile, late_lane, out)
 
-    def end_lane(self, vehicle_id: int, late_lane: bool = True) -> list[AlertEvent]:
-        """Forget a lane, closing what it has open at its last fix (a late sequence is over)."""
-        lane = (self._late if late_lane else self._live).pop(vehicle_id, None)
+    def end_lane(self, vehicle_id: int, out: list[AlertEvent]) -> None:
+        """Forget the late lane, closing what it has open at its last fix (a late sequence
+        is over)."""
+        lane = self._late.pop(vehicle_id, None)
+        if lane is not None:
+            out += self._break(lane, vehicle_id, True, True)
+
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """Nothing runs on the wall clock here: an episode ends on fixes (or a fix-time gap)."""
+
+    def export(self, vehicle_id: int) -> dict | None:
+        lane = self._live.get(vehicle_id)
         if lane is None:
-            return []
-        return self._break(lane, vehicle_id, late_lane, late_lane)
+            return None
+        d: dict = {}
+        for name in _Lane.__slots__:
+            v = getattr(lane, name)
+            if name == "ep" and v is not None:
+                v = {k: getattr(v, k) for k in _Episode.__slots__}
+                v["start"] = v["start"].timestamp()
+            elif isinstance(v, datetime):
+                v = v.timestamp()
+            elif name == "inside":
+                v = [[fid, sure] for fid, sure in v.items()]
+            d[name] = v
+        return d
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._live.pop(vehicle_id, None)
+            return
+        lane = self._live[vehicle_id] = _Lane()
+        for name in _Lane.__slots__:
+            v = state[name]
+            if name in _LANE_TIMES:
+                v = at(v)
+            elif name == "inside":
+                v = {int(fid): bool(sure) for fid, sure in v}
+            elif name == "run_pos":
+                v = tuple(v)
+            elif name == "ep" and v is not None:
+                ep = _Episode()
+                for k in _Episode.__slots__:
+                    setattr(ep, k, v[k])
+                ep.start = at(v["start"])
+                v = ep
+            setattr(lane, name, v)
 
     def _break(self, lane: _Lane, vid: int, late: bool, late_lane: bool) -> list[AlertEvent]:
         """Close open episodes at the lane's last fix and reset its runs (a silence)."""

@@ -388,7 +388,7 @@ class Supervision:
 
     def _act(self, event: AlertEvent, alert_id: int) -> None:
         info = self.vehicles.get(event.vehicle_id)
-        planned = self.actions.plan(event, info.plate if info else None)
+        planned = self.actions.plan(event, info.plate if info else None, datetime.now(UTC))
         if planned is not None:
             self._spawn(self.send_text(planned, alert_id))
 

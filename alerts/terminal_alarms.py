@@ -17,13 +17,15 @@ batch records the alarms it contains without closing or reopening the live episo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from alerts.model import CRITICAL, HIGH, MEDIUM, TERMINAL_ALARM, AlertEvent, Fix
+from alerts.state import at, ts
 from protocols.jt808.location import ALARM_BITS
 
 SOS_BIT = 0
 HIGH_BITS = frozenset({3, 8, 26, 27, 28, 29, 30, 31})
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def severity_of(bit: int) -> int:
@@ -44,18 +46,17 @@ class _Lane:
 class TerminalAlarmRule:
     """Alarm-word episodes per vehicle, fed every report in fix-time order (per lane)."""
 
+    name = "terminal"
+
     def __init__(self) -> None:
         self._live: dict[int, _Lane] = {}
         self._late: dict[int, _Lane] = {}
 
-    def feed(self, fix: Fix, late_lane: bool = False) -> list[AlertEvent]:
-        out: list[AlertEvent] = []
-        self.step(fix, late_lane, out)
-        return out
-
-    def step(self, fix: Fix, late_lane: bool, out: list[AlertEvent]) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """One report (any: the alarm word needs no GNSS); a fix behind the newest goes to
+        the late lane."""
         p = fix.position
+        late_lane = fix.behind
         lanes = self._late if late_lane else self._live
         lane = lanes.get(p.vehicle_id)
         if lane is None:
@@ -88,13 +89,37 @@ class TerminalAlarmRule:
             changed >>= 1
             bit += 1
 
-    def end_lane(self, vehicle_id: int, late_lane: bool = True) -> list[AlertEvent]:
-        """Forget a lane, closing its open bits at its last report (a late sequence is over)."""
-        lane = (self._late if late_lane else self._live).pop(vehicle_id, None)
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """Nothing runs on the wall clock here."""
+
+    def export(self, vehicle_id: int) -> dict | None:
+        lane = self._live.get(vehicle_id)
+        if lane is None or (not lane.word and not lane.opened):
+            return None
+        return {
+            "word": lane.word,
+            "opened": [[bit, start.timestamp(), n] for bit, (start, n) in lane.opened.items()],
+            "last": ts(lane.last_at),
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._live.pop(vehicle_id, None)
+            return
+        lane = self._live[vehicle_id] = _Lane()
+        lane.word = int(state["word"])
+        lane.opened = {int(b): (at(s) or _EPOCH, int(n)) for b, s, n in state["opened"]}
+        lane.last_at = at(state["last"])
+
+    def end_lane(self, vehicle_id: int, out: list[AlertEvent]) -> None:
+        """Forget the late lane, closing its open bits at its last report (a late sequence
+        is over)."""
+        lane = self._late.pop(vehicle_id, None)
         if lane is None or lane.last_at is None:
-            return []
-        suffix = ":late" if late_lane else ""
-        return [
+            return
+        suffix = ":late"
+        late_lane = True
+        out += [
             AlertEvent(
                 phase="close",
                 type=TERMINAL_ALARM,

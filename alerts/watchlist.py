@@ -18,13 +18,14 @@ and their events are flagged late.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from alerts.model import (
     GEOFENCE_ENTER,
     GEOFENCE_EXIT,
     HIGH,
+    OFFLINE,
     WATCHLIST,
     WATCHLIST_AREA,
     AlertEvent,
@@ -33,6 +34,10 @@ from alerts.model import (
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
+
+
+def _at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
 
 
 def normalise_plate(plate: str | None) -> str:
@@ -51,6 +56,8 @@ class _Seen:
 
 
 class WatchlistRule:
+    name = "watchlist"
+
     def __init__(self, index: FenceIndex | None = None) -> None:
         self.index = index
         self.plates: dict[str, str] = {}
@@ -68,19 +75,55 @@ class WatchlistRule:
                 out += self.end_session(vid, at or seen.last_at)
         return out
 
-    def feed(self, fix: Fix) -> list[AlertEvent]:
-        out: list[AlertEvent] = []
-        self.step(fix, out)
-        return out
-
     def step(self, fix: Fix, out: list[AlertEvent]) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+        """A report of a vehicle: opens its session's episode if it is listed; turns the
+        geofence rule's events of this fix (already in ``out``: that rule runs first) about
+        watched fences into WATCHLIST_AREA episodes."""
+        if not self.plates and not self._seen:
+            return
         vehicle = fix.vehicle
         seen = self._seen.get(vehicle.id)
         if seen is not None:
             if fix.position.fix_time > seen.last_at:
                 seen.last_at = fix.position.fix_time
+            if out:
+                out += self.geofence_events(fix, out)
             return
+        self._first(fix, out)
+        if out and vehicle.id in self._seen:
+            out += self.geofence_events(fix, out)
+
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """A vehicle that went offline (the offline rule's OFFLINE opens, already in ``out``)
+        ends its session."""
+        if not self._seen:
+            return
+        for e in [e for e in out if e.type == OFFLINE and e.phase == "open"]:
+            out += self.end_session(e.vehicle_id, None)
+
+    def export(self, vehicle_id: int) -> dict | None:
+        seen = self._seen.get(vehicle_id)
+        if seen is None:
+            return None
+        return {
+            "plate": seen.plate,
+            "reason": seen.reason,
+            "start": seen.start.timestamp(),
+            "last": seen.last_at.timestamp(),
+            "areas": [[fid, start.timestamp()] for fid, start in seen.areas.items()],
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._seen.pop(vehicle_id, None)
+            return
+        seen = _Seen(state["plate"], state["reason"], _at(state["start"]))
+        seen.last_at = _at(state["last"])
+        seen.areas = {int(fid): _at(start) for fid, start in state["areas"]}
+        self._seen[vehicle_id] = seen
+
+    def _first(self, fix: Fix, out: list[AlertEvent]) -> None:
+        vehicle = fix.vehicle
         if not self.plates or not vehicle.plate:
             return
         known = self._plates.get(vehicle.id)
@@ -92,7 +135,7 @@ class WatchlistRule:
             return
         plate = known[1]
         p = fix.position
-        seen = self._seen[vehicle.id] = _Seen(plate, reason, p.fix_time)
+        self._seen[vehicle.id] = _Seen(plate, reason, p.fix_time)
         out.append(
             AlertEvent(
                 phase="open",

@@ -185,20 +185,34 @@ def test_daily_window_rolls() -> None:
     assert near(daily[0].start, bj(7, 3), 30)
 
 
-def test_rest_confirmed_by_tick_when_the_terminal_goes_quiet() -> None:
-    """4 h 10 of driving, one stopped fix at 12:10, then silence: tick confirms the rest at
-    12:30 (20 min after the stop began) and the episodes end at 12:10."""
+def test_silence_is_no_rest_and_the_wall_clock_confirms_none() -> None:
+    """4 h 10 of driving, one stopped fix (ACC off) at 12:10, then silence: ticks an hour
+    later close nothing (the wall clock decides no rest). The next report, stopped at 12:50,
+    shows the stop held: the rest is confirmed then, and the episodes end at 12:10."""
     engine = RulesEngine(FenceIndex())
     t = Track(start=bj(6, 8))
-    events = run(engine, vehicle(1), t.drive(4 * H + 10 * MIN, 60) + t.stop(10))
+    events = run(engine, vehicle(1), t.drive(4 * H + 10 * MIN, 60) + t.stop(10, acc=False))
     assert len(of(events, FATIGUE_CONTINUOUS, "open")) == 1
-    assert fatigue(engine.tick(bj(6, 12, 29))) == []
-    closed = fatigue(engine.tick(bj(6, 12, 31)))
+    for now in (bj(6, 12, 31), bj(6, 13), bj(6, 14)):
+        assert fatigue(engine.tick(now)) == []
+    t.skip(40 * MIN)
+    closed = fatigue(run(engine, vehicle(1), t.stop(10, acc=False)))
     assert [e.phase for e in closed] == ["close"] * 3
     assert all(near(e.end, bj(6, 12, 10)) for e in closed)
-    assert fatigue(engine.tick(bj(6, 13))) == []
-    # later reports do not close anything again
     assert fatigue(run(engine, vehicle(1), t.stop(10 * MIN))) == []
+
+
+def test_a_gap_after_driving_is_no_rest() -> None:
+    """Driving 08:00-11:00, 40 min without reports (the last one was driving), driving again
+    from 11:40: the silence is unknown, not a rest, so the driving before and after adds up
+    (3.5 h reached at 12:10; the silence is not counted as driving either)."""
+    engine = RulesEngine(FenceIndex())
+    t = Track(start=bj(6, 8))
+    events = run(engine, vehicle(1), t.drive(3 * H, 60))
+    t.skip(40 * MIN, 60)
+    events += run(engine, vehicle(1), t.drive(40 * MIN, 60))
+    warn = of(events, FATIGUE_WARNING)
+    assert [e.phase for e in warn] == ["open"] and near(warn[0].start, bj(6, 12, 10))
 
 
 def test_per_driver_count_follows_the_ic_card() -> None:
@@ -258,11 +272,10 @@ def test_late_blind_area_batch_is_merged() -> None:
     assert [e.key for e in ev[:3]] == [e.key for e in ev[3:]]
 
 
-def test_late_data_continues_an_episode_a_gap_ended() -> None:
+def test_late_data_fills_a_gap_the_episode_stays_one() -> None:
     """Driving 08:00-12:30 live (alarm at 12:00), then 40 min of silence while driving on,
-    live again 13:10-13:20 and a rest. Live, the silence was a rest: the alarm closed at
-    12:30. The blind-area batch shows the driving went on: the replay records the
-    continuation (late) from 12:30, which closes at 13:20 with the real rest."""
+    live again 13:10-13:20 and a rest. The silence is no rest, so the alarm stays open; the
+    blind-area batch shows the driving went on; the episode closes once, at 13:20."""
     engine = RulesEngine(FenceIndex())
     truck = vehicle(1)
     t = Track(start=bj(6, 8))
@@ -271,15 +284,31 @@ def test_late_data_continues_an_episode_a_gap_ended() -> None:
     t.skip(40 * MIN, 60)
     events += run(engine, truck, t.drive(10 * MIN, 60))
     cont = of(events, FATIGUE_CONTINUOUS)
-    assert [e.phase for e in cont] == ["open", "close"]
-    assert near(cont[1].end, bj(6, 12, 30))
+    assert [e.phase for e in cont] == ["open"]
     b = Track(start=gap_start)
     run(engine, truck, b.drive(40 * MIN, 60, batch=True, received=bj(6, 13, 20)))
-    after = of(run(engine, truck, t.stop(25 * MIN)), FATIGUE_CONTINUOUS)
-    assert [(e.phase, e.late) for e in after] == [("open", True), ("close", False)]
-    assert near(after[0].start, bj(6, 12, 30)) and near(after[1].end, bj(6, 13, 20))
-    assert after[0].details["continues"] == cont[0].key
-    assert after[0].key != cont[0].key
+    after = of(run(engine, truck, t.stop(25 * MIN, acc=False)), FATIGUE_CONTINUOUS)
+    assert [(e.phase, e.late) for e in after] == [("close", False)]
+    assert after[0].key == cont[0].key and near(after[0].end, bj(6, 13, 20))
+
+
+def test_late_data_showing_a_rest_in_a_gap_closes_the_episode() -> None:
+    """Driving 08:00-12:10 (alarm at 12:00), silence, driving from 12:50: live, the episode
+    runs on. The blind-area batch shows the truck parked, ACC off, 12:10-12:50: that was a
+    rest, so the episode closes (late) at 12:10, and the count starts again."""
+    engine = RulesEngine(FenceIndex())
+    truck = vehicle(1)
+    t = Track(start=bj(6, 8))
+    events = run(engine, truck, t.drive(4 * H + 10 * MIN, 60))
+    gap_start = t.t
+    t.skip(40 * MIN)
+    events += run(engine, truck, t.drive(10 * MIN, 60))
+    assert [e.phase for e in of(events, FATIGUE_CONTINUOUS)] == ["open"]
+    b = Track(start=gap_start)
+    run(engine, truck, b.stop(40 * MIN, acc=False, batch=True, received=bj(6, 13)))
+    after = of(run(engine, truck, t.drive(10 * MIN, 60)), FATIGUE_CONTINUOUS)
+    assert [(e.phase, e.late) for e in after] == [("close", True)]
+    assert near(after[0].end, bj(6, 12, 10))
 
 
 def test_configurable_thresholds() -> None:

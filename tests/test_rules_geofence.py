@@ -76,7 +76,14 @@ class Drive:
         vehicle = vehicle or self.vehicle
         position = Position(vehicle.id, t, t, lonlat[0], lonlat[1], speed_kmh=30.0)
         fences = self.index.classify(*lonlat) if usable else {}
-        return self.rule.feed(Fix(position, vehicle, late=late, usable=usable, fences=fences))
+        out: list[AlertEvent] = []
+        self.rule.step(Fix(position, vehicle, late=late, usable=usable, fences=fences), out)
+        return out
+
+    def tick(self, now: datetime) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        self.rule.tick(now, out)
+        return out
 
     def track(
         self, points: Iterable[tuple[datetime, tuple[float, float]]], **kw: object
@@ -312,10 +319,10 @@ def test_dwell_too_long() -> None:
 def test_dwell_of_a_vehicle_that_stopped_reporting_comes_from_tick() -> None:
     drive = Drive([circle(max_dwell_s=600.0)])
     drive.track([(at(-60), east(-1000)), (at(0), east(0)), (at(30), east(0))])
-    assert drive.rule.tick(at(600)) == []
-    events = drive.rule.tick(at(601))
+    assert drive.tick(at(600)) == []
+    events = drive.tick(at(601))
     assert summary(events) == [(GEOFENCE_DWELL, "open", at(0), None)]
-    assert drive.rule.tick(at(700)) == []
+    assert drive.tick(at(700)) == []
 
 
 # ----------------------------------------------------------------------------- route
@@ -402,8 +409,8 @@ def test_replay_still_inside_is_cut_when_the_batch_goes_quiet() -> None:
     events = drive.track(batch, late=True)
     assert summary(events) == instant(GEOFENCE_ENTER, at(600))  # the episode is held back
     # Received times equal fix times here: quiet for 120 s after the last one (840 s).
-    assert drive.rule.tick(at(900)) == []
-    events = drive.rule.tick(at(960))
+    assert drive.tick(at(900)) == []
+    events = drive.tick(at(960))
     assert summary(events) == [
         (FORBIDDEN_ZONE, "open", at(600), None),
         (FORBIDDEN_ZONE, "close", at(600), at(840)),
@@ -452,7 +459,7 @@ def test_replay_leaves_a_live_episode_alone() -> None:
         *instant(GEOFENCE_ENTER, at(1800)),
     ]
     assert {e.key for e in events} == {"geofence_exit:1:late", "geofence_enter:1:late"}
-    events = drive.rule.tick(at(3540 + 120))
+    events = drive.tick(at(3540 + 120))
     assert summary(events) == [
         (FORBIDDEN_ZONE, "open", at(1800), None),
         (FORBIDDEN_ZONE, "close", at(1800), at(3540)),

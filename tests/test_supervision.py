@@ -198,8 +198,9 @@ def _drive(start: datetime, minutes: int, step_min: int = 4) -> list[tuple[datet
 async def test_fatigue_prewarning_reaches_the_driver_as_tts(db_url: str, short_tmp: Path) -> None:
     async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
         car = await Vehicle.online(ingest.port, "13900000104", "沪A00104")
-        # Driving from 4 h ago, a fix every 4 min: 3.5 h of driving is reached 30 min ago.
-        start = _now() - timedelta(hours=4)
+        # Driving from 3 h 33 min ago, a fix every 4 min: 3.5 h of driving is reached 3 min
+        # ago, found by the fix of 1 min ago (recent: the driver is told).
+        start = _now() - timedelta(minutes=213)
         track = _drive(start, 212)
         for at, lon in track:
             await car.send(fix(at, lon, 31.2))
@@ -287,7 +288,7 @@ async def test_a_fence_added_while_running_is_enforced_with_a_text(
         await eventually(lambda: _true(supervision.stats.fence_reloads > reloads))
         assert [f.name for f in supervision.index.fences.values()] == ["禁行区"]
         # Eastwards at 30 km/h (83 m per 10 s fix), from 600 m west of the centre to inside.
-        t0 = _now() - timedelta(minutes=3)
+        t0 = _now() - timedelta(seconds=115)  # recent: the text goes out
         for i in range(12):
             lon = 121.5 - 0.0063 + i * 0.00087
             await car.send(fix(t0 + timedelta(seconds=10 * i), lon, 31.2, speed=30.0))

@@ -1,0 +1,150 @@
+"""The rules on the live server, judged on fix time: terminals over real TCP, alerts in PostGIS.
+
+A backlog uploaded with pauses, a terminal whose clock is 8 h behind, old data: each gets the
+alarms real time would have given (at the fix times), and no driver is told about the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from alerts.model import (
+    FATIGUE_CONTINUOUS,
+    FATIGUE_WARNING,
+    OFFLINE,
+    SPEEDING,
+)
+from protocols.jt808 import BEIJING
+from store.alerts import Alert, AlertStore
+from store.vehicles import add_vehicle, new_vehicle
+from tests.aio import aio_test
+from tests.ingest_harness import Ingest
+from tests.supervision_harness import Vehicle, eventually, fix, running_supervision
+
+NO_PUSH = {"enforcement": {"on_authentication": False}}
+KM_PER_DEG = 95.3  # longitude degrees at 31.2 N
+STOPPED = 0x2  # positioned, ACC off
+
+
+async def _alerts(pool: asyncpg.Pool, alert_type: str) -> list[Alert]:
+    return sorted(await AlertStore(pool).list(type=alert_type), key=lambda a: a.start_time)
+
+
+async def _vehicle(ingest: Ingest, plate: str, phone: str, klass: str) -> Vehicle:
+    async with ingest.pool.acquire() as conn:
+        await add_vehicle(conn, new_vehicle(plate, klass, "测试客运", phone))
+    return await Vehicle.online(ingest.port, phone, plate)
+
+
+def _bj(days_ago: int, hour: int, minute: int = 0) -> datetime:
+    """``hour:minute`` Beijing time ``days_ago`` days before today (Beijing), as UTC."""
+    today = datetime.now(BEIJING).date() - timedelta(days=days_ago)
+    return datetime(today.year, today.month, today.day, hour, minute, tzinfo=BEIJING).astimezone(
+        UTC
+    )
+
+
+async def _upload(
+    car: Vehicle, start: datetime, minutes: int, step_min: int = 2, *, pause_every: int = 20
+) -> None:
+    """Driving at 60 km/h from ``start`` for ``minutes``, one 0x0200 per ``step_min``, sent in
+    fix order as fast as acknowledged, with a 0.5 s pause every ``pause_every`` reports
+    (the supervision tick runs every 0.2 s: several ticks see each pause)."""
+    for n, m in enumerate(range(0, minutes + 1, step_min)):
+        if n and n % pause_every == 0:
+            await asyncio.sleep(0.5)
+        await car.send(fix(start + timedelta(minutes=m), 121.0 + m / KM_PER_DEG, 31.2))
+
+
+async def _fatigue_on_time(ingest: Ingest, car: Vehicle, warn: datetime, alarm: datetime) -> None:
+    (warning,) = await eventually(lambda: _alerts(ingest.pool, FATIGUE_WARNING), timeout=10)
+    (over,) = await eventually(lambda: _alerts(ingest.pool, FATIGUE_CONTINUOUS), timeout=10)
+    assert warning.start_time == warn and over.start_time == alarm
+    # still driving at the last report: no rest, so nothing ended
+    assert warning.end_time is None and over.end_time is None
+    assert warning.late and over.late  # found in old data
+    assert [m for m in await car.quiet(0.5) if m.msg_id == 0x8300] == []  # nobody told
+
+
+@aio_test
+async def test_backlog_with_pauses_gets_the_day_4h_alarm_on_time(
+    db_url: str, short_tmp: Path
+) -> None:
+    """A coach uploads yesterday's 08:00-12:20 drive (fix times a day behind the wall clock)
+    with pauses between uploads: the 3.5 h warning at 11:30 and the 4 h alarm at 12:00, both
+    still open, and no text to the driver."""
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
+        car = await _vehicle(ingest, "沪B10001", "13900010001", "coach")
+        start = _bj(1, 8)
+        await _upload(car, start, 260)
+        await _fatigue_on_time(
+            ingest, car, start + timedelta(hours=3.5), start + timedelta(hours=4)
+        )
+        await car.close()
+
+
+@aio_test
+async def test_backlog_with_pauses_gets_the_night_2h_alarm_on_time(
+    db_url: str, short_tmp: Path
+) -> None:
+    """A coach's drive from 22:30 two nights ago, uploaded with pauses: the night limit is
+    2 h, so the warning comes at 00:00 (1.5 h) and the alarm at 00:30."""
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
+        car = await _vehicle(ingest, "沪B10002", "13900010002", "coach")
+        start = _bj(2, 22, 30)
+        await _upload(car, start, 140)
+        await _fatigue_on_time(
+            ingest, car, start + timedelta(hours=1.5), start + timedelta(hours=2)
+        )
+        await car.close()
+
+
+@aio_test
+async def test_terminal_clock_8h_behind_gets_its_alarms_and_stays_online(
+    db_url: str, short_tmp: Path
+) -> None:
+    """A truck whose terminal sends UTC as Beijing time: every fix time is 8 h behind. Live
+    reporting for 4 h 10 of fix time (its reports are received now): the 4 h alarm at its
+    fix time, and no OFFLINE although our clock is 8 h ahead of its fixes."""
+    config = {**NO_PUSH, "rules": {"offline_s": 3.0}}
+    async with running_supervision(db_url, short_tmp, config) as (ingest, _):
+        car = await _vehicle(ingest, "沪B10003", "13900010003", "heavy_truck")
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=8, minutes=250)
+        await _upload(car, start, 250)
+        await _fatigue_on_time(
+            ingest, car, start + timedelta(hours=3.5), start + timedelta(hours=4)
+        )
+        assert await _alerts(ingest.pool, OFFLINE) == []
+        await car.close()
+
+
+@aio_test
+async def test_no_automatic_text_for_old_data(db_url: str, short_tmp: Path) -> None:
+    """Two school buses at 75 km/h off any expressway (limit 60) for a minute, sent as live
+    0x0200 reports: one drove an hour ago, one drives now. Both get a stored speeding alert;
+    only the current one's driver gets the 0x8300 text; the old one is marked late."""
+    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
+        old = await _vehicle(ingest, "沪B10004", "13900010004", "school_bus")
+        now = await _vehicle(ingest, "沪B10005", "13900010005", "school_bus")
+        t_old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        t_now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=70)
+        for car, t0 in ((old, t_old), (now, t_now)):
+            for i in range(7):
+                await car.send(fix(t0 + timedelta(seconds=10 * i), 121.0 + i * 0.002, 31.2, 75))
+        (text,) = await now.commands(0x8300)
+        assert "超速" in text.body.text
+        alerts = await eventually(lambda: _n_alerts(ingest.pool, SPEEDING, 2), timeout=5)
+        by_plate = {a.plate: a for a in alerts}
+        assert by_plate["沪B10004"].late and not by_plate["沪B10005"].late
+        assert [m for m in await old.quiet(0.5) if m.msg_id == 0x8300] == []
+        await old.close()
+        await now.close()
+
+
+async def _n_alerts(pool: asyncpg.Pool, alert_type: str, n: int) -> list[Alert]:
+    found = await _alerts(pool, alert_type)
+    return found if len(found) >= n else []
