@@ -14,7 +14,16 @@ import os
 import sys
 from collections.abc import Callable
 
-from fleetwatch import alerts_cmd, db_cmd, decode, geofences_cmd, import_nmea, serve, vehicles_cmd
+from fleetwatch import (
+    alerts_cmd,
+    db_cmd,
+    decode,
+    geofences_cmd,
+    import_nmea,
+    send_cmd,
+    serve,
+    vehicles_cmd,
+)
 
 #: ``register`` functions of the subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -26,6 +35,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     import_nmea.register,
     alerts_cmd.register,
     alerts_cmd.register_watchlist,
+    send_cmd.register,
 )
 
 

@@ -13,7 +13,7 @@ import gc
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class Server:
         self.pool: Any = None
         self.service: Any = None
         self.supervision: Any = None
+        self.gateway: Any = None
 
     async def start(self) -> None:
         import asyncpg
@@ -92,6 +93,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
@@ -121,9 +123,12 @@ class Server:
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
+        self.gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
+        await self.gateway.start()
         self.supervision = Supervision(
-            self.pool, self.service, load_config(args.rules_config), worker_index=args.worker_index
-        )
+            self.pool, self.gateway, load_config(args.rules_config),
+            metrics=metrics, worker_index=args.worker_index,
+        )  # fmt: skip
         self.service.observer = self.supervision
         await self.supervision.start()
         self.writer.start()
@@ -195,13 +200,15 @@ class Server:
         return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.host)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
-        """Partitions ahead of time, whole-partition retention."""
+        """Partitions ahead of time, whole-partition retention, old command records."""
+        from store import commands
         from store.partitions import drop_expired, ensure_partitions
 
         today = datetime.now(UTC).date()
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, today)
             await drop_expired(conn, today, self.args.retention_days)
+            await commands.prune(conn, datetime.now(UTC) - COMMAND_RECORDS)
 
     async def stop(self) -> None:
         from twisted.internet.defer import gatherResults
@@ -214,6 +221,8 @@ class Server:
             await self.writer.close()  # acks for everything received go out before we close
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
+        if self.gateway is not None:
+            await self.gateway.stop()
         if self.service is not None:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
@@ -239,6 +248,8 @@ async def _as_future(d: Any) -> Any:
     return await d.asFuture(asyncio.get_running_loop())
 
 
+#: How long the records of commands sent between processes are kept.
+COMMAND_RECORDS = timedelta(days=90)
 #: Cyclic GC thresholds for a running server (Python's are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 50, 1_000)
 

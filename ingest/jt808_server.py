@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from geo.position import Position
 from ingest.directory import Directory, Vehicle
-from ingest.downlink import PendingCommands
+from ingest.downlink import PendingCommands, TerminalEnd
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
 from ingest.nmea import gnss_detail
@@ -87,7 +87,7 @@ class IngestObserver(Protocol):
 
     def positions(self, vehicle: Vehicle, positions: list[Position]) -> None: ...
 
-    def driver(self, vehicle: Vehicle, identity: DriverIdentity, received: datetime) -> None: ...
+    def driver(self, vehicle: Vehicle, driver: str | None, at: datetime) -> None: ...
 
     def logout(self, vehicle: Vehicle) -> None: ...
 
@@ -126,6 +126,8 @@ class IngestService:
         self.reassembly_timeout = reassembly_timeout
         self.connections: set[JT808Protocol] = set()
         self.sessions: dict[str, JT808Protocol] = {}  # phone (normalised) -> authenticated
+        #: The command gateway's end in this process (alerts.gateway): commands to terminals.
+        self.terminals = TerminalEnd()
         self.paused = False
         self.metrics.gauge(
             "fleetwatch_terminals_connected",
@@ -172,11 +174,14 @@ class IngestService:
         if old is not None and old is not conn:
             log.info("terminal {phone} reconnected; closing its previous connection", phone=phone)
             old.close("replaced by a new connection")
+        self.terminals.bound(conn)
 
     def unbind(self, conn: JT808Protocol) -> None:
         self.connections.discard(conn)
         if conn.vehicle is not None and self.sessions.get(conn.vehicle.phone) is conn:
             del self.sessions[conn.vehicle.phone]
+        if conn.vehicle is not None:
+            self.terminals.unbound(conn)
 
     def sweep(self, now: float) -> None:
         """Close idle connections and re-request missing subpackages (run every few seconds)."""
@@ -404,12 +409,17 @@ class JT808Protocol(protocol.Protocol):
 
     def on_driver_identity(self, message: Message) -> None:
         """0x0702 (the driver's IC card in or out, or the answer to 0x8702): acked, and told
-        to the rules, which count fatigue per driver."""
+        to the rules, which count fatigue per driver: a card in (status 1, or the 2011 layout)
+        names the driver; a card out (status 2) or an unreadable card leaves none."""
         self.reply(message.header, RESULT_OK)
         body = message.body
         if self.service.observer is not None and isinstance(body, DriverIdentity):
             assert self.vehicle is not None
-            self._observe(self.service.observer.driver, self.vehicle, body, datetime.now(UTC))
+            name = None
+            if body.status in (1, None) and not body.read_result:
+                name = (body.cert_code or "").strip() or (body.driver_name or "").strip()
+            at = body.time.astimezone(UTC) if body.time is not None else datetime.now(UTC)
+            self._observe(self.service.observer.driver, self.vehicle, name or None, at)
 
     def _observe(self, call: Callable[..., None], *args: Any) -> None:
         """A failing observer must never stop acks or the session: log it and go on."""

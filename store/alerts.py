@@ -602,6 +602,15 @@ class AlertStore:
             )
         return [WatchEntry(**dict(r.items())) for r in rows]
 
+    async def watchlist_fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever a plate is added, re-added (new reason) or removed."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE active), max(greatest(added_at, removed_at))"
+                " FROM watchlist"
+            )
+        return tuple(row)
+
     async def watchlist_reasons(self) -> dict[str, str]:
         """Active plates and their reasons, for ``RulesEngine.set_watchlist``."""
         return {e.plate: e.reason for e in await self.watchlist_list()}

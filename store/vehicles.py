@@ -329,3 +329,15 @@ async def list_vehicles(
     return [
         {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
     ]
+
+
+async def vehicle_facts(
+    db: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
+) -> asyncpg.Record | None:
+    """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
+    as JSON text), or None if there is no such vehicle."""
+    return await db.fetchrow(
+        "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
+        " FROM vehicles WHERE id = $1",
+        vehicle_id,
+    )

@@ -14,7 +14,6 @@ from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 
 from ingest.directory import Directory
-from ingest.downlink import Downlink
 from ingest.jt808_server import IngestService, JT808Factory
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
@@ -29,7 +28,6 @@ class Ingest:
     pool: asyncpg.Pool
     writer: PositionWriter
     service: IngestService
-    downlink: Downlink
     metrics: Metrics
 
 
@@ -50,7 +48,7 @@ async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
     sweep = LoopingCall(lambda: service.sweep(time.monotonic()))
     sweep.start(0.1, now=False)
     try:
-        yield Ingest(port.getHost().port, pool, writer, service, Downlink(service, 5.0), metrics)
+        yield Ingest(port.getHost().port, pool, writer, service, metrics)
     finally:
         sweep.stop()
         await deferred(port.stopListening())
