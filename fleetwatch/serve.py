@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gc
+import secrets
 import signal
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="ingest processes sharing the TCP ports (one Python process uses one core)",
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    # The run all workers of one serve share (rule state: what an earlier run left is restored).
+    parser.add_argument("--generation", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -127,9 +130,10 @@ class Server:
         await self.gateway.start()
         self.supervision = Supervision(
             self.pool, self.gateway, load_config(args.rules_config),
-            metrics=metrics, worker_index=args.worker_index,
+            metrics=metrics, worker_index=args.worker_index, generation=args.generation,
         )  # fmt: skip
         self.service.observer = self.supervision
+        self.writer.subscribe(self.supervision.durable)
         await self.supervision.start()
         self.writer.start()
         writer = self.writer
@@ -165,7 +169,7 @@ class Server:
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
-            nmea = NmeaService(lookup, self.supervision.judging(self.writer.submit), metrics)
+            nmea = NmeaService(lookup, self.writer.submit, metrics)
             services.append(nmea)
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
 
@@ -298,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
         cluster = EmbeddedCluster.in_data_dir(args.data_dir)
         cluster.start()
         db_url = cluster.url
+    if args.generation is None:
+        args.generation = secrets.token_hex(6)
     server = Server(args, db_url)
     workers = _spawn_workers(args, db_url) if args.worker_index == 0 else []
     status = {"code": 0}
@@ -329,7 +335,7 @@ def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Pop
             "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
             "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
             "--log-format", args.log_format, "--workers", str(args.workers),
-            "--worker-index", str(index),
+            "--worker-index", str(index), "--generation", args.generation,
         ]  # fmt: skip
         if args.rules_config:
             command += ["--rules-config", args.rules_config]

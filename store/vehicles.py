@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -336,8 +336,17 @@ async def vehicle_facts(
 ) -> asyncpg.Record | None:
     """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
     as JSON text), or None if there is no such vehicle."""
-    return await db.fetchrow(
-        "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
-        " FROM vehicles WHERE id = $1",
-        vehicle_id,
-    )
+    return await db.fetchrow(f"{_FACTS} WHERE id = $1", vehicle_id)
+
+
+async def vehicles_facts(
+    db: asyncpg.Pool | asyncpg.Connection, vehicle_ids: Sequence[int]
+) -> list[asyncpg.Record]:
+    """:func:`vehicle_facts` of many vehicles in one query (those that exist)."""
+    return await db.fetch(f"{_FACTS} WHERE id = ANY ($1::integer[])", list(vehicle_ids))
+
+
+_FACTS = (
+    "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
+    " FROM vehicles"
+)

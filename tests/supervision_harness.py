@@ -41,10 +41,12 @@ async def running_supervision(
             ingest.pool, gateway, config, metrics=ingest.metrics, **{**FAST, **options}
         )
         ingest.service.observer = supervision
+        ingest.writer.subscribe(supervision.durable)
         await supervision.start()
         try:
             yield ingest, supervision
         finally:
+            ingest.writer.unsubscribe(supervision.durable)
             await supervision.stop()
             await gateway.stop()
 
