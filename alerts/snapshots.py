@@ -75,7 +75,7 @@ class StateKeeper:
         *,
         generation: str | None = None,
         worker: int = 0,
-        chunk: int = 250,
+        chunk: int = 100,
         rebuild_window: timedelta = timedelta(hours=1),
         on_lost: Callable[[int], bool] | None = None,
     ) -> None:

@@ -10,7 +10,8 @@ newest fix the snapshot covers, by the ``(vehicle_id, fix_time)`` index, in fix-
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,15 @@ class Snapshot:
     vehicle_id: int
     state: dict[str, Any] | None
     newest: datetime | None
+
+
+@asynccontextmanager
+async def _connection(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
 
 
 def _snapshots(rows: Sequence[asyncpg.Record]) -> list[Snapshot]:
@@ -126,25 +136,29 @@ async def positions_after(
     if not starts:
         return {}
     ids, after = zip(*starts, strict=True)
-    rows = await db.fetch(
-        f"""
-        SELECT {STORED}
-        FROM unnest($1::integer[], $2::timestamptz[]) AS s (vehicle_id, after)
-        CROSS JOIN LATERAL (
-            SELECT * FROM positions p
-            WHERE p.vehicle_id = s.vehicle_id
-              AND p.fix_time > coalesce(s.after, (
-                  SELECT lp.fix_time - $3::interval FROM last_positions lp
-                  WHERE lp.vehicle_id = s.vehicle_id))
-            ORDER BY p.fix_time
-            LIMIT $4
-        ) p
-        """,
-        list(ids),
-        list(after),
-        window,
-        limit,
-    )
+    async with _connection(db) as conn, conn.transaction():
+        # JIT compiling this plan (its estimate is far above jit_above_cost) took 100 ms of
+        # the 150 it ran for 1,000 vehicles.
+        await conn.execute("SET LOCAL jit = off")
+        rows = await conn.fetch(
+            f"""
+            SELECT {STORED}
+            FROM unnest($1::integer[], $2::timestamptz[]) AS s (vehicle_id, after)
+            CROSS JOIN LATERAL (
+                SELECT * FROM positions p
+                WHERE p.vehicle_id = s.vehicle_id
+                  AND p.fix_time > coalesce(s.after, (
+                      SELECT lp.fix_time - $3::interval FROM last_positions lp
+                      WHERE lp.vehicle_id = s.vehicle_id))
+                ORDER BY p.fix_time
+                LIMIT $4
+            ) p
+            """,
+            list(ids),
+            list(after),
+            window,
+            limit,
+        )
     out: dict[int, list[Position]] = {}
     for r in rows:
         position = stored_position(r)
