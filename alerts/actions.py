@@ -14,7 +14,9 @@ Rules that matter here:
   would go out: the driver would be told about something long over. Old data still makes
   stored alerts; only the words to the driver are held back. (A terminal whose clock lags
   gets no automatic texts for that reason: per fix, a wrong clock and old data look alike.);
-* only when an episode opens (``phase == "open"``), not on its updates or close;
+* only when an alert opens or its incident reaches a new stage (a fatigue warning becoming
+  the alarm: an ``update`` of another type that the store reports as ``staged``), never on a
+  close; the caller plans only for those;
 * a cooldown per vehicle and type (by fix time), so a driver hovering around a speed limit
   is not read the same sentence every minute.
 
@@ -37,6 +39,7 @@ from alerts.model import (
     FATIGUE_DAILY,
     FATIGUE_ESCALATION,
     FATIGUE_WARNING,
+    FATIGUE_WEEKLY,
     FORBIDDEN_ZONE,
     NIGHT_DRIVING,
     SPEEDING,
@@ -60,6 +63,10 @@ DEFAULT_ACTIONS: dict[str, dict[str, Any] | None] = {
         "text": "您24小时内累计驾驶已超过{hours}小时，请在安全地带停车休息",
         "fallback": "您24小时内累计驾驶时间已超限，请在安全地带停车休息",
         "urgent": True,
+    },
+    FATIGUE_WEEKLY: {
+        "text": "您7日内累计驾驶已超过{hours}小时，请合理安排休息",
+        "fallback": "您7日内累计驾驶时间已超限，请合理安排休息",
     },
     NIGHT_DRIVING: {"text": "凌晨2时至5时客车禁止行驶，请在安全地带停车休息", "urgent": True},
     SPEEDING: {
@@ -212,7 +219,7 @@ class Actions:
         """The text to send for this event at wall-clock time ``now``, or None (no action,
         late or too old, not an opening, or within the cooldown). Planning a text starts its
         cooldown."""
-        if event.phase != "open" or event.late:
+        if event.phase == "close" or event.late:
             return None
         if now is not None and now - (event.found or event.start) > self.recent:
             return None

@@ -33,6 +33,9 @@ some idling; the close is emitted when the rest is confirmed, 20 min later):
   applies to the whole continuous stint: a coach that has driven 3 h by 22:00 is over it then.
 * ``FATIGUE_DAILY`` when driving in the rolling ``daily_window_s`` (24 h) exceeds ``daily_s``
   (8 h). After a rest it opens again as soon as the vehicle drives while still over.
+* ``FATIGUE_WEEKLY`` (coaches, ``weekly_s``) the same over any 7 days (``weekly_window_s``):
+  more than 44 h of driving (道路旅客运输企业安全管理规范 Art. 38(3)). A replay of merged
+  late data rebuilds the last day or two from the runs and keeps the older weekly driving.
 * ``NIGHT_DRIVING`` for a long-distance coach (``VehicleInfo.long_distance``) driving for
   ``night_ban_min_s`` in 02:00-05:00 Beijing (start = first driving in the window); it also
   ends at 05:00.
@@ -66,6 +69,7 @@ from alerts.model import (
     FATIGUE_DAILY,
     FATIGUE_ESCALATION,
     FATIGUE_WARNING,
+    FATIGUE_WEEKLY,
     HIGH,
     LOW,
     NIGHT_DRIVING,
@@ -87,6 +91,7 @@ _SEVERITY = {
     FATIGUE_ESCALATION: HIGH,
     FATIGUE_CONTINUOUS: HIGH,
     FATIGUE_DAILY: HIGH,
+    FATIGUE_WEEKLY: HIGH,
     NIGHT_DRIVING: HIGH,
 }
 _MAX_RUNS = 20000
@@ -126,7 +131,7 @@ def motion(p: Position, profile: Profile) -> int:
     STOP."""
     if p.speed_kmh > profile.moving_kmh:
         return DRIVE
-    if profile.use_acc and p.status & 1:
+    if profile.use_acc and p.ignition:
         return IDLE
     return STOP
 
@@ -141,10 +146,67 @@ def span_state(st0: int, span: float, hold: float) -> int:
     return HELD if st0 == STOP else GAP
 
 
-class Episode:
-    """A fatigue episode as the machine sees it (times in epoch seconds)."""
+class Tally:
+    """Driving time in a rolling window (24 h, 7 days): driving intervals [a, b] in a deque and
+    their total, which bounds the window's (exact figure computed only when it may be over)."""
 
-    __slots__ = ("details", "driver", "end", "key", "start", "type", "vehicle_id")
+    __slots__ = ("spans", "total", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.spans: deque[list[float]] = deque()
+        self.total = 0.0
+
+    def add(self, s: float, e: float) -> None:
+        spans = self.spans
+        if spans and spans[-1][1] == s:
+            spans[-1][1] = e
+        else:
+            spans.append([s, e])
+            if len(spans) > 64 and spans[0][1] <= e - self.window:
+                self.at(e)  # drop what fell out of the window
+        self.total += e - s
+
+    def at(self, t: float) -> float:
+        """Driving in (t - window, t]; drops intervals that fell out of the window."""
+        w = t - self.window
+        spans = self.spans
+        while spans and spans[0][1] <= w:
+            a, b = spans.popleft()
+            self.total -= b - a
+        if not spans:
+            self.total = 0.0
+            return 0.0
+        a = spans[0][0]
+        return self.total - (w - a if w > a else 0.0)
+
+    def dump(self) -> list:
+        return [self.window, self.total, list(self.spans)]
+
+    @classmethod
+    def load(cls, d: list) -> Tally:
+        tally = cls(float(d[0]))
+        tally.total = float(d[1])
+        tally.spans = deque([list(x) for x in d[2]])
+        return tally
+
+
+_WINDOWED = (FATIGUE_DAILY, FATIGUE_WEEKLY)
+
+#: The stages of one continuous-driving incident: one alert, warning -> escalation -> alarm.
+STAGES = (FATIGUE_WARNING, FATIGUE_ESCALATION, FATIGUE_CONTINUOUS)
+
+
+class Episode:
+    """A fatigue episode as the machine sees it (times in epoch seconds).
+
+    A later stage of a continuous-driving incident has ``lead`` = the incident's first
+    episode: it is reported as an ``update`` of the lead's alert, and its close is the lead's
+    (``stage`` on the lead is the last stage reached)."""
+
+    __slots__ = (
+        "details", "driver", "end", "key", "lead", "stage", "start", "type", "vehicle_id",
+    )  # fmt: skip
 
     def __init__(
         self, type_: str, start: float, vehicle_id: int, driver: str | None, details: dict
@@ -152,10 +214,12 @@ class Episode:
         self.type = type_
         self.start = start
         self.end: float | None = None
-        self.key = f"{type_}:{int(start)}"
+        self.key = f"fatigue:{int(start)}" if type_ in STAGES else f"{type_}:{int(start)}"
         self.vehicle_id = vehicle_id
         self.driver = driver
         self.details = details
+        self.lead: Episode | None = None
+        self.stage = type_
 
     def __repr__(self) -> str:
         return f"Episode({self.type}, {self.start}, {self.end}, {self.key})"
@@ -173,7 +237,6 @@ class Machine:
         "block_start",
         "cont",
         "daily",
-        "daily_total",
         "driver",
         "escalated",
         "history",
@@ -192,6 +255,7 @@ class Machine:
         "vehicle_id",
         "warn_at",
         "warn_floor",
+        "weekly",
     )
 
     def __init__(self, profile: Profile, long_distance: bool, keep_history: bool = False) -> None:
@@ -207,8 +271,8 @@ class Machine:
         self.night_first: float | None = None
         self.night_acc = 0.0
         self.night_end = 0.0
-        self.daily: deque[list[float]] = deque()  # driving intervals [a, b] in the window
-        self.daily_total = 0.0
+        self.daily = Tally(profile.daily_window_s)
+        self.weekly = Tally(profile.weekly_window_s) if profile.weekly_s else None
         self.open: dict[str, Episode] = {}
         self.history: list[Episode] | None = [] if keep_history else None
         self.vehicle_id = 0
@@ -224,6 +288,14 @@ class Machine:
         margin = profile.continuous_s - profile.prewarn_s
         self.limit_floor = min(profile.continuous_s, night or profile.continuous_s)
         self.warn_floor = self.limit_floor - margin
+        if hasattr(self, "daily"):  # a new profile for a running machine
+            self.daily.window = profile.daily_window_s
+            if not profile.weekly_s:
+                self.weekly = None
+            elif self.weekly is None:
+                self.weekly = Tally(profile.weekly_window_s)
+            else:
+                self.weekly.window = profile.weekly_window_s
 
     # ------------------------------------------------------------------ feeding
 
@@ -244,16 +316,17 @@ class Machine:
                 # the common case, driving on far from every threshold: just count
                 d = e - s
                 c1 = self.cont + d
-                total = self.daily_total + d
-                if c1 < self.warn_floor and total < self.p.daily_s:
+                weekly = self.weekly
+                if (
+                    c1 < self.warn_floor
+                    and self.daily.total + d < self.p.daily_s
+                    and (weekly is None or weekly.total + d < self.p.weekly_s)
+                ):
                     self.cont = c1
-                    self.daily_total = total
                     self.rested = False
-                    daily = self.daily
-                    if daily and daily[-1][1] == s:
-                        daily[-1][1] = e
-                    else:
-                        daily.append([s, e])
+                    self.daily.add(s, e)
+                    if weekly is not None:
+                        weekly.add(s, e)
                     return
             if self.stationary is not None:
                 self.stationary = None
@@ -283,7 +356,7 @@ class Machine:
         end = self.stationary if self.stationary is not None else self.t
         for ep in self.open.values():
             ep.end = end
-            if ep.type in (FATIGUE_CONTINUOUS, FATIGUE_DAILY):
+            if ep.type in _WINDOWED or (ep.lead is None and ep.stage == FATIGUE_CONTINUOUS):
                 ep.details = {**ep.details, "driving_s": round(self._driving_at_close(ep))}
             out.append(("close", ep))
         self.open.clear()
@@ -296,10 +369,20 @@ class Machine:
         self.night_acc = 0.0
 
     def _driving_at_close(self, ep: Episode) -> float:
-        return self.cont if ep.type == FATIGUE_CONTINUOUS else self._daily_at(self.t)
+        if ep.type == FATIGUE_DAILY:
+            return self.daily.at(self.t)
+        if ep.type == FATIGUE_WEEKLY and self.weekly is not None:
+            return self.weekly.at(self.t)
+        return self.cont
 
     def _open(self, type_: str, at: float, out: list[tuple[str, Episode]], **details) -> Episode:
         ep = Episode(type_, at, self.vehicle_id, self.driver, details)
+        if type_ in STAGES:
+            for other in self.open.values():
+                if other.type in STAGES:
+                    ep.lead = lead = other.lead or other
+                    lead.stage = type_
+                    break
         self.open[type_] = ep
         if self.history is not None:
             self.history.append(ep)
@@ -353,41 +436,29 @@ class Machine:
                         limit_s=limit,
                         night=night,
                     )
-        # --- rolling daily driving
-        daily = self.daily
-        if daily and daily[-1][1] == s:
-            daily[-1][1] = e
-        else:
-            daily.append([s, e])
-        self.daily_total += e - s
-        # the total of the kept intervals bounds the window's: compute it only when it may be over
-        if self.daily_total < p.daily_s:
-            if len(daily) > 64:
-                self._daily_at(e)  # drop what fell out of the window
-        elif FATIGUE_DAILY not in open_ and (now_daily := self._daily_at(e)) >= p.daily_s:
-            self._open(
-                FATIGUE_DAILY,
-                max(s, e - (now_daily - p.daily_s)),
-                out,
-                limit_s=p.daily_s,
-                window_s=p.daily_window_s,
-            )
+        # --- rolling 24 h (and for coaches 7 days) of driving
+        self._windowed(FATIGUE_DAILY, self.daily, p.daily_s, s, e, out)
+        if self.weekly is not None and p.weekly_s:
+            self._windowed(FATIGUE_WEEKLY, self.weekly, p.weekly_s, s, e, out)
         # --- long-distance coach between 02:00 and 05:00
         if self.night_ban:
             self._night_drive(s, e, out)
 
-    def _daily_at(self, t: float) -> float:
-        """Driving in (t - window, t]; drops intervals that fell out of the window."""
-        w = t - self.p.daily_window_s
-        daily = self.daily
-        while daily and daily[0][1] <= w:
-            a, b = daily.popleft()
-            self.daily_total -= b - a
-        if not daily:
-            self.daily_total = 0.0
-            return 0.0
-        a = daily[0][0]
-        return self.daily_total - (w - a if w > a else 0.0)
+    def _windowed(
+        self,
+        kind: str,
+        tally: Tally,
+        limit: float,
+        s: float,
+        e: float,
+        out: list[tuple[str, Episode]],
+    ) -> None:
+        """Add [s, e) of driving to ``tally``; open ``kind`` where the window passes ``limit``
+        (the kept total bounds the window's: the exact figure only when it may be over)."""
+        tally.add(s, e)
+        if tally.total >= limit and kind not in self.open and (now := tally.at(e)) >= limit:
+            start = max(s, e - (now - limit))
+            self._open(kind, start, out, limit_s=limit, window_s=tally.window)
 
     def _night_drive(self, s: float, e: float, out: list[tuple[str, Episode]]) -> None:
         d0 = bj_day_start(s)
@@ -543,7 +614,7 @@ class Subject:
 
 _MACHINE_FIELDS = (
     "t", "cont", "stationary", "rest_run", "rested", "warn_at", "escalated", "night_win",
-    "night_first", "night_acc", "night_end", "daily_total", "vehicle_id", "driver",
+    "night_first", "night_acc", "night_end", "vehicle_id", "driver",
     "block_start",
 )  # fmt: skip
 _SUBJECT_FIELDS = (
@@ -551,27 +622,31 @@ _SUBJECT_FIELDS = (
 )  # fmt: skip
 
 
+def _dump_episode(ep: Episode, index: dict[int, int]) -> list:
+    lead = None if ep.lead is None else index[id(ep.lead)]
+    return [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details, ep.stage, lead]
+
+
 def _dump_subject(subj: Subject) -> dict:
     m = subj.machine
     table: list[Episode] = []
     index: dict[int, int] = {}
     for ep in [*subj.episodes, *m.open.values()]:
-        if id(ep) not in index:
-            index[id(ep)] = len(table)
-            table.append(ep)
+        for x in (ep.lead, ep) if ep.lead is not None else (ep,):
+            if id(x) not in index:
+                index[id(x)] = len(table)
+                table.append(x)
     return {
         "name": subj.name,
         "driver": subj.driver,
         **{f: getattr(subj, f) for f in _SUBJECT_FIELDS},
         "runs": subj.runs,
-        "episodes_table": [
-            [ep.type, ep.start, ep.end, ep.key, ep.vehicle_id, ep.driver, ep.details]
-            for ep in table
-        ],
+        "episodes_table": [_dump_episode(ep, index) for ep in table],
         "episodes": [index[id(ep)] for ep in subj.episodes],
         "machine": {
             **{f: getattr(m, f) for f in _MACHINE_FIELDS},
-            "daily": list(m.daily),
+            "daily": m.daily.dump(),
+            "weekly": None if m.weekly is None else m.weekly.dump(),
             "open": [[kind, index[id(ep)]] for kind, ep in m.open.items()],
         },
     }
@@ -583,16 +658,21 @@ def _load_subject(d: dict) -> Subject:
         setattr(subj, f, d[f])
     subj.runs = [list(r) for r in d["runs"]]
     table = []
-    for type_, start, end, key, vid, driver, details in d["episodes_table"]:
+    leads = []
+    for type_, start, end, key, vid, driver, details, stage, lead in d["episodes_table"]:
         ep = Episode(type_, start, vid, driver, dict(details))
-        ep.end, ep.key = end, key
+        ep.end, ep.key, ep.stage = end, key, stage
         table.append(ep)
+        leads.append(lead)
+    for ep, lead in zip(table, leads, strict=True):
+        ep.lead = None if lead is None else table[lead]
     subj.episodes = [table[i] for i in d["episodes"]]
     m = subj.machine
     md = d["machine"]
     for f in _MACHINE_FIELDS:
         setattr(m, f, md[f])
-    m.daily = deque([list(x) for x in md["daily"]])
+    m.daily = Tally.load(md["daily"])
+    m.weekly = None if md["weekly"] is None else Tally.load(md["weekly"])
     m.open = {kind: table[i] for kind, i in md["open"]}
     return subj
 
@@ -815,6 +895,11 @@ class FatigueRule:
         m = Machine(subj.profile, subj.long_distance, keep_history=True)
         m.driver = subj.driver
         scratch: list[tuple[str, Episode]] = []  # the replay's own transitions: see history
+        if old.weekly is not None and m.weekly is not None:
+            first = subj.runs[0][0]  # the week's driving before the kept runs carries over
+            for a, b in old.weekly.spans:
+                if a < first:
+                    m.weekly.add(a, min(b, first))
         for s, e, state, _st0, vid in subj.runs:
             m.vehicle_id = vid
             m.segment(s, e, state, scratch)
@@ -878,21 +963,43 @@ class FatigueRule:
     # ------------------------------------------------------------------ events
 
     def _events(self, trans: list[tuple[str, Episode]], late: bool) -> list[AlertEvent]:
-        return [
-            AlertEvent(
-                phase=phase,  # type: ignore[arg-type]
-                type=ep.type,
-                vehicle_id=ep.vehicle_id,
-                key=ep.key,
-                start=_dt(ep.start),
-                end=_dt(ep.end) if phase == "close" and ep.end is not None else None,
-                severity=_SEVERITY[ep.type],
-                late=late,
-                driver=ep.driver,
-                details=ep.details,
-            )
-            for phase, ep in trans
-        ]
+        """Machine transitions as alert events: a later stage of an incident is an update of
+        the lead's alert (at the moment it was reached), and only the lead closes."""
+        out = []
+        for phase, ep in trans:
+            lead = ep.lead
+            if lead is None:
+                kind = ep.stage if phase == "close" else ep.type
+                out.append(
+                    AlertEvent(
+                        phase=phase,  # type: ignore[arg-type]
+                        type=kind,
+                        vehicle_id=ep.vehicle_id,
+                        key=ep.key,
+                        start=_dt(ep.start),
+                        end=_dt(ep.end) if phase == "close" and ep.end is not None else None,
+                        severity=_SEVERITY[kind],
+                        late=late,
+                        driver=ep.driver,
+                        details=ep.details,
+                    )
+                )
+            elif phase == "open":
+                out.append(
+                    AlertEvent(
+                        phase="update",
+                        type=ep.type,
+                        vehicle_id=lead.vehicle_id,
+                        key=lead.key,
+                        start=_dt(lead.start),
+                        severity=_SEVERITY[ep.type],
+                        late=late,
+                        driver=ep.driver,
+                        details={**ep.details, f"{ep.type}_at": _dt(ep.start).isoformat()},
+                        at=_dt(ep.start),
+                    )
+                )
+        return out
 
 
 class _Car:

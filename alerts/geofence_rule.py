@@ -15,10 +15,13 @@ Events (``key`` is ``f"{type}:{fence_id}"``; details carry ``fence_id``, ``fence
 * GEOFENCE_ENTER / GEOFENCE_EXIT (severity LOW), for every kind except speed_limit (unless the
   fence is ``watched``): an *instant*, emitted as an ``open`` immediately followed by a
   ``close``, both with ``start == end`` = the first fix on the new side (or the estimated time
-  of a crossing), so the store needs no special case for them.
-* FORBIDDEN_ZONE (HIGH): an episode while the vehicle is inside a forbidden fence during its
-  active window: opens at the confirmed entry (or at the first fix in the window if the vehicle
-  was already inside), closes at the confirmed exit (or the first fix after the window).
+  of a crossing). They need no handling: the store records them closed
+  (:data:`~alerts.model.RECORD_ONLY`).
+* FORBIDDEN_ZONE (HIGH): one alert per passage through a forbidden fence during its active
+  window: opens at the confirmed entry (or at the first fix in the window if the vehicle was
+  already inside), closes at the confirmed exit (or the first fix after the window). Entering
+  and leaving a forbidden fence while it is active make no ENTER/EXIT of their own: the
+  passage is one incident to handle, not three.
 * ROUTE_DEVIATION (MEDIUM): opens when a vehicle that was inside a route fence leaves it
   (confirmed, during the window), closes when it is back (a vehicle that never was on the
   route has not deviated from it).
@@ -61,7 +64,7 @@ from alerts.model import (
     VehicleInfo,
 )
 from alerts.state import at, dump_position, load_position, ts
-from geo.fences import FORBIDDEN, ROUTE, SPEED_LIMIT, Geofence
+from geo.fences import FORBIDDEN, LIMIT_KINDS, ROUTE, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
 
@@ -435,7 +438,8 @@ class GeofenceRule:
         driver: str | None,
         events: list[AlertEvent],
     ) -> None:
-        if _records(fence) and fence.active(start):
+        if _records(fence) and fence.active(start) and fence.kind != FORBIDDEN:
+            # (a forbidden zone's passage is its FORBIDDEN_ZONE alert, opened next)
             self._instant(lane, veh, GEOFENCE_ENTER, fence, start, late, driver, {}, events)
         if ROUTE_DEVIATION in st.episodes:
             self._close_episode(
@@ -455,7 +459,8 @@ class GeofenceRule:
         driver: str | None,
         events: list[AlertEvent],
     ) -> None:
-        if _records(fence) and fence.active(start):
+        passage = fence.kind == FORBIDDEN and FORBIDDEN_ZONE in st.episodes
+        if _records(fence) and fence.active(start) and not passage:
             self._instant(lane, veh, GEOFENCE_EXIT, fence, start, late, driver, {}, events)
         for kind in (FORBIDDEN_ZONE, GEOFENCE_DWELL):
             if kind in st.episodes:
@@ -515,11 +520,12 @@ class GeofenceRule:
             "to": pos.fix_time.isoformat(),
         }
         active = fence.active(t_in)
-        if _records(fence) and active:
+        passage = fence.kind == FORBIDDEN and active  # one FORBIDDEN_ZONE alert, no instants
+        if _records(fence) and active and not passage:
             self._instant(lane, veh, GEOFENCE_ENTER, fence, t_in, late, driver, details, events)
-        if _records(fence) and fence.active(t_out):
+        if _records(fence) and fence.active(t_out) and not passage:
             self._instant(lane, veh, GEOFENCE_EXIT, fence, t_out, late, driver, details, events)
-        if fence.kind == FORBIDDEN and active:
+        if passage:
             opened = self._event(
                 "open", FORBIDDEN_ZONE, veh, fence, t_in, None, late, driver, lane.replay
             )
@@ -651,9 +657,9 @@ class GeofenceRule:
 
 
 def _records(fence: Geofence) -> bool:
-    """Whether entering and leaving the fence are recorded (not for speed-limit areas, which
-    only set a limit, unless the fence is watched)."""
-    return fence.kind != SPEED_LIMIT or fence.watched
+    """Whether entering and leaving the fence are recorded (not for speed-limit and hazard
+    areas, which only set a limit, unless the fence is watched)."""
+    return fence.kind not in LIMIT_KINDS or fence.watched
 
 
 def _copy_event(event: AlertEvent, phase: Any, end: datetime) -> AlertEvent:

@@ -28,6 +28,7 @@ SPEEDING = "speeding"
 SPEEDING_WARNING = "speeding_warning"
 FATIGUE_CONTINUOUS = "fatigue_continuous"  # > 4 h (coach at night: > 2 h) without a 20 min rest
 FATIGUE_DAILY = "fatigue_daily"  # > 8 h of driving in any 24 h
+FATIGUE_WEEKLY = "fatigue_weekly"  # a coach: > 44 h of driving in any 7 days
 FATIGUE_WARNING = "fatigue_warning"  # pre-warning (3.5 h)
 FATIGUE_ESCALATION = "fatigue_escalation"  # still driving 15 min after the pre-warning
 NIGHT_DRIVING = "night_driving"  # long-distance coach moving 02:00-05:00
@@ -43,10 +44,14 @@ WATCHLIST = "watchlist"
 WATCHLIST_AREA = "watchlist_area"
 
 ALERT_TYPES = (
-    SPEEDING, SPEEDING_WARNING, FATIGUE_CONTINUOUS, FATIGUE_DAILY, FATIGUE_WARNING,
+    SPEEDING, SPEEDING_WARNING, FATIGUE_CONTINUOUS, FATIGUE_DAILY, FATIGUE_WEEKLY, FATIGUE_WARNING,
     FATIGUE_ESCALATION, NIGHT_DRIVING, GEOFENCE_ENTER, GEOFENCE_EXIT, GEOFENCE_DWELL,
     FORBIDDEN_ZONE, ROUTE_DEVIATION, TERMINAL_ALARM, OFFLINE, NO_FIX, WATCHLIST, WATCHLIST_AREA,
 )  # fmt: skip
+
+#: Instants that need no handling: recorded (the store closes them as it stores them), never
+#: left open for a dispatcher.
+RECORD_ONLY = frozenset({GEOFENCE_ENTER, GEOFENCE_EXIT, SPEEDING_WARNING})
 
 # Severities: 1 is the most urgent (an SOS), 4 informational.
 CRITICAL, HIGH, MEDIUM, LOW = 1, 2, 3, 4
@@ -75,6 +80,11 @@ class AlertEvent:
     ``driver`` is the identified driver (0x0702 IC card) when there is one. ``found``: the fix
     time of the report that revealed the event (None from the wall-clock tick); the start of a
     threshold crossing lies between two reports, so this is what says how fresh the news is.
+
+    One incident is one alert: an incident that goes through stages (fatigue warning, then
+    escalation, then alarm) is an ``open`` followed by ``update`` events of the later stage
+    types under the same key and start (``at`` = when the stage was reached), and one
+    ``close``. Types in :data:`RECORD_ONLY` are instants the store records closed.
     """
 
     phase: Phase
@@ -88,6 +98,7 @@ class AlertEvent:
     driver: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     found: datetime | None = None
+    at: datetime | None = None  # when this step happened (fix time; None: start, or end)
 
 
 @dataclass(slots=True)

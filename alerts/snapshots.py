@@ -78,6 +78,7 @@ class StateKeeper:
         chunk: int = 100,
         rebuild_window: timedelta = timedelta(hours=1),
         on_lost: Callable[[int], bool] | None = None,
+        revive: Callable[[Position], Position] | None = None,
     ) -> None:
         self.pool = pool
         self.engine = engine
@@ -87,6 +88,8 @@ class StateKeeper:
         self.chunk = chunk
         self.rebuild_window = rebuild_window
         self.on_lost = on_lost
+        #: A stored position back in platform terms (the source's edge knows its words).
+        self.revive = revive
         self.stats = SnapshotStats()
         self._unsaved: set[int] = set()  # dirty vehicles whose save failed: next time
         self._since: datetime | None = None
@@ -131,7 +134,11 @@ class StateKeeper:
         found = await rule_state.positions_after(
             self.pool, list(starts.items()), self.rebuild_window
         )
-        self.stats.replayed += sum(len(p) for p in found.values())
+        revive = self.revive
+        for positions in found.values():
+            self.stats.replayed += len(positions)
+            if revive is not None:
+                positions[:] = [revive(p) for p in positions]
         return found
 
     # ------------------------------------------------------------------ snapshots

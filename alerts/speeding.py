@@ -3,7 +3,8 @@
 The limit at a fix is the lowest of
 
 * the ``speed_limit_kmh`` of every active, applicable fence the vehicle is in (any kind: a zone
-  or a route may carry a posted limit, as JT/T 808 areas do), and
+  or a route may carry a posted limit, as JT/T 808 areas do), and inside a hazard fence the
+  class's ``hazard_kmh`` (a school bus: 20 km/h at school gates, villages, level crossings),
 * the class limit: ``expressway_kmh`` inside an active expressway fence (kind ``speed_limit``
   with ``expressway`` set), ``elsewhere_kmh`` otherwise (None: posted limits only),
 
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
 from alerts.state import at
+from geo.fences import HAZARD
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
@@ -172,6 +174,7 @@ class SpeedingRule:
             fence = known.get(fid)
             if fence is None or (
                 fence.speed_limit_kmh is None
+                and fence.kind != HAZARD
                 and not (fence.expressway and fence.kind == "speed_limit")
             ):
                 continue
@@ -211,6 +214,8 @@ class SpeedingRule:
             if fence.kind == "speed_limit" and fence.expressway:
                 express = True
             lim = fence.speed_limit_kmh
+            if fence.kind == HAZARD and profile.hazard_kmh is not None:
+                lim = profile.hazard_kmh if lim is None else min(lim, profile.hazard_kmh)
             if lim is not None and (posted is None or lim < posted):
                 posted = lim
         own = profile.expressway_kmh if express else profile.elsewhere_kmh

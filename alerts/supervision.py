@@ -145,6 +145,7 @@ class Supervision:
         poll_interval: float = 1.0,
         generation: str | None = None,
         restore_on_start: bool | None = None,
+        revive: Callable[[Position], Position] | None = None,
     ) -> None:
         config = dict(config or {})
         unknown = set(config) - {"rules", "actions", "escalation", "enforcement", "state"}
@@ -177,8 +178,9 @@ class Supervision:
         self.index = FenceIndex([])
         self.engine = RulesEngine(self.index, self.settings)
         self.keeper = StateKeeper(
-            pool, self.engine, generation=generation, worker=worker_index, on_lost=self._lost
-        )
+            pool, self.engine, generation=generation, worker=worker_index, on_lost=self._lost,
+            revive=revive,
+        )  # fmt: skip
         self.alerts = AlertStore(pool)
         self.stats = SupervisionStats()
         self.vehicles: dict[int, VehicleInfo] = {}
@@ -467,7 +469,7 @@ class Supervision:
             self.stats.flushes += 1
             self.stats.events_stored += len(events)
             for event, result in zip(events, applied, strict=True):
-                if result.outcome == "inserted":
+                if result.outcome in ("inserted", "staged"):  # a new alert, or a new stage
                     self._act(event, result.alert_id)
             return len(events)
         finally:

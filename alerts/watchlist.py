@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from alerts.model import (
+    FORBIDDEN_ZONE,
     GEOFENCE_ENTER,
     GEOFENCE_EXIT,
     HIGH,
@@ -165,7 +166,7 @@ class WatchlistRule:
         out: list[AlertEvent] = []
         fences = self.index.fences
         for e in events:
-            if e.type not in (GEOFENCE_ENTER, GEOFENCE_EXIT):
+            if e.type not in (GEOFENCE_ENTER, GEOFENCE_EXIT, FORBIDDEN_ZONE):
                 continue
             fid = fence_id_of(e)
             fence = fences.get(fid) if fid is not None else None
@@ -173,14 +174,19 @@ class WatchlistRule:
                 continue
             # The geofence rule reports entering and leaving as instants (an open at once
             # followed by a close); the stay in between is ours.
-            if e.phase != "open":
+            if e.type == FORBIDDEN_ZONE:  # a passage: its open is the entry, its close the exit
+                entering = e.phase == "open"
+            elif e.phase == "open":
+                entering = e.type == GEOFENCE_ENTER
+            else:
                 continue
-            if e.type == GEOFENCE_ENTER and fid not in seen.areas:
+            if entering and fid not in seen.areas:
                 seen.areas[fid] = e.start
                 out.append(self._area_event("open", fix, seen, fid, fence, e.start, None, e.late))
-            elif e.type == GEOFENCE_EXIT and fid in seen.areas:
+            elif not entering and fid in seen.areas:
                 start = seen.areas.pop(fid)
-                out.append(self._area_event("close", fix, seen, fid, fence, start, e.start, e.late))
+                end = e.end if e.type == FORBIDDEN_ZONE and e.end is not None else e.start
+                out.append(self._area_event("close", fix, seen, fid, fence, start, end, e.late))
         return out
 
     def end_session(self, vehicle_id: int, at: datetime | None) -> list[AlertEvent]:

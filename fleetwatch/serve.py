@@ -103,6 +103,7 @@ class Server:
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsResource
+        from ingest.positions import revive
         from store.migrations import migrate
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
@@ -131,6 +132,7 @@ class Server:
         self.supervision = Supervision(
             self.pool, self.gateway, load_config(args.rules_config),
             metrics=metrics, worker_index=args.worker_index, generation=args.generation,
+            revive=revive,
         )  # fmt: skip
         self.service.observer = self.supervision
         self.writer.subscribe(self.supervision.durable)

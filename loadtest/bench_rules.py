@@ -40,6 +40,7 @@ from fleetwatch.serve import GC_THRESHOLDS
 from geo.geodesy import metres_per_degree
 from geo.index import FenceIndex
 from geo.position import Position
+from ingest.positions import alarm_set
 from loadtest.bench_fences import CITIES, EAST, NORTH, SOUTH, WEST, make_fences
 
 CLASSES = [(HEAVY_TRUCK, 0.4), (COACH, 0.15), (SCHOOL_BUS, 0.1), (HAZMAT, 0.1), (OTHER, 0.2),
@@ -132,8 +133,8 @@ class Mover:
             lat=self.lat,
             speed_kmh=round(speed, 1),
             heading=int(math.degrees(self.heading)) % 360,
-            alarm=alarm,
-            status=(0 if speed == 0 and self.stopped else 1) | (2 if valid else 0),
+            ignition=not (speed == 0 and self.stopped),
+            alarms=alarm_set(alarm),
             valid=valid,
             serial=self.serial,
         )

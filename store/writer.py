@@ -162,7 +162,7 @@ _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def position_row(p: Position) -> Row:
     return (
         p.vehicle_id, p.fix_time, p.received_time, p.lon, p.lat, p.speed_kmh, p.heading,
-        p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch, p.source,
+        p.altitude_m, p.alarm_word, p.status_word, p.valid, p.serial, p.batch, p.source,
         _to_json(p.extras) if p.extras else None,
     )  # fmt: skip
 
@@ -176,11 +176,14 @@ STORED = (
 
 
 def stored_position(r: Any) -> Position:
-    """A stored row (selected as :data:`STORED`) back as the Position it was written from."""
+    """A stored row (selected as :data:`STORED`) back as a Position. The table keeps the
+    source's raw words, not ``ignition`` and ``alarms``: the source's edge revives those
+    (``ingest.positions.revive`` for JT/T 808)."""
     return Position(
-        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-        json.loads(r[14]) if r[14] else {},
-    )
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], valid=r[10], serial=r[11],
+        batch=r[12], source=r[13], extras=json.loads(r[14]) if r[14] else {},
+        alarm_word=r[8], status_word=r[9],
+    )  # fmt: skip
 
 
 def _revive(row: list[Any]) -> Row:

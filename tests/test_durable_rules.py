@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from alerts.model import FATIGUE_CONTINUOUS, FATIGUE_WARNING, OFFLINE, SPEEDING
+from alerts.model import FATIGUE_CONTINUOUS, FATIGUE_WARNING, OFFLINE, SPEEDING, TERMINAL_ALARM
 from store import pushes
 from store.alerts import Alert, AlertStore
 from store.vehicles import add_vehicle, new_vehicle
@@ -29,6 +29,7 @@ from tests.test_rules_live import KM_PER_DEG, _bj
 from tests.test_serve import _free_port, _wait_for_port
 
 OFFLINE_S = 5.0
+SOS = 1 << 0  # the alarm word's emergency bit
 CONFIG = {
     "enforcement": {"on_authentication": False},
     "rules": {"offline_s": OFFLINE_S},
@@ -128,6 +129,10 @@ async def _no_duplicates(pool: asyncpg.Pool) -> None:
         )
         == []
     )
+
+
+async def _ended(pool: asyncpg.Pool, alert_id: int) -> bool:
+    return await pool.fetchval("SELECT end_time IS NOT NULL FROM alerts WHERE id = $1", alert_id)
 
 
 async def _fatigue_on_time(pool: asyncpg.Pool, vid: int, start: datetime) -> None:
@@ -233,12 +238,13 @@ async def test_replay_after_a_crash_sends_no_second_text(db_url: str, short_tmp:
         bus = await _vehicle(pool, "沪D20004", "13900020004", "school_bus")
         t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=40)
 
-        async def report(car: Vehicle, s: int, kmh: float) -> None:
-            await car.send(fix(t0 + timedelta(seconds=s), 121.2 + s * 0.0002, 31.2, kmh))
+        async def report(car: Vehicle, s: int, kmh: float, sos: bool = False) -> None:
+            at = t0 + timedelta(seconds=s)
+            await car.send(fix(at, 121.2 + s * 0.0002, 31.2, kmh, alarm=SOS if sos else 0))
 
         car = await Vehicle.online(serve.port, "13900020004", "沪D20004")
-        for s in range(0, 40, 2):
-            await report(car, s, 75.0 if s < 24 else 40.0)
+        for s in range(0, 40, 2):  # the SOS button held from 30 s on
+            await report(car, s, 75.0 if s < 24 else 40.0, sos=s >= 30)
         (text,) = await car.commands(0x8300)
         assert "超速" in text.body.text
 
@@ -255,11 +261,20 @@ async def test_replay_after_a_crash_sends_no_second_text(db_url: str, short_tmp:
 
         await serve.start()
         car = await Vehicle.online(serve.port, "13900020004", "沪D20004")
-        for s in range(40, 50, 2):
-            await report(car, s, 40.0)
+        for s in range(40, 50, 2):  # SOS released at 44 s
+            await report(car, s, 40.0, sos=s < 44)
         assert [m for m in await car.quiet(1.5) if m.msg_id == 0x8300] == []
         (again,) = await _alerts(pool, bus, SPEEDING)
         assert (again.id, again.end_time) == (alert.id, alert.end_time)  # not reopened
+        # The rebuilt state knew the SOS was raised (alarms revived from the stored words), so
+        # its release ended the one alert it was.
+        (sos,) = await eventually(lambda: _alerts(pool, bus, TERMINAL_ALARM))
+        await eventually(lambda: _ended(pool, sos.id))
+        (sos,) = await _alerts(pool, bus, TERMINAL_ALARM)
+        assert (sos.start_time, sos.end_time) == (
+            t0 + timedelta(seconds=30),
+            t0 + timedelta(seconds=44),
+        )
         assert (
             await pool.fetchval("SELECT count(*) FROM terminal_pushes WHERE item LIKE 'text:%'")
             == 1

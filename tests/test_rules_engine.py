@@ -180,10 +180,10 @@ def test_a_day_of_driving_through_the_engine() -> None:
     ] == [
         (TERMINAL_ALARM, "open"),
         (TERMINAL_ALARM, "close"),
-        (FATIGUE_CONTINUOUS, "open"),
+        (FATIGUE_CONTINUOUS, "update"),  # the fatigue incident reaches its alarm stage
         (FATIGUE_CONTINUOUS, "close"),
     ]
     cont = of(events, FATIGUE_CONTINUOUS)
-    assert near(cont[0].start, bj(6, 10), 30) and near(cont[1].end, bj(6, 10, 30), 30)
-    assert len(events) == 8  # + warning and escalation, each open and close
+    assert near(cont[0].at, bj(6, 10), 30) and near(cont[1].end, bj(6, 10, 30), 30)
+    assert len(events) == 6  # + the incident's warning open and escalation update
     assert near(events[-1].end, t.t - timedelta(seconds=1800), 30)

@@ -248,13 +248,12 @@ def test_forbidden_zone_inside_its_window() -> None:
     start = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # 23:00 Beijing
     events = drive.track(through_square(start))
     enter, exit_ = start + timedelta(seconds=110), start + timedelta(seconds=310)
+    # one passage, one alert: no entry or exit instants of their own
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, enter),
         (FORBIDDEN_ZONE, "open", enter, None),
-        *instant(GEOFENCE_EXIT, exit_),
         (FORBIDDEN_ZONE, "close", enter, exit_),
     ]
-    opened = events[2]
+    opened = events[0]
     assert opened.severity == HIGH and opened.key == "forbidden_zone:2"
     assert opened.details == {"fence_id": 2, "fence_name": "old town", "kind": "forbidden"}
     assert events[-1].details["duration_s"] == 200.0
@@ -266,9 +265,7 @@ def test_forbidden_zone_outside_its_window_or_for_another_class() -> None:
     assert Drive([night_zone()]).track(through_square(noon)) == []
     evening = datetime(2026, 3, 2, 13, 58, 20, tzinfo=UTC)  # 21:58:20, in at 22:00:10
     events = Drive([night_zone()]).track(through_square(evening))
-    assert [e.type for e in events] == [GEOFENCE_ENTER] * 2 + [FORBIDDEN_ZONE] + [
-        GEOFENCE_EXIT
-    ] * 2 + [FORBIDDEN_ZONE]
+    assert [e.type for e in events] == [FORBIDDEN_ZONE] * 2
     night = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
     assert Drive([night_zone()], vehicle=BUS).track(through_square(night)) == []
 
@@ -282,7 +279,6 @@ def test_forbidden_zone_window_ending_while_inside() -> None:
     events = drive.track([(start - timedelta(seconds=60), offset(-3000, 0)), *track])
     six = datetime(2026, 3, 2, 22, 0, tzinfo=UTC)
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, start),
         (FORBIDDEN_ZONE, "open", start, None),
         (FORBIDDEN_ZONE, "close", start, six),
     ]
@@ -392,8 +388,6 @@ def test_blind_area_batch_replayed_after_live_data() -> None:
     batch = [(at(60 * k), east(-3000 if k < 20 or k >= 40 else 0)) for k in range(2, 59)]
     events = drive.track(batch, late=True)
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, at(1200)),
-        *instant(GEOFENCE_EXIT, at(2400)),
         (FORBIDDEN_ZONE, "open", at(1200), None),
         (FORBIDDEN_ZONE, "close", at(1200), at(2400)),
     ]
@@ -407,7 +401,7 @@ def test_replay_still_inside_is_cut_when_the_batch_goes_quiet() -> None:
     drive.track([(at(0), east(-3000)), (at(3600), east(-3000))])
     batch = [(at(600 + 60 * k), east(0)) for k in range(5)]  # inside from 600 s
     events = drive.track(batch, late=True)
-    assert summary(events) == instant(GEOFENCE_ENTER, at(600))  # the episode is held back
+    assert summary(events) == []  # the passage is held back
     # Received times equal fix times here: quiet for 120 s after the last one (840 s).
     assert drive.tick(at(900)) == []
     events = drive.tick(at(960))
@@ -447,18 +441,10 @@ def test_replay_leaves_a_live_episode_alone() -> None:
     under ``:late`` keys, and never closes the live one."""
     drive = Drive([circle(radius=1000.0, kind="forbidden")])
     live = drive.track([(at(0), east(-3000)), (at(60), east(0)), (at(120), east(0))])
-    assert summary(live) == [
-        *instant(GEOFENCE_ENTER, at(60)),
-        (FORBIDDEN_ZONE, "open", at(60), None),
-    ]
+    assert summary(live) == [(FORBIDDEN_ZONE, "open", at(60), None)]
     assert drive.track([(at(180), east(0)), (at(3600), east(0))]) == []
     batch = [(at(60 * k), east(-3000 if 20 <= k < 30 else 0)) for k in range(4, 60)]
-    events = drive.track(batch, late=True)
-    assert summary(events) == [
-        *instant(GEOFENCE_EXIT, at(1200)),
-        *instant(GEOFENCE_ENTER, at(1800)),
-    ]
-    assert {e.key for e in events} == {"geofence_exit:1:late", "geofence_enter:1:late"}
+    assert drive.track(batch, late=True) == []  # the live passage owns the exit; re-entry held
     events = drive.tick(at(3540 + 120))
     assert summary(events) == [
         (FORBIDDEN_ZONE, "open", at(1800), None),
@@ -467,7 +453,4 @@ def test_replay_leaves_a_live_episode_alone() -> None:
     assert {e.key for e in events} == {"forbidden_zone:1:late"}
     # The live timeline still has its violation open: leaving closes it, dated live.
     events = drive.track([(at(3700), east(-3000)), (at(3760), east(-3000))])
-    assert summary(events) == [
-        *instant(GEOFENCE_EXIT, at(3700)),
-        (FORBIDDEN_ZONE, "close", at(60), at(3700)),
-    ]
+    assert summary(events) == [(FORBIDDEN_ZONE, "close", at(60), at(3700))]

@@ -97,8 +97,11 @@ def test_uninterrupted_run_has_the_episodes_the_test_relies_on() -> None:
     fixes = stream()
     events = play(engine(), fixes, fixes[0].fix_time) + finish(engine(), fixes[-1].fix_time)
     kinds = {(e.type, e.phase) for e in events}
-    for kind in (FATIGUE_WARNING, FATIGUE_CONTINUOUS, FORBIDDEN_ZONE, SPEEDING, TERMINAL_ALARM):
+    for kind in (FORBIDDEN_ZONE, SPEEDING, TERMINAL_ALARM):
         assert (kind, "open") in kinds and (kind, "close") in kinds, kind
+    # the fatigue incident: warning, then the alarm stage, closed by the rest
+    assert {(FATIGUE_WARNING, "open"), (FATIGUE_CONTINUOUS, "update")} <= kinds
+    assert (FATIGUE_CONTINUOUS, "close") in kinds
     assert (WATCHLIST, "open") in kinds and (OFFLINE, "open") in kinds
 
 
@@ -131,8 +134,8 @@ def test_export_import_continue_gives_the_uninterrupted_events(cut: str) -> None
 
 
 def test_open_episode_continues_after_restore_and_is_not_reopened() -> None:
-    """Cut inside the coach's fatigue warning: the restored engine closes the same episode
-    (same key) and opens no second warning."""
+    """Cut inside the coach's fatigue warning: the restored engine takes the same incident
+    (same key) to its alarm stage and closes it, and opens no second one."""
     fixes = stream()
     b = engine()
     events = play(b, fixes, None)
@@ -143,9 +146,10 @@ def test_open_episode_continues_after_restore_and_is_not_reopened() -> None:
     c = engine()
     c.import_state(1, json.loads(json.dumps(b.export_state(1))))
     after = play(c, fixes, None)
-    assert [e.phase for e in before + after if e.type == FATIGUE_WARNING] == ["open", "close"]
-    closes = [e for e in after if e.type == FATIGUE_WARNING]
-    assert closes[0].key == warn.key
+    incident = [e for e in before + after if e.key == warn.key]
+    assert [e.phase for e in incident] == ["open", "update", "update", "close"]
+    assert [e.phase for e in before + after if e.type == FATIGUE_WARNING] == ["open"]
+    assert all(e.key == warn.key for e in after if e.type in (FATIGUE_WARNING, FATIGUE_CONTINUOUS))
 
 
 def test_dirty_lists_changed_vehicles_once() -> None:

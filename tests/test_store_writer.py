@@ -38,7 +38,8 @@ def _fix(vid: int, second: int, serial: int, *, batch: bool = False, **extras: o
     return Position(
         vehicle_id=vid, fix_time=T0 + timedelta(seconds=second), received_time=T0,
         lon=116.0 + second / 1000, lat=39.5, speed_kmh=50.0 + second, heading=90,
-        altitude_m=40, alarm=1 if second == 30 else 0, status=3, valid=True, serial=serial,
+        altitude_m=40, alarm_word=1 if second == 30 else 0, status_word=3, valid=True,
+        serial=serial,
         batch=batch, extras=dict(extras),
     )  # fmt: skip
 

@@ -103,7 +103,7 @@ async def test_sos_set_cleared_acknowledged_and_confirmed_with_0x8203(
             "open", 1, None, "沪A00101",
         )  # fmt: skip
         assert alert.start_time == t0 + timedelta(seconds=10)
-        assert alert.details["bit"] == 0 and alert.details["serial"] == sos_serial
+        assert alert.details["name"] == "emergency" and alert.details["serial"] == sos_serial
 
         await car.send(fix(t0 + timedelta(seconds=30), 121.5003, 31.2))  # the bit clears
 
