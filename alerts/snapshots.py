@@ -103,9 +103,12 @@ class StateKeeper:
         return self._import(snapshots)
 
     async def claim_left(self) -> dict[int, datetime | None]:
-        """Start-up: take over every snapshot a process of an earlier run left behind (they
-        are all gone), so silent vehicles still go offline on time and open episodes go on."""
-        snapshots = await rule_state.claim_left(self.pool, self.owner, self.generation + "/")
+        """Start-up: take over every vehicle a process of an earlier run judged (they are all
+        gone), and those that reported within ``rebuild_window`` without ever being judged,
+        so silent vehicles still go offline on time and open episodes go on."""
+        snapshots = await rule_state.claim_left(
+            self.pool, self.owner, self.generation + "/", self.rebuild_window
+        )
         return self._import(snapshots)
 
     def _import(self, snapshots: Sequence[rule_state.Snapshot]) -> dict[int, datetime | None]:

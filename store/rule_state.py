@@ -63,17 +63,32 @@ async def claim(db: Db, vehicle_ids: Sequence[int], owner: str) -> list[Snapshot
     return _snapshots(rows)
 
 
-async def claim_left(db: Db, owner: str, generation: str) -> list[Snapshot]:
-    """Start-up: claim every saved snapshot whose owner is not of this run (``generation``:
-    the prefix of all the owners of this ``serve``), i.e. of a process that is gone."""
+async def claim_left(
+    db: Db, owner: str, generation: str, recent: timedelta
+) -> list[Snapshot]:
+    """Start-up: claim every vehicle whose owner is not of this run (``generation``: the
+    prefix of all the owners of this ``serve``), i.e. of a process that is gone, saved or not,
+    and every vehicle that reported within ``recent`` but was never claimed (a crash between
+    storing its first positions and judging them)."""
     rows = await db.fetch(
         """
-        UPDATE rule_state AS rs SET owner = $1, claimed_at = clock_timestamp()
-        WHERE state IS NOT NULL AND NOT starts_with(owner, $2)
-        RETURNING rs.vehicle_id, rs.state::text, rs.newest
+        WITH left_over AS (
+            UPDATE rule_state AS rs SET owner = $1, claimed_at = clock_timestamp()
+            WHERE NOT starts_with(owner, $2)
+            RETURNING rs.vehicle_id, rs.state::text AS state, rs.newest
+        ), unjudged AS (
+            INSERT INTO rule_state (vehicle_id, owner)
+            SELECT lp.vehicle_id, $1 FROM last_positions lp
+            WHERE lp.received_time > now() - $3::interval
+              AND NOT EXISTS (SELECT 1 FROM rule_state rs WHERE rs.vehicle_id = lp.vehicle_id)
+            ON CONFLICT (vehicle_id) DO NOTHING
+            RETURNING vehicle_id, NULL::text AS state, NULL::timestamptz AS newest
+        )
+        SELECT * FROM left_over UNION ALL SELECT * FROM unjudged
         """,
         owner,
         generation,
+        recent,
     )
     return _snapshots(rows)
 
