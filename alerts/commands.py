@@ -9,13 +9,16 @@ the vehicle's protocol (JT/T 808 0x8300, 0x8201, 0x8202, ...) and turns the answ
 
 A command the terminal answered gives a :class:`Reply` (``result`` accepted, failed or
 unsupported: the terminal's own verdict); one that never reached an answer raises
-:class:`CommandFailed` with a ``reason`` (offline, timeout, disconnected, unknown vehicle,
-invalid), so a caller cannot mistake "nobody heard it" for "the terminal said no".
+:class:`CommandFailed` with a ``reason`` (offline, timeout, disconnected, or invalid: the
+terminal's protocol cannot say it), so a caller cannot mistake "nobody heard it" for "the
+terminal said no".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,11 +27,10 @@ from typing import Any, ClassVar
 #: The terminal's answer to a command it received.
 ACCEPTED, FAILED, UNSUPPORTED = "accepted", "failed", "unsupported"
 #: Why a command got no answer (:attr:`CommandFailed.reason`).
-OFFLINE, TIMEOUT, DISCONNECTED, UNKNOWN_VEHICLE, INVALID = (
-    "offline", "timeout", "disconnected", "unknown_vehicle", "invalid",
-)  # fmt: skip
+#: (The values of the result columns of terminal_pushes and commands, migration 0008.)
+OFFLINE, TIMEOUT, DISCONNECTED, INVALID = "offline", "timeout", "disconnected", "invalid"
 ANSWERS = (ACCEPTED, FAILED, UNSUPPORTED)
-FAILURES = (OFFLINE, TIMEOUT, DISCONNECTED, UNKNOWN_VEHICLE, INVALID)
+FAILURES = (OFFLINE, TIMEOUT, DISCONNECTED, INVALID)
 
 
 class CommandFailed(Exception):
@@ -178,6 +180,20 @@ class DeleteAreas(Command):
     ids: list[int] = field(default_factory=list)
 
 
+_canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+def canonical_json(content: Any) -> str:
+    """A JSON value in one canonical text (sorted keys, no spaces)."""
+    return _canonical(content)
+
+
+def content_hash(content: Any) -> str:
+    """sha256 of a JSON value's canonical text: equal content, equal hash (what decides
+    whether a terminal already holds a push)."""
+    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+
+
 def command_to_json(command: Command) -> dict[str, Any]:
     """``{"kind": ..., fields...}``: what travels between processes and is stored with a push."""
     out: dict[str, Any] = {"kind": command.KIND}
@@ -208,7 +224,6 @@ __all__ = [
     "INVALID",
     "OFFLINE",
     "TIMEOUT",
-    "UNKNOWN_VEHICLE",
     "UNSUPPORTED",
     "Command",
     "CommandFailed",
@@ -220,6 +235,8 @@ __all__ = [
     "SetParameters",
     "Text",
     "Track",
+    "canonical_json",
     "command_from_json",
     "command_to_json",
+    "content_hash",
 ]

@@ -27,15 +27,21 @@ them through the gateway; ``ingest/areas.py`` says them in JT/T 808, fitting the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
 
-from alerts.commands import Command, DeleteAreas, SetAreas, SetParameters, command_to_json
+from alerts.commands import (
+    Command,
+    DeleteAreas,
+    SetAreas,
+    SetParameters,
+    canonical_json,
+    command_to_json,
+    content_hash,
+)
 from alerts.model import VehicleInfo
 from alerts.settings import Profile, RuleSettings
 from geo.fences import CIRCLE, CORRIDOR, FORBIDDEN, KINDS, RECTANGLE, ROUTE, ZONE, Geofence
@@ -48,19 +54,6 @@ KIND_ALARMS = {
 }
 #: A parameter as configuration may name it: a platform name, or a hex id ("0x0029").
 _PARAM_KEY = re.compile(r"^([a-z][a-z0-9_]*|0x[0-9a-fA-F]{1,8})$")
-
-_canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
-
-
-def canonical_json(content: Any) -> str:
-    """A JSON value in one canonical text (sorted keys, no spaces)."""
-    return _canonical(content)
-
-
-def content_hash(content: Any) -> str:
-    """sha256 of a JSON value's canonical text: equal content, equal hash (what decides
-    whether a terminal already holds a push)."""
-    return hashlib.sha256(_canonical(content).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,16 +256,12 @@ def area_items(
             plan.skipped.append((fence.id, "a terminal cannot hold its time windows"))
             continue
         target: list[Any]
-        if fence.shape == CIRCLE:
-            target, built = circles, described
-        elif fence.shape == RECTANGLE:
-            target, built = rectangles, described
-        elif fence.shape == CORRIDOR:
-            target = routes
-            built = PushItem.of(f"route:{fence.id}", SetAreas("route", [described]))
+        built: Any
+        if fence.shape in (CIRCLE, RECTANGLE):
+            target, built = (circles if fence.shape == CIRCLE else rectangles), described
         else:
-            target = polygons
-            built = PushItem.of(f"polygon:{fence.id}", SetAreas("polygon", [described]))
+            shape, target = ("route", routes) if fence.shape == CORRIDOR else ("polygon", polygons)
+            built = PushItem.of(f"{shape}:{fence.id}", SetAreas(shape, [described]))
         if len(target) >= config.max_areas:
             plan.skipped.append((fence.id, f"more than {config.max_areas} of its shape"))
         else:
@@ -329,10 +318,10 @@ def plan_pushes(
         names.add(item.item)
         if accepted.get(item.item) != item.hash:
             plan.items.append(item)
-    for item, held in sorted(accepted.items()):
-        if item in names:
+    for name, held in sorted(accepted.items()):
+        if name in names:
             continue
-        remove = deletion(item)
+        remove = deletion(name)
         if remove is not None and held != remove.hash:
             plan.items.append(remove)
     return plan

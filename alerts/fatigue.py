@@ -77,14 +77,15 @@ from alerts.model import (
     Fix,
 )
 from alerts.settings import Profile
+from geo.calendar import DAY_S
+from geo.calendar import day_start as bj_day_start
 from geo.position import Position
 
 #: Report states; GAP (unknown) and HELD (a stop held across a silence) only label intervals.
 DRIVE, IDLE, STOP, GAP, HELD = 0, 1, 2, 3, 4
 STATE_NAMES = ("drive", "idle", "stop", "gap", "held")
 
-_BJ = 8 * 3600.0
-_DAY = 86400.0
+_DAY = DAY_S
 _H = 3600.0
 _SEVERITY = {
     FATIGUE_WARNING: LOW,
@@ -96,11 +97,6 @@ _SEVERITY = {
 }
 _MAX_RUNS = 20000
 _PRUNE_AT = 256  # runs kept before a prune is tried (amortised O(1) per run)
-
-
-def bj_day_start(t: float) -> float:
-    """Epoch seconds of the Beijing midnight starting the day of ``t``."""
-    return ((t + _BJ) // _DAY) * _DAY - _BJ
 
 
 def _pieces(s: float, e: float) -> list[tuple[float, float, bool]]:

@@ -48,6 +48,16 @@ log = logging.getLogger(__name__)
 
 #: How long a sender waits past the deadline for the holder's answer to arrive.
 GRACE_S = 1.0
+#: Tries to record a batch of terminal sessions before giving up on it.
+SESSION_ATTEMPTS = 5
+#: The gateway's counters (``CommandGateway.stats``, served on /metrics) and what they count.
+STATS = {
+    "local": "commands to terminals held by this process",
+    "remote": "commands to terminals held by another process",
+    "executed": "commands executed here for another process",
+    "offline": "commands refused at once: the terminal is connected nowhere",
+    "timeouts": "commands to another process that got no answer in time",
+}
 
 
 class TerminalEnd(Protocol):
@@ -90,7 +100,7 @@ class CommandGateway:
         if terminals is not None:
             channels[mailbox.request_channel(self.key)] = self._requested
         self.listener = mailbox.Listener(url, self.key, channels, self._connected)
-        self.stats = {"local": 0, "remote": 0, "executed": 0, "offline": 0, "timeouts": 0}
+        self.stats = dict.fromkeys(STATS, 0)
 
     async def start(self) -> None:
         """Listen (the holder's liveness is this connection), then take terminal sessions."""
@@ -105,8 +115,8 @@ class CommandGateway:
         if self.terminals is not None:
             self.terminals.on_session = None
         if self._session_task is not None:
-            with contextlib.suppress(Exception):
-                await self._session_task
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._session_task, 5.0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -229,15 +239,26 @@ class CommandGateway:
             self._session_task = asyncio.get_running_loop().create_task(self._record_sessions())
 
     async def _record_sessions(self) -> None:
+        """Write what changed since the last write, in one statement (the last word about a
+        vehicle wins); on failure, try again shortly (a holder nobody knows is "offline"), a
+        few times: the next connection of the terminal records it again anyway."""
+        failures = 0
         while self._sessions:
-            vehicle_id, connected = self._sessions.popleft()
+            latest: dict[int, bool] = {}
+            while self._sessions:
+                vehicle_id, connected = self._sessions.popleft()
+                latest[vehicle_id] = connected
+            up = [v for v, connected in latest.items() if connected]
+            down = [v for v, connected in latest.items() if not connected]
             try:
-                if connected:
-                    await mailbox.open_session(self.db, vehicle_id, self.key)
-                else:
-                    await mailbox.close_session(self.db, vehicle_id, self.key)
+                await mailbox.record_sessions(self.db, self.key, up, down)
+                failures = 0
             except Exception:
-                log.exception("gateway: recording the session of vehicle %s failed", vehicle_id)
+                failures += 1
+                log.exception("gateway: recording %d terminal sessions failed", len(latest))
+                if failures < SESSION_ATTEMPTS:
+                    self._sessions.extendleft((v, c) for v, c in reversed(latest.items()))
+                    await asyncio.sleep(1.0)
 
 
-__all__ = ["GRACE_S", "CommandGateway", "TerminalEnd"]
+__all__ = ["GRACE_S", "STATS", "CommandGateway", "TerminalEnd"]

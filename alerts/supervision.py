@@ -1,5 +1,6 @@
 """Supervision wired to the live server: the rules engine fed by ingest, alerts persisted in
-batches, automatic texts to drivers, 0x8203 on acknowledgement, terminal-side enforcement.
+batches, automatic texts to drivers, alarm confirmations on acknowledgement, terminal-side
+enforcement.
 
 :class:`Supervision` is the ingest service's observer (``ingest.jt808_server.IngestObserver``).
 What runs where:
@@ -51,7 +52,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -277,9 +278,9 @@ class Supervision:
             except Exception:
                 log.exception("supervision job %s failed", getattr(job, "__name__", job))
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -352,7 +353,7 @@ class Supervision:
         self._add(self.engine.driver(vehicle.id, driver, at))
 
     def logout(self, vehicle: Terminal) -> None:
-        """0x0003: the terminal said goodbye, so its silence is no offline alarm."""
+        """The terminal said goodbye (logged out), so its silence is no offline alarm."""
         self._add(self.engine.logout(vehicle.id, datetime.now(UTC)))
 
     def _add(self, events: list[AlertEvent]) -> None:
@@ -518,7 +519,7 @@ class Supervision:
     # ------------------------------------------------------------------ acknowledgement
 
     async def acknowledge(self, alert_id: int, by: str) -> tuple[Alert, str | None]:
-        """Acknowledge an alert; a terminal alarm is confirmed to its terminal (0x8203).
+        """Acknowledge an alert; a terminal alarm is confirmed to its terminal.
         Returns the alert and the confirmation's result (None: nothing to confirm)."""
         self._confirming.add(alert_id)
         try:
@@ -656,7 +657,7 @@ def _alarm_serial(details: Mapping[str, Any]) -> int:
     for key in ("serial", "position_serial", "alarm_serial"):
         value = details.get(key)
         if isinstance(value, int):
-            return value & 0xFFFF
+            return value
     return 0
 
 
@@ -694,4 +695,3 @@ __all__ = [
     "load_config",
     "vehicle_info",
 ]
-

@@ -96,6 +96,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from alerts.gateway import STATS as GATEWAY_STATS
         from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
         from ingest.directory import Directory
@@ -127,8 +128,13 @@ class Server:
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
         )  # fmt: skip
-        self.gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
-        await self.gateway.start()
+        self.gateway = gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
+        await gateway.start()
+        for name, meaning in GATEWAY_STATS.items():
+            metrics.gauge(
+                f"fleetwatch_gateway_{name}", meaning,
+                lambda name=name: gateway.stats[name],  # type: ignore[misc]
+            )  # fmt: skip
         self.supervision = Supervision(
             self.pool, self.gateway, load_config(args.rules_config),
             metrics=metrics, worker_index=args.worker_index, generation=args.generation,
@@ -183,7 +189,8 @@ class Server:
         if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
             root = Resource()
             root.putChild(b"metrics", MetricsResource(metrics))
-            self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
+            site: Any = Site(root)  # a ServerFactory in all but its stubs
+            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.host))  # type: ignore[attr-defined]
         sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
         sweep.start(2.0, now=False)
         self.loops.append(sweep)

@@ -26,7 +26,7 @@ from typing import Any
 import shapely
 from shapely.geometry import LineString, Point, Polygon
 
-from protocols.jt808 import BEIJING
+from geo.calendar import BEIJING
 
 ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE, HAZARD = "zone", "forbidden", "speed_limit", "route", "hazard"
 KINDS = (ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE, HAZARD)

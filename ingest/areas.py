@@ -12,13 +12,15 @@ fit is refused (``ValueError``), which the gateway reports as an invalid command
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, time
 from typing import Any
 
 from shapely.geometry import LineString, Polygon
 
 from alerts.commands import DeleteAreas, SetAreas
-from protocols.jt808 import BEIJING, V2019, Body, encode_body
+from geo.calendar import BEIJING
+from protocols.jt808 import V2019, Body, encode_body
 from protocols.jt808.areas import (
     ACTION_REPLACE,
     ATTR_SOUTH,
@@ -66,9 +68,7 @@ def area_body(command: SetAreas | DeleteAreas) -> Body:
     if command.shape == "circle":
         return _trim(SetCircleAreas(action=ACTION_REPLACE, areas=[_circle(a) for a in areas]))
     if command.shape == "rectangle":
-        return _trim(
-            SetRectangleAreas(action=ACTION_REPLACE, areas=[_rectangle(a) for a in areas])
-        )
+        return _trim(SetRectangleAreas(action=ACTION_REPLACE, areas=[_rectangle(a) for a in areas]))
     if len(areas) != 1:
         raise ValueError(f"a {command.shape} goes one per message, not {len(areas)}")
     if command.shape == "polygon":
@@ -166,47 +166,59 @@ def _max_shift(metres: float) -> float:
     return max(metres, 10.0) / 111_320
 
 
-def _polygon(area: dict[str, Any]) -> SetPolygonArea:
-    """One polygon, simplified until the message fits one frame."""
-    shape = Polygon(area["ring"])
+def _fitted(
+    shape: Any,
+    build: Callable[[Any], Body | None],
+    area: dict[str, Any],
+    what: str,
+    preserve_topology: bool,
+) -> Any:
+    """The message ``build`` makes of ``shape``, simplified (moving it by at most the area's
+    ``max_shift_m``) until the message fits one frame; ValueError if it cannot."""
     geometry = shape
+    tolerance = 1e-5
+    while (body := build(geometry)) is not None:
+        if _fits(body):
+            return body
+        if tolerance > _max_shift(area.get("max_shift_m", 0.0)):
+            break
+        geometry = shape.simplify(tolerance, preserve_topology=preserve_topology)
+        tolerance *= 2
+    raise ValueError(f"{what} {area['id']}: too large for one message")
+
+
+def _polygon(area: dict[str, Any]) -> SetPolygonArea:
+    """One polygon (its outer ring), simplified until the message fits one frame."""
     start, end = _when(area)
     limit, over, night = _speed(area)
-    tolerance = 1e-5
-    while True:
+
+    def build(geometry: Any) -> SetPolygonArea | None:
         ring = list(geometry.exterior.coords)[:-1]
         if len(ring) < 3:
-            break
+            return None
         west, _, _, north = geometry.bounds
-        body = SetPolygonArea(
+        return SetPolygonArea(
             area_id=area["id"], attr=_attr(area, west, north), start=start, end=end,
             max_speed_kmh=limit, overspeed_s=over,
             vertices=[Vertex(latitude=_deg(y), longitude=_deg(x)) for x, y in ring],
             night_max_speed_kmh=night, name=area.get("name"),
         )  # fmt: skip
-        if _fits(body):
-            return body
-        if tolerance > _max_shift(area.get("max_shift_m", 0.0)):
-            break
-        geometry = shape.simplify(tolerance, preserve_topology=True)
-        tolerance *= 2
-    raise ValueError(f"polygon {area['id']}: too large for one message")
+
+    return _fitted(Polygon(area["ring"]), build, area, "polygon", preserve_topology=True)
 
 
 def _route(area: dict[str, Any]) -> SetRoute:
-    """A route (one segment per turning point), simplified to fit."""
+    """A route (one segment per turning point), simplified until the message fits."""
     width = max(1, min(255, round(area["width_m"])))  # the wire's width is one byte
-    shape = LineString(area["line"])
-    line = shape
     start, end = _when(area)
     limit, over, night = _speed(area)
-    tolerance = 1e-5
-    while True:
+
+    def build(line: Any) -> SetRoute | None:
         coords = list(line.coords)
         if len(coords) < 2:
-            break
+            return None
         x0, y0 = coords[0]
-        body = SetRoute(
+        return SetRoute(
             route_id=area["id"], attr=_attr(area, x0, y0), start=start, end=end,
             points=[
                 RoutePoint(
@@ -218,13 +230,8 @@ def _route(area: dict[str, Any]) -> SetRoute:
             ],
             name=area.get("name"),
         )  # fmt: skip
-        if _fits(body):
-            return body
-        if tolerance > _max_shift(area.get("max_shift_m", 0.0)):
-            break
-        line = shape.simplify(tolerance, preserve_topology=False)
-        tolerance *= 2
-    raise ValueError(f"route {area['id']}: too large for one message")
+
+    return _fitted(LineString(area["line"]), build, area, "route", preserve_topology=False)
 
 
 __all__ = ["ALARM_FLAGS", "MAX_BODY", "area_body"]

@@ -104,7 +104,13 @@ class PendingCommands:
         if reply_id in SERIAL_LESS:
             self.serial_less.setdefault(reply_id, deque()).append(serial)
         call = reactor.callLater(timeout, self._expire, serial, msg_id, timeout)  # type: ignore[attr-defined]
-        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+
+        def settled(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(settled)
         return d
 
     def _expire(self, serial: int, msg_id: int, timeout: float) -> None:
@@ -124,9 +130,10 @@ class PendingCommands:
                 if serial in self.by_serial:
                     return self._resolve(serial, message)
             return False
-        serial = getattr(message.body, "reply_serial", None)
-        if serial is None or serial not in self.by_serial:
+        replied = getattr(message.body, "reply_serial", None)
+        if replied is None or replied not in self.by_serial:
             return False
+        serial = int(replied)
         if self.by_serial[serial][1] not in (msg_id, 0x0001) and msg_id != 0x0001:
             return False
         return self._resolve(serial, message)

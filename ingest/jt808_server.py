@@ -180,12 +180,16 @@ class JT808Factory(protocol.ServerFactory):
     def __init__(self, service: IngestService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> JT808Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> JT808Protocol:
         return JT808Protocol(self.service)
 
 
 class JT808Protocol(protocol.Protocol):
     """One terminal connection."""
+
+    #: A TCP transport, set by the reactor before connectionMade (the ack fast path in
+    #: :meth:`write` reads its buffers).
+    transport: Any
 
     def __init__(self, service: IngestService) -> None:
         self.service = service
@@ -536,8 +540,12 @@ class JT808Protocol(protocol.Protocol):
         transport = self.transport
         queued = getattr(transport, "_tempDataBuffer", None)
         send = getattr(transport, "writeSomeData", None)
-        if send is None or queued is None or queued or transport.dataBuffer or (
-            not transport.connected or transport.disconnecting
+        if (
+            send is None
+            or queued is None
+            or queued
+            or transport.dataBuffer
+            or (not transport.connected or transport.disconnecting)
         ):
             transport.write(data)
             return

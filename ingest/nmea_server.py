@@ -106,9 +106,7 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     ident = identifier.strip()
     digits = re.sub(r"[\s-]", "", ident)
     if digits.isdigit() and digits.isascii():
-        found = await pool.fetchval(
-            "SELECT id FROM vehicles WHERE phone = $1", phone_key(digits)
-        )
+        found = await pool.fetchval("SELECT id FROM vehicles WHERE phone = $1", phone_key(digits))
         if found is not None:
             return int(found)
     plate = re.sub(r"\s", "", ident).upper()
@@ -179,13 +177,14 @@ class NmeaFactory(protocol.ServerFactory):
     def __init__(self, service: NmeaService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> NmeaProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> NmeaProtocol:
         return NmeaProtocol(self.service)
 
 
 class NmeaProtocol(LineReceiver, TimeoutMixin):
     """One NMEA unit's connection."""
 
+    transport: Any  # set by the reactor before connectionMade
     delimiter = b"\n"
 
     def __init__(self, service: NmeaService) -> None:

@@ -273,7 +273,7 @@ class AlertStore:
         self._db = db
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(self) -> AsyncIterator[Any]:  # a Connection or a pool's proxy of one
         if hasattr(self._db, "acquire"):
             async with self._db.acquire() as conn:
                 yield conn
@@ -447,11 +447,12 @@ class AlertStore:
             )
             await self._audit(conn, alert_id, step)
             row = await conn.fetchrow(f"{_SELECT} WHERE a.id = $1", alert_id)
+        assert row is not None  # updated above, in this transaction
         return Alert.from_row(row, newly_acknowledged=step.acknowledges)
 
     @staticmethod
     async def _audit(conn: asyncpg.Connection, alert_id: int, step: Transition) -> None:
-        details = {
+        details: dict[str, Any] = {
             k: v
             for k, v in (("handling_action", step.handling_action), ("note", step.note))
             if v is not None
@@ -616,6 +617,7 @@ class AlertStore:
                 "SELECT count(*) FILTER (WHERE active), max(greatest(added_at, removed_at))"
                 " FROM watchlist"
             )
+        assert row is not None  # an aggregate always returns one row
         return tuple(row)
 
     async def watchlist_reasons(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,7 +82,7 @@ class Listener:
         if self.on_connect is not None:
             await self.on_connect()
 
-    def _lost(self, conn: asyncpg.Connection) -> None:
+    def _lost(self, conn: Any) -> None:
         if self._closed or conn is not self.conn:
             return
         log.warning("gateway listener of %s lost its connection; reconnecting", self.worker)
@@ -121,19 +121,24 @@ def _relay(callback: Callable[[str], None]) -> Callable[..., None]:
 
 async def open_session(db: Db, vehicle_id: int, worker: str) -> None:
     """This worker now holds the vehicle's terminal (a reconnect elsewhere takes it over)."""
+    await record_sessions(db, worker, [vehicle_id], [])
+
+
+async def record_sessions(
+    db: Db, worker: str, connected: Sequence[int], disconnected: Sequence[int]
+) -> None:
+    """This worker now holds the ``connected`` vehicles' terminals (taking them over from any
+    other) and no longer the ``disconnected`` ones (rows another worker took are left alone):
+    one statement for a burst of logins (a restart reconnects thousands at once)."""
     await db.execute(
-        "INSERT INTO terminal_holders (vehicle_id, worker) VALUES ($1, $2)"
+        "WITH gone AS (DELETE FROM terminal_holders WHERE worker = $1"
+        " AND vehicle_id = ANY($3::integer[]))"
+        " INSERT INTO terminal_holders (vehicle_id, worker)"
+        " SELECT v, $1 FROM unnest($2::integer[]) AS v"
         " ON CONFLICT (vehicle_id) DO UPDATE SET worker = excluded.worker,"
         " connected_at = excluded.connected_at",
-        vehicle_id, worker,
+        worker, list(connected), list(disconnected),
     )  # fmt: skip
-
-
-async def close_session(db: Db, vehicle_id: int, worker: str) -> None:
-    """The terminal left this worker (a row another worker took over is left alone)."""
-    await db.execute(
-        "DELETE FROM terminal_holders WHERE vehicle_id = $1 AND worker = $2", vehicle_id, worker
-    )
 
 
 async def clear_sessions(db: Db, worker: str | None = None) -> int:
@@ -288,13 +293,13 @@ __all__ = [
     "application_name",
     "claim",
     "clear_sessions",
-    "close_session",
     "give_up",
     "holder",
     "open_session",
     "outcome",
     "pending",
     "prune",
+    "record_sessions",
     "reply_channel",
     "request",
     "request_channel",

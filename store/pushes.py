@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from alerts.commands import ANSWERS, FAILURES
-from alerts.enforcement import canonical_json, content_hash
+from alerts.commands import ANSWERS, FAILURES, canonical_json, content_hash
 
 #: What a push's ``result`` may say: the terminal's answer, or why there was none.
 RESULTS = ANSWERS + FAILURES
@@ -104,10 +103,12 @@ async def finish(
 async def accepted_hashes(
     pool: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
 ) -> dict[str, str]:
-    """item -> content hash of the last push of that item the terminal accepted."""
+    """item -> content hash of the last push of that item that need not be sent again: the
+    terminal accepted it, or its end refused it as invalid (it cannot be said in the terminal's
+    protocol, e.g. a polygon too large for one message, and would be refused again)."""
     rows = await pool.fetch(
         """SELECT DISTINCT ON (item) item, content_hash FROM terminal_pushes
-           WHERE vehicle_id = $1 AND result = 'accepted'
+           WHERE vehicle_id = $1 AND result IN ('accepted', 'invalid')
            ORDER BY item, sent_at DESC, id DESC""",
         vehicle_id,
     )

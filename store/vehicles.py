@@ -19,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from geo.classes import VEHICLE_CLASSES
+
 if TYPE_CHECKING:  # imported where used: the CLI imports this module to build its --help
     import asyncpg
 
-#: ``vehicle_class`` values (the enum in migration 0001).
-VEHICLE_CLASSES = ("police", "school_bus", "coach", "heavy_truck", "hazmat", "other")
 #: JT/T 697.7 plate colours (JT/T 808 register message): 0 means "not plated yet".
 PLATE_COLORS = {0: "none", 1: "blue", 2: "yellow", 3: "black", 4: "white", 5: "green", 9: "other"}
 #: The vehicles this platform supervises (coaches, trucks, hazmat, school buses) carry yellow
@@ -333,10 +333,11 @@ async def list_vehicles(
 
 async def vehicle_facts(
     db: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
-) -> asyncpg.Record | None:
+) -> dict[str, Any] | None:
     """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
     as JSON text), or None if there is no such vehicle."""
-    return await db.fetchrow(f"{_FACTS} WHERE id = $1", vehicle_id)
+    row = await db.fetchrow(f"{_FACTS} WHERE id = $1", vehicle_id)
+    return dict(row) if row is not None else None
 
 
 async def vehicles_facts(

@@ -398,3 +398,31 @@ async def test_terminals_of_the_unassigned_pool_get_nothing_unless_configured(
         (command,) = await stranger.commands(0x8103)
         assert {p.id: p.value for p in command.body.params}[0x0055] == 100  # class "other"
         await stranger.close()
+
+
+@aio_test
+async def test_an_area_that_cannot_be_said_is_recorded_once_not_retried(
+    db_url: str, short_tmp: Path
+) -> None:
+    """A polygon no JT/T 808 frame can hold is refused by the terminal end (never sent),
+    recorded as invalid, and not tried again at every reconnection."""
+    from store import geofences
+
+    zigzag = [(121 + 0.0005 * k, 31 + (0.001 if k % 2 else 0)) for k in range(400)]
+    rough = Polygon([*zigzag, (121.2, 30.9), (121, 30.9)])
+    async with running_supervision(db_url, short_tmp) as (ingest, supervision):
+        vid = await _provision(ingest.pool, "13900000205", "沪A00205", "coach")
+        saved = await geofences.save(ingest.pool, [Geofence(0, "锯齿", "zone", "polygon", rough)])
+        await supervision.reload_fences()
+        coach = await Vehicle.online(ingest.port, "13900000205", "沪A00205")
+        await coach.commands(0x8103)
+        await eventually(lambda: _all_answered(ingest.pool, vid, 2))
+        assert [m.msg_id for m in coach.received if m.msg_id != 0x8001] == [0x8103]
+        results = {p.item: p.result for p in await _pushes(ingest.pool, vid)}
+        assert results == {"params": "accepted", f"polygon:{saved.ids['锯齿']}": "invalid"}
+        await coach.close()
+
+        again = await Vehicle.online(ingest.port, "13900000205", "沪A00205")
+        assert [m.msg_id for m in await again.quiet(0.8)] == []
+        assert len(await _pushes(ingest.pool, vid)) == 2
+        await again.close()

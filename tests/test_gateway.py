@@ -214,3 +214,43 @@ async def test_a_request_posted_while_the_holder_was_deaf_is_found_on_reconnect(
 
         assert (await eventually(done)).result == ACCEPTED
         await terminal.close()
+
+
+@aio_test
+async def test_a_terminal_moving_to_another_worker_is_routed_there(
+    db_url: str, short_tmp: Path
+) -> None:
+    """Two ingest services with their gateways (two workers): the terminal reconnects to the
+    second before the first notices it is gone; commands follow it, and the first worker's
+    late goodbye does not unregister it."""
+    async with (
+        _gateways(db_url, short_tmp / "a") as (first, first_gw, sender),
+        running_ingest(db_url, short_tmp / "b") as second,
+    ):
+        second_gw = CommandGateway(second.pool, db_url, second.service.terminals)
+        await second_gw.start()
+        try:
+            old, vid = await _online(first, "13900000307", "沪A00307")
+            assert await mailbox.holder(first.pool, vid) == first_gw.key
+            moved = await Terminal.connect(second.port, "13900000307")
+            await moved.login("沪A00307")
+
+            async def on_second() -> bool:
+                return await mailbox.holder(first.pool, vid) == second_gw.key
+
+            await eventually(on_second)
+            await old.close()  # the first worker's unbind comes after the move
+
+            async def first_let_go() -> bool:
+                return not first_gw.holds(vid)
+
+            await eventually(first_let_go)
+            await asyncio.sleep(0.2)  # its session write, if it were wrong, lands by now
+            assert await mailbox.holder(first.pool, vid) == second_gw.key
+            sent = asyncio.ensure_future(sender.send(vid, Text("跟随")))
+            await _answer(moved, 0x8300)
+            assert (await sent).result == ACCEPTED
+            assert second_gw.stats["executed"] == 1 and first_gw.stats["executed"] == 0
+            await moved.close()
+        finally:
+            await second_gw.stop()

@@ -5,9 +5,11 @@ terminal's answer comes back to the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -104,7 +106,7 @@ async def test_send_text_query_and_track_through_serve_with_two_workers(short_tm
         plate = list(by_worker.values())[-1]
         terminal = terminals[plate]
         cli = asyncio.ensure_future(
-            _cli(data, "track", plate, "--interval", "5", "--duration", "600")
+            _cli(data, "track", plate, "--interval", "5", "--duration", "600", "--json")
         )
         command = await terminal.receive(30)
         assert (command.msg_id, command.body.interval_s, command.body.validity_s) == (
@@ -114,14 +116,30 @@ async def test_send_text_query_and_track_through_serve_with_two_workers(short_tm
             TerminalGeneralResponse(reply_serial=command.serial, reply_id=0x8202, result=1)
         )
         status, out, err = await cli
-        assert (status, out.strip()) == (3, f"{plate}: failed"), err
+        assert (
+            status == 3 and err.strip() == f"fleetwatch send: {plate}: the terminal answered failed"
+        )
+        answer = json.loads(out)
+        assert (answer["plate"], answer["result"], answer["serial"]) == (
+            plate, "failed", command.serial,
+        )  # fmt: skip
+        assert answer["position"] is None and answer["answered_at"]
+
+        # Worker 0 serves /metrics: it executed the commands to the terminals it holds.
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
+        )
+        executed = [
+            line for line in metrics.splitlines() if line.startswith("fleetwatch_gateway_executed ")
+        ]
+        assert len(executed) == 1 and float(executed[0].split()[1]) >= 1
 
         # No answer in time: a one-line error and exit status 1.
         status, out, err = await _cli(data, "text", plate, "hello", "--timeout", "1")
         assert status == 1 and out == ""
-        assert err.strip().splitlines() == [
-            err.strip()
-        ] and err.startswith(f"fleetwatch send: error: {plate}: timeout:")
+        assert err.strip().splitlines() == [err.strip()] and err.startswith(
+            f"fleetwatch send: error: {plate}: timeout:"
+        )
         assert (await terminal.receive(5)).msg_id == 0x8300  # it was delivered, not answered
 
         # Offline and unknown plates.

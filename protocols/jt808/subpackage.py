@@ -69,7 +69,12 @@ class Reassembler:
         pending = self.pending.get(key)
         done = self._completed.get(key)
         late = done is not None and now - done[1] < self.timeout
-        if pending is None and late and (header.serial - index + 1) & 0xFFFF == done[0]:
+        if (
+            pending is None
+            and done is not None
+            and late
+            and (header.serial - index + 1) & 0xFFFF == done[0]
+        ):
             self.duplicates += 1  # a part retransmitted after its message completed
             return None
         if pending is None:
