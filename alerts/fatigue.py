@@ -316,7 +316,11 @@ class Machine:
                 if (
                     c1 < self.warn_floor
                     and self.daily.total + d < self.p.daily_s
-                    and (weekly is None or weekly.total + d < self.p.weekly_s)
+                    and (
+                        weekly is None
+                        or self.p.weekly_s is None
+                        or weekly.total + d < self.p.weekly_s
+                    )
                 ):
                     self.cont = c1
                     self.rested = False

@@ -306,7 +306,7 @@ class SpeedingRule:
                 ep = _Episode()
                 for k in _Episode.__slots__:
                     setattr(ep, k, v[k])
-                ep.start = at(v["start"])
+                ep.start = at(v["start"])  # type: ignore[assignment]  # saved, never None
                 v = ep
             setattr(lane, name, v)
 

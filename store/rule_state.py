@@ -34,7 +34,7 @@ class Snapshot:
 
 
 @asynccontextmanager
-async def _connection(db: Db) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(db: Db) -> AsyncIterator[Any]:  # a Connection or a pool's proxy
     if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn:
             yield conn
@@ -63,9 +63,7 @@ async def claim(db: Db, vehicle_ids: Sequence[int], owner: str) -> list[Snapshot
     return _snapshots(rows)
 
 
-async def claim_left(
-    db: Db, owner: str, generation: str, recent: timedelta
-) -> list[Snapshot]:
+async def claim_left(db: Db, owner: str, generation: str, recent: timedelta) -> list[Snapshot]:
     """Start-up: claim every vehicle whose owner is not of this run (``generation``: the
     prefix of all the owners of this ``serve``), i.e. of a process that is gone, saved or not,
     and every vehicle that reported within ``recent`` but was never claimed (a crash between

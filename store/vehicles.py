@@ -342,12 +342,12 @@ async def vehicle_facts(
 
 async def vehicles_facts(
     db: asyncpg.Pool | asyncpg.Connection, vehicle_ids: Sequence[int]
-) -> list[asyncpg.Record]:
+) -> list[dict[str, Any]]:
     """:func:`vehicle_facts` of many vehicles in one query (those that exist)."""
-    return await db.fetch(f"{_FACTS} WHERE id = ANY ($1::integer[])", list(vehicle_ids))
+    rows = await db.fetch(f"{_FACTS} WHERE id = ANY ($1::integer[])", list(vehicle_ids))
+    return [dict(r) for r in rows]
 
 
 _FACTS = (
-    "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
-    " FROM vehicles"
+    "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides FROM vehicles"
 )
