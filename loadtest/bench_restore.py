@@ -46,7 +46,8 @@ def track(vehicles: list[int], fixes: int, step: float) -> list[list[Position]]:
         out.append([
             Position(
                 vid, at, at + timedelta(seconds=1), 116.0 + (vid % 100) * 0.01 + k * step / 6e3,
-                39.0 + (vid // 100) * 0.01, speed_kmh=60.0, heading=90, status=0x3, serial=k,
+                39.0 + (vid // 100) * 0.01, speed_kmh=60.0, heading=90, ignition=True,
+                serial=k, status_word=0x3,
             )
             for vid in vehicles
         ])  # fmt: skip
@@ -59,6 +60,21 @@ def judge(engine: RulesEngine, infos: dict[int, VehicleInfo], positions: list[Po
     for p in positions:
         events += len(feed(p, infos[p.vehicle_id]))
     return events
+
+
+async def replay_and_judge(
+    keeper: StateKeeper,
+    engine: RulesEngine,
+    infos: dict[int, VehicleInfo],
+    starts: dict[int, datetime | None],
+) -> tuple[float, float, int]:
+    """Read the positions to replay after ``starts`` and judge them: (read s, judge s, count)."""
+    t0 = time.perf_counter()
+    replay = await keeper.replay(starts)
+    t1 = time.perf_counter()
+    for positions in replay.values():
+        judge(engine, infos, positions)
+    return t1 - t0, time.perf_counter() - t1, sum(len(p) for p in replay.values())
 
 
 def fresh(pool: asyncpg.Pool, generation: str) -> tuple[RulesEngine, StateKeeper]:
@@ -109,30 +125,22 @@ async def run(url: str, n: int, fixes: int, tail: int, step: float) -> None:
         engine, keeper = fresh(pool, "bench-b")  # a restarted worker 0
         t0 = time.perf_counter()
         starts = await keeper.claim_left()
-        t1 = time.perf_counter()
-        replay = await keeper.replay(starts)
-        t2 = time.perf_counter()
-        replayed = sum(len(p) for p in replay.values())
-        for positions in replay.values():
-            judge(engine, infos, positions)
-        t3 = time.perf_counter()
-        print(line(f"claim + import {len(starts):,} snapshots", t1 - t0, len(starts)))
-        print(line(f"read the {replayed:,} positions after them", t2 - t1, len(starts)))
-        print(line("judge them", t3 - t2, len(starts)))
-        print(line("restore from snapshots, total", t3 - t0, len(starts)), flush=True)
+        claimed = time.perf_counter() - t0
+        read, judged, replayed = await replay_and_judge(keeper, engine, infos, starts)
+        print(line(f"claim + import {len(starts):,} snapshots", claimed, len(starts)))
+        print(line(f"read the {replayed:,} positions after them", read, len(starts)))
+        print(line("judge them", judged, len(starts)))
+        total = claimed + read + judged
+        print(line("restore from snapshots, total", total, len(starts)), flush=True)
 
         engine, keeper = fresh(pool, "bench-c")  # no snapshots: rebuild from the track
         keeper.rebuild_window = timedelta(seconds=fixes * step)
-        t0 = time.perf_counter()
-        replay = await keeper.replay(dict.fromkeys(vehicles))
-        t1 = time.perf_counter()
-        rebuilt = sum(len(p) for p in replay.values())
-        for positions in replay.values():
-            judge(engine, infos, positions)
-        t2 = time.perf_counter()
-        print(line(f"read {rebuilt:,} positions of the track", t1 - t0, len(vehicles)))
-        print(line("judge them", t2 - t1, len(vehicles)))
-        print(line("rebuild from the track, total", t2 - t0, len(vehicles)), flush=True)
+        read, judged, rebuilt = await replay_and_judge(
+            keeper, engine, infos, dict.fromkeys(vehicles)
+        )
+        print(line(f"read {rebuilt:,} positions of the track", read, len(vehicles)))
+        print(line("judge them", judged, len(vehicles)))
+        print(line("rebuild from the track, total", read + judged, len(vehicles)), flush=True)
     finally:
         await pool.close()
 
