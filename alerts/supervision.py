@@ -69,6 +69,7 @@ from alerts.commands import (
 from alerts.enforcement import EnforcementConfig, plan_pushes
 from alerts.engine import RulesEngine
 from alerts.lifecycle import EscalationPolicy
+from alerts.model import OFFLINE as OFFLINE_ALERT  # its type and its key
 from alerts.model import TERMINAL_ALARM, AlertEvent, VehicleInfo
 from alerts.settings import RuleSettings
 from alerts.snapshots import StateKeeper
@@ -387,9 +388,11 @@ class Supervision:
         info, restore their state, replay their track after it, then feed what waited."""
         facts: dict[int, VehicleInfo] = {}
         replay: dict[int, list[Position]] = {}
+        offline: dict[int, datetime] = {}
         try:
-            if starts is None:
+            if starts is None:  # seen here now: reporting, or just authenticated
                 starts = await self.keeper.claim(vehicle_ids)
+                offline = await self.alerts.running(vehicle_ids, OFFLINE_ALERT)
             vehicle_ids = vehicle_ids | set(starts)
             for row in await vehicles_facts(self.pool, list(vehicle_ids)):
                 facts[row["id"]] = vehicle_info(row)
@@ -409,6 +412,19 @@ class Supervision:
                 waited = [p for p in waited if p.fix_time > last]
             if track or waited:
                 self._feed(info, track + waited if track else waited)
+            since = offline.get(vid)
+            if since is not None:
+                self._back_online(vid, since, waited)
+
+    def _back_online(self, vehicle_id: int, since: datetime, waited: list[Position]) -> None:
+        """An OFFLINE alert the restored state does not know is running (its worker opened it
+        after its last snapshot, or crashed before saving it): a wall-clock episode, which no
+        replay of positions brings back. The vehicle reports again, so it ends, at its first
+        report since (or now, when it only authenticated); a rule that knew closes it the same
+        way, and the store ignores the second close."""
+        back = next((p.received_time for p in waited if p.received_time >= since), None)
+        end = back or datetime.now(UTC)
+        self._add([AlertEvent("close", OFFLINE_ALERT, vehicle_id, OFFLINE_ALERT, since, end=end)])
 
     def _lost(self, vehicle_id: int) -> bool:
         """Another process claimed the vehicle: forget it here (True if it was known)."""

@@ -291,3 +291,32 @@ async def test_replay_after_a_crash_sends_no_second_text(db_url: str, short_tmp:
         ) is None  # fmt: skip
         await _no_duplicates(pool)
         await car.close()
+
+
+@aio_test
+async def test_an_offline_alert_the_restored_state_never_saw_ends_when_the_vehicle_reports(
+    db_url: str, short_tmp: Path
+) -> None:
+    """Another worker opened an OFFLINE alert after its last snapshot (a wall-clock episode:
+    no replay of positions brings it back). The worker that sees the vehicle report next ends
+    it when it is back (it authenticated, then reported)."""
+    from alerts.model import AlertEvent
+    from tests.supervision_harness import running_supervision
+
+    async with running_supervision(db_url, short_tmp, CONFIG) as (ingest, _):
+        vid = await _vehicle(ingest.pool, "沪D20005", "13900020005", "other")
+        since = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+        (alert_id,) = await AlertStore(ingest.pool).apply(
+            [AlertEvent("open", OFFLINE, vid, OFFLINE, since)]
+        )
+        car = await Vehicle.online(ingest.port, "13900020005", "沪D20005")
+        await car.send(fix(datetime.now(UTC).replace(microsecond=0), 121.3, 31.3, speed=0.0))
+        await eventually(lambda: _ended(ingest.pool, alert_id))
+        (alert,) = await _alerts(ingest.pool, vid, OFFLINE)
+        first = await ingest.pool.fetchval(
+            "SELECT min(received_time) FROM positions WHERE vehicle_id = $1", vid
+        )
+        assert (alert.id, alert.start_time) == (alert_id, since)
+        assert alert.end_time is not None  # back at its authentication or its first report
+        assert first - timedelta(seconds=1) <= alert.end_time <= first + timedelta(seconds=1)
+        await car.close()
