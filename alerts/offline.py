@@ -43,17 +43,6 @@ class OfflineRule:
         self._links: dict[int, _Link] = {}
         self._online: OrderedDict[int, _Link] = OrderedDict()  # oldest report first
         self._unsorted = False  # restored links were added out of order
-        self.gone: list[int] = []  # vehicles the last tick found offline (for later rules)
-
-    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
-        """The Rule protocol's step: received time, and the fix verdict of live reports."""
-        self.report(
-            fix.position.vehicle_id,
-            fix.position.received_time,
-            None if fix.behind or fix.position.batch else fix.has_fix,
-            fix.driver,
-            out,
-        )
 
     def export(self, vehicle_id: int) -> dict | None:
         link = self._links.get(vehicle_id)
@@ -83,24 +72,14 @@ class OfflineRule:
             self._online[vehicle_id] = link
             self._unsorted = True
 
-    def feed(
-        self, vehicle_id: int, received: datetime, has_fix: bool | None, driver: str | None = None
-    ) -> list[AlertEvent]:
-        """A report arrived. ``has_fix``: a valid fix, not (0, 0); None for a late report (it
-        keeps the link alive but says nothing about the receiver)."""
-        out: list[AlertEvent] = []
-        self.report(vehicle_id, received, has_fix, driver, out)
-        return out
-
-    def report(
-        self,
-        vehicle_id: int,
-        received: datetime,
-        has_fix: bool | None,
-        driver: str | None,
-        out: list[AlertEvent],
-    ) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """A report arrived (received time). Its fix counts for NO_FIX only when live: a
+        late report keeps the link alive but says nothing about the receiver now."""
+        p = fix.position
+        vehicle_id = p.vehicle_id
+        received = p.received_time
+        has_fix = None if fix.behind or p.batch else fix.has_fix
+        driver = fix.driver
         link = self._links.get(vehicle_id)
         if link is None:
             link = self._links[vehicle_id] = _Link()
@@ -141,11 +120,9 @@ class OfflineRule:
         return self._end_session(vehicle_id, link, at)
 
     def tick(self, now: datetime, out: list[AlertEvent]) -> None:
-        """Vehicles silent (received time) for ``offline_s`` go offline; their ids are left
-        in :attr:`gone` for the rules that end a session with it."""
+        """Vehicles silent (received time) for ``offline_s`` go offline (their OFFLINE opens
+        in ``out`` tell later rules, the watchlist, that a session ended)."""
         cutoff = now - timedelta(seconds=self.offline_s)
-        gone: list[int] = []
-        self.gone = gone
         online = self._online
         if self._unsorted:
             self._unsorted = False
@@ -158,7 +135,6 @@ class OfflineRule:
                 break
             del online[vid]
             link.offline = True
-            gone.append(vid)
             out.append(self._event("open", OFFLINE, vid, link.last_at, None, link))
             out += self._end_session(vid, link, link.last_at)
 

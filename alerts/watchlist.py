@@ -80,11 +80,15 @@ class WatchlistRule:
         """A report of a vehicle: opens its session's episode if it is listed; turns the
         geofence rule's events of this fix (already in ``out``: that rule runs first) about
         watched fences into WATCHLIST_AREA episodes."""
-        if not self.plates and not self._seen:
-            return
         vehicle = fix.vehicle
         seen = self._seen.get(vehicle.id)
-        if seen is not None:
+        if seen is None:
+            if not self.plates:
+                return
+            known = self._plates.get(vehicle.id)
+            if known is not None and known[2] is None and known[0] is vehicle.plate:
+                return  # checked already: not listed
+        else:
             if fix.position.fix_time > seen.last_at:
                 seen.last_at = fix.position.fix_time
             if out:

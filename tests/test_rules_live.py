@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from alerts.model import (
     FATIGUE_CONTINUOUS,
@@ -74,35 +75,29 @@ async def _fatigue_on_time(ingest: Ingest, car: Vehicle, warn: datetime, alarm: 
     assert [m for m in await car.quiet(0.5) if m.msg_id == 0x8300] == []  # nobody told
 
 
-@aio_test
-async def test_backlog_with_pauses_gets_the_day_4h_alarm_on_time(
-    db_url: str, short_tmp: Path
-) -> None:
-    """A coach uploads yesterday's 08:00-12:20 drive (fix times a day behind the wall clock)
-    with pauses between uploads: the 3.5 h warning at 11:30 and the 4 h alarm at 12:00, both
-    still open, and no text to the driver."""
-    async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
-        car = await _vehicle(ingest, "沪B10001", "13900010001", "coach")
-        start = _bj(1, 8)
-        await _upload(car, start, 260)
-        await _fatigue_on_time(
-            ingest, car, start + timedelta(hours=3.5), start + timedelta(hours=4)
-        )
-        await car.close()
+#: (plate, Beijing start days ago and time, minutes uploaded, warning and alarm after):
+#: yesterday 08:00-12:20, day limit 4 h; two nights ago from 22:30, night limit 2 h.
+BACKLOGS = {
+    "day_4h": ("沪B10001", (1, 8, 0), 260, 3.5, 4.0),
+    "night_2h": ("沪B10002", (2, 22, 30), 140, 1.5, 2.0),
+}
 
 
+@pytest.mark.parametrize("case", sorted(BACKLOGS))
 @aio_test
-async def test_backlog_with_pauses_gets_the_night_2h_alarm_on_time(
-    db_url: str, short_tmp: Path
+async def test_backlog_with_pauses_gets_the_fatigue_alarm_on_time(
+    case: str, db_url: str, short_tmp: Path
 ) -> None:
-    """A coach's drive from 22:30 two nights ago, uploaded with pauses: the night limit is
-    2 h, so the warning comes at 00:00 (1.5 h) and the alarm at 00:30."""
+    """A coach uploads an old drive (fix times a day or two behind the wall clock) with pauses
+    between uploads: the warning and the alarm at their fix times (by day 3.5 h / 4 h, by night
+    1.5 h / 2 h), both still open, and no text to the driver."""
+    plate, (days_ago, hour, minute), minutes, warn_h, alarm_h = BACKLOGS[case]
     async with running_supervision(db_url, short_tmp, NO_PUSH) as (ingest, _):
-        car = await _vehicle(ingest, "沪B10002", "13900010002", "coach")
-        start = _bj(2, 22, 30)
-        await _upload(car, start, 140)
+        car = await _vehicle(ingest, plate, "1390001000" + plate[-1], "coach")
+        start = _bj(days_ago, hour, minute)
+        await _upload(car, start, minutes)
         await _fatigue_on_time(
-            ingest, car, start + timedelta(hours=1.5), start + timedelta(hours=2)
+            ingest, car, start + timedelta(hours=warn_h), start + timedelta(hours=alarm_h)
         )
         await car.close()
 

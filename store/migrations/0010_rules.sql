@@ -93,33 +93,27 @@ BEGIN
                 ELSE
                     outcome := CASE WHEN closing IS NULL THEN 'updated' ELSE 'closed' END;
                 END IF;
-            ELSIF record_only[i] THEN
+            ELSE
+                -- a record-only instant is stored closed by the system (needs no handling)
                 INSERT INTO alerts (vehicle_id, type, key, severity, start_time, end_time, late,
                                     driver, details, timeline, status, acknowledged_by,
                                     acknowledged_at, closed_by, closed_at, close_note)
                 VALUES (vehicle_ids[i], types[i], keys[i], severities[i], starts[i], closing,
-                        lates[i], drivers[i], d, jsonb_build_array(step), 'closed', 'system',
-                        now(), 'system', now(), 'recorded: needs no handling')
+                        lates[i], drivers[i], d, jsonb_build_array(step),
+                        CASE WHEN record_only[i] THEN 'closed' ELSE 'open' END,
+                        CASE WHEN record_only[i] THEN 'system' END,
+                        CASE WHEN record_only[i] THEN now() END,
+                        CASE WHEN record_only[i] THEN 'system' END,
+                        CASE WHEN record_only[i] THEN now() END,
+                        CASE WHEN record_only[i] THEN 'recorded: needs no handling' END)
                 ON CONFLICT (vehicle_id, key) WHERE end_time IS NULL DO NOTHING
                 RETURNING id INTO found_id;
                 CONTINUE WHEN found_id IS NULL;
                 INSERT INTO alert_audit (alert_id, actor, action, to_status, details)
-                VALUES (found_id, 'system', 'episode_open', 'closed',
+                VALUES (found_id, 'system', 'episode_open',
+                        CASE WHEN record_only[i] THEN 'closed' ELSE 'open' END,
                         jsonb_build_object('start', starts[i], 'late', lates[i],
-                                           'phase', phases[i], 'record_only', true));
-                outcome := 'inserted';
-            ELSE
-                INSERT INTO alerts (vehicle_id, type, key, severity, start_time, end_time, late,
-                                    driver, details, timeline)
-                VALUES (vehicle_ids[i], types[i], keys[i], severities[i], starts[i], closing,
-                        lates[i], drivers[i], d, jsonb_build_array(step))
-                ON CONFLICT (vehicle_id, key) WHERE end_time IS NULL DO NOTHING
-                RETURNING id INTO found_id;
-                CONTINUE WHEN found_id IS NULL;
-                INSERT INTO alert_audit (alert_id, actor, action, to_status, details)
-                VALUES (found_id, 'system', 'episode_open', 'open',
-                        jsonb_build_object('start', starts[i], 'late', lates[i],
-                                           'phase', phases[i]));
+                                           'phase', phases[i], 'record_only', record_only[i]));
                 outcome := 'inserted';
             END IF;
             IF closing IS NOT NULL THEN
