@@ -105,7 +105,7 @@ class Server:
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsResource
         from ingest.positions import revive
-        from store.migrations import migrate
+        from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
 
@@ -116,6 +116,9 @@ class Server:
                 await migrate(conn)
                 await refresh_last_positions(conn)
             await self.maintain()
+        else:  # worker 0 migrates meanwhile: nothing here may touch a table before it has
+            async with self.pool.acquire() as conn:
+                await wait_until_migrated(conn)
         metrics = Metrics()
         spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
         flush_seconds = metrics.histogram(

@@ -55,8 +55,14 @@ async def test_send_text_query_and_track_through_serve_with_two_workers(short_tm
     try:
         await _wait_for_port(jt808, serve, 60)
         db = await asyncpg.connect(EmbeddedCluster.in_data_dir(data).url)
-        # Connect terminals until both workers hold at least one (the kernel picks the worker).
-        for n in range(30):
+        # Connect terminals until both workers hold at least one (the kernel picks the worker;
+        # the second worker may still be starting when the first already listens).
+        deadline = asyncio.get_running_loop().time() + 60
+        for n in range(90):
+            if n >= 10:
+                await asyncio.sleep(0.5)
+            if asyncio.get_running_loop().time() > deadline:
+                break
             plate = f"沪B{n:05d}"
             terminal = await Terminal.connect(jt808, f"139000004{n:02d}")
             await terminal.login(plate)
@@ -164,4 +170,5 @@ async def test_send_text_query_and_track_through_serve_with_two_workers(short_tm
             await db.close()
         serve.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(serve.communicate(), 60)
+        print(stderr.decode()[-4000:])  # shown by pytest if the test fails
     assert serve.returncode == 0, stderr.decode()[-2000:]
