@@ -304,6 +304,11 @@ class Supervision:
 
     async def _authenticated(self, vehicle: Terminal) -> None:
         if vehicle.id in self.vehicles:
+            # Back on this worker: save its state, which is refused if another worker took
+            # the vehicle over meanwhile (then it is forgotten here, and its next position
+            # restores it from that worker's snapshot and the positions since).
+            await self.keeper.save([vehicle.id])
+        if vehicle.id in self.vehicles:
             await self._load_vehicle(vehicle)
         config = self.enforcement
         if config.on_authentication and (vehicle.provisioned or config.unprovisioned):
