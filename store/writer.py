@@ -391,6 +391,8 @@ class PositionWriter:
         self._queued -= rows
         for _, done in batch:
             done(outcome)
+        if self._subscribers and not isinstance(outcome, BaseException):
+            self._publish(batch)  # the durable feed, after the acks
         self._check_pressure()
 
     def _publish(self, batch: list[tuple[Sequence[Position], Done]]) -> None:
@@ -483,8 +485,6 @@ class PositionWriter:
             if self.on_flush is not None:
                 self.on_flush(took)
             self._report(batch, outcome, len(rows))
-            if self._subscribers and not isinstance(outcome, BaseException):
-                self._publish(batch)
 
     def _behind(self, rows: Sequence[Row]) -> list[bool] | None:
         """Which rows are behind a fix stored since the last positions were last moved."""

@@ -20,11 +20,13 @@ from typing import Any
 import asyncpg
 
 from alerts.model import FATIGUE_CONTINUOUS, FATIGUE_WARNING, OFFLINE, SPEEDING, TERMINAL_ALARM
+from protocols.jt808 import Authenticate
 from store import pushes
 from store.alerts import Alert, AlertStore
 from store.vehicles import add_vehicle, new_vehicle
 from tests.aio import aio_test
 from tests.supervision_harness import Vehicle, eventually, fix
+from tests.terminal_client import Terminal
 from tests.test_rules_live import KM_PER_DEG, _bj
 from tests.test_serve import _free_port, _wait_for_port
 
@@ -103,6 +105,15 @@ async def _vehicle(pool: asyncpg.Pool, plate: str, phone: str, klass: str) -> in
     async with pool.acquire() as conn:
         added = await add_vehicle(conn, new_vehicle(plate, klass, "测试运输", phone))
     return int(added["id"])
+
+
+async def _resume(port: int, phone: str, code: str) -> Vehicle:
+    """A registered terminal connecting again: authentication only, with its code."""
+    car = Vehicle(await Terminal.connect(port, phone))
+    await car.terminal.send(Authenticate(auth_code=code))
+    ack = await car.terminal.receive()
+    assert (ack.msg_id, ack.body.result) == (0x8001, 0), ack
+    return car
 
 
 async def _drive(car: Vehicle, start: datetime, minutes: range, pause: float = 0.0) -> None:
@@ -208,7 +219,8 @@ async def test_a_terminal_moving_to_the_other_worker_keeps_its_rule_state(
     async with serving(db_url, short_tmp, workers=2) as (serve, pool):
         truck = await _vehicle(pool, "沪D20003", "13900020003", "heavy_truck")
         start = _bj(1, 8)
-        car = await Vehicle.online(serve.port, "13900020003", "沪D20003")
+        car = Vehicle(await Terminal.connect(serve.port, "13900020003"))
+        code = await car.terminal.login("沪D20003")
         await _drive(car, start, range(0, 181, 2))
 
         async def owner() -> str:
@@ -218,7 +230,7 @@ async def test_a_terminal_moving_to_the_other_worker_keeps_its_rule_state(
         minute, moved = 181, False
         for _ in range(40):  # SO_REUSEPORT picks a worker by the connection's hash
             await car.close()
-            car = await Vehicle.online(serve.port, "13900020003", "沪D20003")
+            car = await _resume(serve.port, "13900020003", code)
             await _drive(car, start, range(minute, minute + 1))
             minute += 1
             await asyncio.sleep(0.2)
