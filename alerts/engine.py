@@ -2,10 +2,10 @@
 
     engine = RulesEngine(index, RuleSettings.from_dict(config))
     engine.set_watchlist({"京A12345": "stolen"})
-    events = engine.feed(position, vehicle)       # per position, in arrival order
+    events = engine.feed(position, vehicle)       # per durable position, fix order per vehicle
     events += engine.driver(vehicle_id, "0042", at)  # 0x0702 sign-in (None: sign-out)
     events += engine.logout(vehicle_id, at)       # 0x0003
-    events += engine.tick(now)                    # every few seconds: offline, late data, rests
+    events += engine.tick(now)                    # every few seconds: offline, late data
 
 Sans-I/O: values in, :class:`~alerts.model.AlertEvent` values out; the caller stores them and
 notifies (never the driver for ``late`` events). Every rule follows :class:`Rule` (one ``step``
@@ -19,10 +19,15 @@ loops over them. Persistence goes through three calls::
 A restored vehicle does not judge fixes at or before its restored newest fix again, so the
 caller may replay a track over it; open episodes continue under their keys.
 
-Per position: late detection (a 0x0704 batch fix, or a fix time behind the vehicle's newest),
+Two clocks: fix time decides every rule; ``tick(now)`` (the wall clock) only finds silent
+vehicles, ends late sequences gone quiet and judges a silent vehicle's dwell on its own clock.
+
+Per position: late detection (a batch fix, a fix time behind the vehicle's newest, or a fix
+received more than ``recent_s`` after its time: "found late", never told to the driver),
 hygiene (:mod:`alerts.hygiene`), one ``FenceIndex.classify`` for a usable fix, one
 :class:`~alerts.model.Fix`, then the rules in this order: terminal alarms (so an SOS is first in
-the result), offline/no-fix, watchlist, geofences and speeding (usable fixes only), fatigue.
+the result), offline/no-fix, geofences, watchlist (it reads the geofence events), speeding
+(usable fixes only), fatigue.
 
 Late data. A fix behind the newest (out of order) cannot go through the live state machines
 without corrupting them, so: speeding and terminal alarms run it in a separate late lane (its
@@ -96,6 +101,7 @@ class _Vehicle:
         "late_recv",
         "late_t",
         "newest",
+        "newest_serial",
         "profile",
     )
 
@@ -103,6 +109,7 @@ class _Vehicle:
         self.info = info
         self.profile = profile
         self.newest = -1e18  # newest fix time judged (epoch seconds)
+        self.newest_serial = -1  # the frame serial of that fix
         self.floor = -1e18  # restored state covers fixes up to here: older ones were judged
         self.jump = JumpFilter()
         self.late_jump = JumpFilter()
@@ -155,16 +162,17 @@ class RulesEngine:
     def feed(self, position: Position, vehicle: VehicleInfo) -> list[AlertEvent]:
         """All the rules for one durable position of ``vehicle``; SOS events come first.
 
-        A fix at the time of the newest one judged, or at or before the last fix of a
-        restored state, was judged already (a redelivery, a replay after a restore): it
-        changes nothing.
+        The newest fix judged again (same time and frame serial), or a fix at or before the
+        last fix of a restored state, was judged already (a redelivery, a replay after a
+        restore): it changes nothing. Another report of the same second (an SOS sent at once)
+        is judged.
         """
         vid = vehicle.id
         st = self._vehicles.get(vid)
         if st is None or st.info is not vehicle:
             st = self._vehicle(vehicle)
         t = position.fix_time.timestamp()
-        if t <= st.floor or t == st.newest:
+        if t <= st.floor or (t == st.newest and position.serial == st.newest_serial):
             return []
         self._dirty.add(vid)
         out: list[AlertEvent] = []
@@ -181,6 +189,7 @@ class RulesEngine:
             # found late: a blind-area batch, or a fix already old when it arrived
             late = position.batch or position.received_time.timestamp() - t > self._recent_s
             st.newest = t
+            st.newest_serial = position.serial
             jf = st.jump
 
         s = self.settings
@@ -209,6 +218,13 @@ class RulesEngine:
                 if e.found is None:
                     e.found = position.fix_time
         return out
+
+    def replace(self, rule: Rule) -> None:
+        """Put ``rule`` in the place of the engine's rule of the same name (a benchmark's
+        no-op, a test's spy)."""
+        index = next(i for i, r in enumerate(self.rules) if r.name == rule.name)
+        self.rules[index] = rule
+        self._steps = [r.step for r in self.rules]
 
     # ------------------------------------------------------------------ other messages
 

@@ -316,15 +316,17 @@ class Machine:
                 if (
                     c1 < self.warn_floor
                     and self.daily.total + d < self.p.daily_s
-                    and (
-                        weekly is None
-                        or self.p.weekly_s is None
-                        or weekly.total + d < self.p.weekly_s
-                    )
+                    and (weekly is None or weekly.total + d < (self.p.weekly_s or 0.0))
                 ):
                     self.cont = c1
                     self.rested = False
-                    self.daily.add(s, e)
+                    daily = self.daily
+                    spans = daily.spans
+                    if spans and spans[-1][1] == s:  # Tally.add's usual case, inlined
+                        spans[-1][1] = e
+                        daily.total += d
+                    else:
+                        daily.add(s, e)
                     if weekly is not None:
                         weekly.add(s, e)
                     return

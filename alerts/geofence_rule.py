@@ -47,7 +47,7 @@ live timeline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from alerts.model import (
@@ -63,7 +63,7 @@ from alerts.model import (
     Fix,
     VehicleInfo,
 )
-from alerts.state import at, dump_position, load_position, ts
+from alerts.state import at, dump_position, load_position, ts, when
 from geo.fences import FORBIDDEN, LIMIT_KINDS, ROUTE, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
@@ -109,6 +109,7 @@ class _Lane:
     held: dict[str, AlertEvent] = field(default_factory=dict)  # replay: opens awaiting a close
     inherited: set[str] = field(default_factory=set)  # replay: keys the live timeline owns
     seen: datetime | None = None  # replay: received time of its last fix
+    last_t: float = -1e18  # fix time of ``last``, epoch seconds (the hot path compares floats)
 
     @property
     def last_time(self) -> datetime | None:
@@ -123,6 +124,7 @@ class _Lane:
             last_late=self.last_late,
             replay=replay,
             inherited={f"{kind}:{fid}:late" for fid, st in states.items() for kind in st.episodes},
+            last_t=self.last_t,
         )
 
 
@@ -134,10 +136,6 @@ class _Vehicle:
     replay: _Lane | None = None
     version: int = -1  # index version the applies cache is for
     applies: dict[int, bool] = field(default_factory=dict)
-
-
-def _at(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 class GeofenceRule:
@@ -182,11 +180,11 @@ class GeofenceRule:
         ):
             self._refresh(veh, fix.vehicle, pos.fix_time, events)
         lane = veh.live
-        last_time = lane.last_time
-        if last_time is not None and pos.fix_time < last_time:
+        last_t = lane.last_t
+        if fix.t < last_t:
             lane = self._replay_lane(veh, pos.fix_time, events)
             lane.seen = pos.received_time
-        elif last_time is not None and (pos.fix_time - last_time).total_seconds() >= self.gap_s:
+        elif fix.t - last_t >= self.gap_s and lane.last is not None:
             veh.snapshot = lane.copy(replay=True)
         self._step(veh, lane, fix, events)
 
@@ -248,11 +246,12 @@ class GeofenceRule:
         lane = veh.live
         for fid, inside, since, pending, episodes in state["states"]:
             lane.states[int(fid)] = _FenceState(
-                bool(inside), at(since), at(pending), {k: _at(v) for k, v in episodes}
+                bool(inside), at(since), at(pending), {k: when(v) for k, v in episodes}
             )
             if inside:
                 self._dwell_watch[vehicle_id, int(fid)] = None  # tick drops what needs none
         lane.last = load_position(state["last"])
+        lane.last_t = lane.last.fix_time.timestamp() if lane.last is not None else -1e18
         lane.last_fences = {int(fid): int(v) for fid, v in state["fences"]}
         lane.last_late = bool(state["late"])
 
@@ -342,7 +341,7 @@ class GeofenceRule:
         index_fences = self.index.fences
 
         prev = lane.last
-        if prev is not None and (t - prev.fix_time).total_seconds() <= self.max_crossing_gap_s:
+        if prev is not None and fix.t - lane.last_t <= self.max_crossing_gap_s:
             crossed = self.index.crossed_between(
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
@@ -377,6 +376,7 @@ class GeofenceRule:
                 if st.idle:
                     del states[fid]
         lane.last = pos
+        lane.last_t = fix.t
         lane.last_fences = fences
         lane.last_late = late
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
-from alerts.state import at
+from alerts.state import at, when
 from geo.calendar import is_night
 from geo.fences import HAZARD
 
@@ -306,7 +306,7 @@ class SpeedingRule:
                 ep = _Episode()
                 for k in _Episode.__slots__:
                     setattr(ep, k, v[k])
-                ep.start = at(v["start"])  # type: ignore[assignment]  # saved, never None
+                ep.start = when(v["start"])
                 v = ep
             setattr(lane, name, v)
 

@@ -23,6 +23,11 @@ def at(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
+def when(t: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(t, UTC)
+
+
 def dump_position(p: Position | None) -> dict[str, Any] | None:
     if p is None:
         return None

@@ -18,7 +18,7 @@ and their events are flagged late.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from alerts.model import (
@@ -32,13 +32,10 @@ from alerts.model import (
     AlertEvent,
     Fix,
 )
+from alerts.state import when
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
-
-
-def _at(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 def normalise_plate(plate: str | None) -> str:
@@ -122,9 +119,9 @@ class WatchlistRule:
         if state is None:
             self._seen.pop(vehicle_id, None)
             return
-        seen = _Seen(state["plate"], state["reason"], _at(state["start"]))
-        seen.last_at = _at(state["last"])
-        seen.areas = {int(fid): _at(start) for fid, start in state["areas"]}
+        seen = _Seen(state["plate"], state["reason"], when(state["start"]))
+        seen.last_at = when(state["last"])
+        seen.areas = {int(fid): when(start) for fid, start in state["areas"]}
         self._seen[vehicle_id] = seen
 
     def _first(self, fix: Fix, out: list[AlertEvent]) -> None:

@@ -61,8 +61,7 @@ class Spy:
 def spy_on(engine: RulesEngine) -> Spy:
     """Put a Spy in the geofence rule's place in the engine's loop."""
     spy = Spy()
-    engine.rules[engine.rules.index(engine.geofences)] = spy
-    engine._steps = [rule.step for rule in engine.rules]
+    engine.replace(spy)
     return spy
 
 

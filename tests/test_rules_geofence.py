@@ -77,7 +77,8 @@ class Drive:
         position = Position(vehicle.id, t, t, lonlat[0], lonlat[1], speed_kmh=30.0)
         fences = self.index.classify(*lonlat) if usable else {}
         out: list[AlertEvent] = []
-        self.rule.step(Fix(position, vehicle, late=late, usable=usable, fences=fences), out)
+        fix = Fix(position, vehicle, late=late, usable=usable, fences=fences, t=t.timestamp())
+        self.rule.step(fix, out)
         return out
 
     def tick(self, now: datetime) -> list[AlertEvent]:

@@ -119,3 +119,18 @@ def test_late_lane_cut_when_the_batch_ends_with_the_bit_set() -> None:
     assert [(e.phase, e.key, e.end) for e in cut] == [
         ("close", "terminal_alarm:emergency:late", batch[-1].fix_time)
     ]
+
+
+def test_a_second_report_of_the_same_second_is_judged_a_redelivery_is_not() -> None:
+    """The SOS button pressed in the second of a periodic report: the terminal sends another
+    0x0200 of the same time (a new serial), which opens the alarm; the same report delivered
+    twice (same time and serial) changes nothing."""
+    engine = RulesEngine(FenceIndex())
+    t = Track(step=5)
+    periodic = t.fix(40)
+    sos = t.fix(40, alarm=SOS)  # same clock, next serial
+    assert sos.fix_time == periodic.fix_time and sos.serial != periodic.serial
+    assert engine.feed(periodic, vehicle(1)) == []
+    opened = of(engine.feed(sos, vehicle(1)), TERMINAL_ALARM)
+    assert [e.phase for e in opened] == ["open"]
+    assert engine.feed(sos, vehicle(1)) == []
