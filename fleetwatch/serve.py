@@ -72,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     # The run all workers of one serve share (rule state: what an earlier run left is restored).
     parser.add_argument("--generation", default=None, help=argparse.SUPPRESS)
+    guard = parser.add_argument_group("limits (see docs/decisions.md)")
+    guard.add_argument(
+        "--pre-auth-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close connections not authenticated within S seconds (default 30)",
+    )
+    guard.add_argument(
+        "--max-per-address",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections per source address (0 = no cap; default 256)",
+    )
+    guard.add_argument("--registration-rate", type=float, default=20.0, metavar="N",
+                       help="registrations a second under --policy open, N/10 per address "
+                       "(0 = no limit; default 20)")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -88,11 +106,11 @@ class Server:
         self.service: Any = None
         self.supervision: Any = None
         self.gateway: Any = None
+        self.gate = _accept_gate()
 
     async def start(self) -> None:
         import asyncpg
         from twisted.internet import reactor
-        from twisted.internet.task import LoopingCall
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
@@ -100,6 +118,7 @@ class Server:
         from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
         from ingest.directory import Directory
+        from ingest.jobs import every
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
@@ -130,6 +149,8 @@ class Server:
         self.service = IngestService(
             Directory(self.pool, args.policy), self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
+            pre_auth_timeout=args.pre_auth_timeout, max_per_address=args.max_per_address,
+            registration_rate=args.registration_rate, gate=self.gate,
         )  # fmt: skip
         self.gateway = gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
         await gateway.start()
@@ -173,6 +194,7 @@ class Server:
         )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
+        self.gate.watch(self.ports[-1])
         services = [self.service]
         if args.nmea_port:
             from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
@@ -182,7 +204,9 @@ class Server:
 
             nmea = NmeaService(lookup, self.writer.submit, metrics)
             services.append(nmea)
+            nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
+            self.gate.watch(self.ports[-1])
 
         def pressure(on: bool) -> None:
             for service in services:
@@ -194,13 +218,10 @@ class Server:
             root.putChild(b"metrics", MetricsResource(metrics))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.host))  # type: ignore[attr-defined]
-        sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
-        sweep.start(2.0, now=False)
-        self.loops.append(sweep)
+        self.loops.append(every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep"))
         if args.worker_index == 0:
-            maintenance = LoopingCall(lambda: _aio(self.maintain()))
-            maintenance.start(3600.0, now=False)
-            self.loops.append(maintenance)
+            maintain = every(3600.0, lambda: _aio(self.maintain()), "partition maintenance")
+            self.loops.append(maintain)
         for port in self.ports:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
@@ -244,6 +265,17 @@ class Server:
                 conn.close("server shutting down")
         if self.pool is not None:
             await self.pool.close()
+
+
+def _accept_gate() -> Any:
+    """Raise the open-file limit as far as allowed and say how many terminals that holds."""
+    from ingest.limits import AcceptGate, connection_capacity, raise_descriptor_limit
+
+    before, after = raise_descriptor_limit()
+    gate = AcceptGate(connection_capacity())
+    print(f"fleetwatch: open-file limit {after} (was {before}): up to {gate.capacity} "
+          "terminal connections", file=sys.stderr, flush=True)  # fmt: skip
+    return gate
 
 
 def _monotonic() -> float:
@@ -348,6 +380,9 @@ def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Pop
             "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
             "--log-format", args.log_format, "--workers", str(args.workers),
             "--worker-index", str(index), "--generation", args.generation,
+            "--pre-auth-timeout", str(args.pre_auth_timeout),
+            "--max-per-address", str(args.max_per_address),
+            "--registration-rate", str(args.registration_rate),
         ]  # fmt: skip
         if args.rules_config:
             command += ["--rules-config", args.rules_config]

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 
 from geo.position import Position
 from ingest.directory import phone_key
+from ingest.limits import AcceptGate
 from ingest.metrics import Metrics
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, checksum
 
@@ -146,6 +147,7 @@ class NmeaService:
         self.connections: set[NmeaProtocol] = set()
         self.sessions: dict[int, NmeaProtocol] = {}  # vehicle id -> identified connection
         self.paused = False
+        self.gate: AcceptGate | None = None  # shared with the JT808 service (descriptors)
         self.metrics.gauge(
             "fleetwatch_nmea_connected", "open NMEA connections", lambda: len(self.connections)
         )
@@ -177,7 +179,10 @@ class NmeaFactory(protocol.ServerFactory):
     def __init__(self, service: NmeaService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress | None) -> NmeaProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> NmeaProtocol | None:
+        gate = self.service.gate
+        if gate is not None and not gate.admit():
+            return None  # past the descriptor budget (see ingest.limits.AcceptGate)
         return NmeaProtocol(self.service)
 
 
@@ -209,12 +214,16 @@ class NmeaProtocol(LineReceiver, TimeoutMixin):
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.service.connections.add(self)
         self.metrics.inc("fleetwatch_nmea_connections_total")
+        if self.service.gate is not None:
+            self.service.gate.opened()
         self.setTimeout(self.service.id_timeout)
         self.update_flow()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closed = True
         self.setTimeout(None)
+        if self.service.gate is not None:
+            self.service.gate.closed()
         if self._hold_call is not None and self._hold_call.active():
             self._hold_call.cancel()
         if self.vehicle_id is not None:
