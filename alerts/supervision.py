@@ -188,6 +188,7 @@ class Supervision:
         self.vehicles: dict[int, VehicleInfo] = {}
         self._held: dict[int, list[Position]] = {}  # vehicle id -> positions waiting for info
         self._to_attach: set[int] = set()  # first seen here, not claimed yet
+        self._released: set[int] = set()  # connections ended here: save them now
         self._attaching = False
         self._events: list[AlertEvent] = []
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -318,7 +319,14 @@ class Supervision:
         """The vehicle's connection here ended: save its state now, for the worker its
         terminal may reconnect to (that worker also replays what this one judged since)."""
         if vehicle.id in self.vehicles and not self._closed:  # stop() saves everything
-            self._spawn(self.keeper.save([vehicle.id]))
+            if not self._released:  # a network blip drops thousands at once: one save
+                assert self._loop is not None
+                self._loop.call_soon(self._save_released)
+            self._released.add(vehicle.id)
+
+    def _save_released(self) -> None:
+        released, self._released = self._released, set()
+        self._spawn(self.keeper.save(released))
 
     def durable(self, positions: list[Position]) -> None:
         """The writer's durable feed: a batch of any vehicles, each in fix-time order."""

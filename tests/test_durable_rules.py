@@ -332,3 +332,23 @@ async def test_an_offline_alert_the_restored_state_never_saw_ends_when_the_vehic
         assert alert.end_time is not None  # back at its authentication or its first report
         assert first - timedelta(seconds=1) <= alert.end_time <= first + timedelta(seconds=1)
         await car.close()
+
+
+@aio_test
+async def test_a_vehicle_is_saved_when_its_connection_ends(db_url: str, short_tmp: Path) -> None:
+    """With no periodic save due for an hour, a terminal that disconnects still leaves its
+    latest state for the worker it will reconnect to."""
+    from tests.supervision_harness import running_supervision
+
+    config = {**CONFIG, "state": {"save_interval": 3600, "poll_interval": 0.3}}
+    async with running_supervision(db_url, short_tmp, config) as (ingest, _):
+        vid = await _vehicle(ingest.pool, "沪D20006", "13900020006", "heavy_truck")
+        car = await Vehicle.online(ingest.port, "13900020006", "沪D20006")
+        start = _bj(1, 8)
+        await _drive(car, start, range(0, 7, 2))
+        await asyncio.sleep(0.3)  # judged (the feed runs after the acks)
+        assert await ingest.pool.fetchval(
+            "SELECT newest FROM rule_state WHERE vehicle_id = $1", vid
+        ) is None  # claimed, not saved
+        await car.close()
+        await _saved_until(ingest.pool, vid, start + timedelta(minutes=6))
