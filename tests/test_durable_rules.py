@@ -347,8 +347,9 @@ async def test_a_vehicle_is_saved_when_its_connection_ends(db_url: str, short_tm
         start = _bj(1, 8)
         await _drive(car, start, range(0, 7, 2))
         await asyncio.sleep(0.3)  # judged (the feed runs after the acks)
-        assert await ingest.pool.fetchval(
-            "SELECT newest FROM rule_state WHERE vehicle_id = $1", vid
-        ) is None  # claimed, not saved
+        assert (
+            await ingest.pool.fetchval("SELECT newest FROM rule_state WHERE vehicle_id = $1", vid)
+            is None
+        )  # claimed, not saved
         await car.close()
         await _saved_until(ingest.pool, vid, start + timedelta(minutes=6))
