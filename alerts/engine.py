@@ -324,6 +324,16 @@ class RulesEngine:
         for rule in self.rules:
             rule.restore(vehicle_id, rules.get(rule.name))
 
+    def forget(self, vehicle_id: int) -> bool:
+        """Drop everything known about a vehicle (another process judges it now, see
+        alerts/snapshots.py); True if anything was."""
+        known = self._vehicles.pop(vehicle_id, None) is not None
+        self._late.discard(vehicle_id)
+        self._dirty.discard(vehicle_id)
+        for rule in self.rules:
+            rule.restore(vehicle_id, None)
+        return known
+
     def dirty(self) -> set[int]:
         """Vehicles whose state changed since the previous call (which this one clears)."""
         out, self._dirty = self._dirty, set()

@@ -38,6 +38,16 @@ def alarm_set(word: int) -> frozenset[str]:
     return names
 
 
+def revive(position: Position) -> Position:
+    """A JT/T 808 position read back from the store, which keeps the raw words: its ignition
+    and alarms again, from them (for the rules' replay after a restore). Other sources carry
+    no words; they are returned as stored."""
+    if position.source == SOURCE_JT808:
+        position.ignition = bool(position.status_word & _ACC)
+        position.alarms = alarm_set(position.alarm_word)
+    return position
+
+
 def _plain(extras: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready extras; numbers and text (nearly all of them) pass through untouched."""
     return {k: v if isinstance(v, int | float | str) else jsonable(v) for k, v in extras.items()}

@@ -317,6 +317,17 @@ class AlertStore:
 
     # ------------------------------------------------------------------ reading
 
+    async def running(self, vehicle_ids: Iterable[int], key: str) -> dict[int, datetime]:
+        """The start of the running episode ``key`` of each of these vehicles that has one."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT vehicle_id, start_time FROM alerts"
+                " WHERE vehicle_id = ANY ($1::integer[]) AND key = $2 AND end_time IS NULL",
+                list(vehicle_ids),
+                key,
+            )
+        return {r["vehicle_id"]: r["start_time"] for r in rows}
+
     async def get(self, alert_id: int) -> Alert | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(f"{_SELECT} WHERE a.id = $1", alert_id)
