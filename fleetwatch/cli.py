@@ -22,6 +22,7 @@ from fleetwatch import (
     import_nmea,
     send_cmd,
     serve,
+    users_cmd,
     vehicles_cmd,
 )
 
@@ -36,6 +37,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     alerts_cmd.register,
     alerts_cmd.register_watchlist,
     send_cmd.register,
+    users_cmd.register,
 )
 
 

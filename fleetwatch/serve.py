@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--jt808-port", type=int, default=6808, help="JT/T 808 TCP port")
     parser.add_argument("--nmea-port", type=int, default=0, help="NMEA 0183 TCP port (0 = off)")
-    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics")
+    parser.add_argument(
+        "--http-port", type=int, default=8080, help="HTTP port: the dashboard, its API and /metrics"
+    )
     parser.add_argument(
         "--listen",
         "--host",
@@ -55,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--http-listen",
         metavar="ADDR",
         default="127.0.0.1",
-        help="address the HTTP port (/metrics) listens on (default: 127.0.0.1, this host only)",
+        help="address the HTTP port (dashboard, /metrics) listens on "
+        "(default: 127.0.0.1, this host only)",
     )
     parser.add_argument(
         "--spool-budget-mb",
@@ -156,7 +159,6 @@ class Server:
     async def start(self) -> None:
         import asyncpg
         from twisted.internet import reactor
-        from twisted.web.resource import Resource
         from twisted.web.server import Site
 
         from alerts.gateway import STATS as GATEWAY_STATS
@@ -169,6 +171,8 @@ class Server:
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
+        from maps.api import Api
+        from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
@@ -255,7 +259,7 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            root = Resource()
+            root = dashboard_root(Api(self.pool, self.acknowledge).resource())
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
@@ -271,6 +275,12 @@ class Server:
             host = port.getHost()
             print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
         tune_gc()
+
+    async def acknowledge(self, alert_id: int, by: str) -> Any:
+        """The dashboard's acknowledgement: the supervision service's (a terminal alarm is
+        confirmed to its terminal with 0x8203 at once)."""
+        alert, _ = await self.supervision.acknowledge(alert_id, by)
+        return alert
 
     def every(
         self, seconds: float, call: Callable[[], object], name: str, now: bool = False

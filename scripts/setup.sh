@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15-postgis-3)
+# chromium + fonts-wqy-microhei: the dashboard's browser tests (Chinese plates must render);
+# npm: vendoring Leaflet (below), unless an npm is there already (e.g. NodeSource's nodejs).
+APT_PACKAGES=(postgresql-15-postgis-3 chromium fonts-wqy-microhei)
+command -v npm >/dev/null || APT_PACKAGES+=(npm)
 SUDO=()
 [ "$(id -u)" = 0 ] || SUDO=(sudo)
 
@@ -28,4 +31,21 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+
+# The dashboard's browser libraries, from the npm registry into maps/static/vendor (not committed;
+# no CDN at run time). Re-run only when the wanted version is not there yet.
+vendor_npm() {  # vendor_npm PACKAGE VERSION SUBDIR
+  local dest=maps/static/vendor/$1
+  if [ "$(cat "$dest/.version" 2>/dev/null)" = "$2" ]; then return; fi
+  local tmp; tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$1@$2" >/dev/null)
+  rm -rf "$dest" && mkdir -p "$dest"
+  tar -xzf "$tmp"/*.tgz -C "$tmp"
+  cp -r "$tmp/package/$3/." "$dest/"
+  echo "$2" > "$dest/.version"
+  rm -rf "$tmp"
+  echo "setup: vendored $1 $2"
+}
+vendor_npm leaflet 1.9.4 dist
+
 echo "setup: ready (.venv)"

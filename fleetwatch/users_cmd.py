@@ -1,0 +1,143 @@
+"""``fleetwatch users add | list | passwd | disable``: the dashboard's users.
+
+There is no default user and no default password: the first admin is made with ``users add``.
+A password is read from the terminal (asked twice) or, with ``--password-stdin``, from the
+first line of standard input (for scripts); never from the command line, where ``ps`` and the
+shell history would show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from fleetwatch import dbopts
+from store.users import ROLES, User
+
+PROG = "fleetwatch users"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``users`` and its actions to the ``fleetwatch`` command line."""
+    parser = subparsers.add_parser(
+        "users",
+        help="the dashboard's users (add, list, passwd, disable)",
+        description="The dashboard's users. Roles: admin (everything), supervisor (every "
+        "company), dispatcher (one company's vehicles and alerts).",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", help="add a user (asks for the password)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--company", metavar="NAME", help="the dispatcher's company (required)")
+    _password_option(add)
+    dbopts.add_database_options(add)
+    add.set_defaults(handler=lambda args: dbopts.run(PROG, _add, args))
+
+    lst = actions.add_parser("list", help="list users")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    dbopts.add_database_options(lst)
+    lst.set_defaults(handler=lambda args: dbopts.run(PROG, _list, args))
+
+    pw = actions.add_parser("passwd", help="set a user's password (ends its sessions)")
+    pw.add_argument("username")
+    _password_option(pw)
+    dbopts.add_database_options(pw)
+    pw.set_defaults(handler=lambda args: dbopts.run(PROG, _passwd, args))
+
+    off = actions.add_parser("disable", help="disable a user (ends its sessions; kept for audit)")
+    off.add_argument("username")
+    dbopts.add_database_options(off)
+    off.set_defaults(handler=lambda args: dbopts.run(PROG, _disable, args))
+
+
+def _password_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of asking",
+    )
+
+
+def _password_hash(args: argparse.Namespace) -> str:
+    from store.users import UserError, hash_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise dbopts.CommandError("the passwords differ")
+    try:
+        return hash_password(password)
+    except UserError as exc:
+        raise dbopts.CommandError(str(exc)) from None
+
+
+async def _add(args: argparse.Namespace) -> int:
+    from store.users import UserError, add_user
+
+    if args.role == "dispatcher" and not args.company:
+        raise dbopts.CommandError("a dispatcher needs --company NAME")
+    hashed = _password_hash(args)
+    async with dbopts.connect(args) as conn:
+        try:
+            user = await add_user(conn, args.username, args.role, hashed, args.company)
+        except UserError as exc:
+            raise dbopts.CommandError(str(exc)) from None
+    print(f"added user {user.id}: {_describe(user)}")
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    from store.users import list_users
+
+    async with dbopts.connect(args) as conn:
+        found = await list_users(conn)
+    if args.json:
+        print(json.dumps([{**u.to_json(), "disabled": u.disabled} for u in found],
+                         ensure_ascii=False, indent=2))  # fmt: skip
+        return 0
+    for user in found:
+        print(f"{user.id:>5}  {_describe(user)}")
+    if not found:
+        print("no users: add the first admin with `fleetwatch users add NAME --role admin`",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+async def _passwd(args: argparse.Namespace) -> int:
+    from store.users import UserError, set_password
+
+    hashed = _password_hash(args)
+    async with dbopts.connect(args) as conn:
+        try:
+            await set_password(conn, args.username, hashed)
+        except UserError as exc:
+            raise dbopts.CommandError(str(exc)) from None
+    print(f"password of {args.username} changed; its sessions ended")
+    return 0
+
+
+async def _disable(args: argparse.Namespace) -> int:
+    from store.users import UserError, disable_user
+
+    async with dbopts.connect(args) as conn:
+        try:
+            await disable_user(conn, args.username)
+        except UserError as exc:
+            raise dbopts.CommandError(str(exc)) from None
+    print(f"user {args.username} disabled; its sessions ended")
+    return 0
+
+
+def _describe(user: User) -> str:
+    parts = [user.username, user.role]
+    if user.company:
+        parts.append(f"company {user.company}")
+    if user.disabled:
+        parts.append("DISABLED")
+    return ", ".join(parts)
