@@ -61,15 +61,19 @@ async def seed(conn: asyncpg.Connection) -> Seeded:
         vid = await conn.fetchval(
             "INSERT INTO vehicles (plate, plate_color, class, company_id, phone)"
             " VALUES ($1, 2, 'coach', $2, $3) RETURNING id",
-            plate, out.companies[company], f"1380000{n:04d}",
-        )  # fmt: skip
+            plate,
+            out.companies[company],
+            f"1380000{n:04d}",
+        )
         out.vehicles[plate] = vid
         if lon is not None:
             await conn.execute(
                 "INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom, speed_kmh)"
                 " VALUES ($1, now(), now(), ST_SetSRID(ST_MakePoint($2, $3), 4326), 42)",
-                vid, lon, lat,
-            )  # fmt: skip
+                vid,
+                lon,
+                lat,
+            )
         if online:
             await conn.execute(
                 "INSERT INTO terminal_holders (vehicle_id, worker) VALUES ($1, 'test')", vid
@@ -113,11 +117,16 @@ class Client:
         self.port = port
         self.cookies: dict[str, str] = {}
 
-    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             if self.cookies:
-                headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()), **headers}
+                headers = {
+                    "Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()),
+                    **headers,
+                }
             conn.request(method, path, body=body, headers=headers)
             reply = conn.getresponse()
             raw = reply.read()
@@ -136,9 +145,15 @@ class Client:
         return Response(reply.status, parsed, dict(reply.headers.items()), set_cookies)
 
     async def request(
-        self, method: str, path: str, json_body: Any = None, *, csrf: bool = True,
-        raw: bytes | None = None, headers: dict[str, str] | None = None,
-    ) -> Response:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        csrf: bool = True,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         headers = dict(headers or {})
         body = raw
         if json_body is not None:
@@ -153,7 +168,9 @@ class Client:
 
     async def login(self, username: str, password: str = PASSWORD) -> Response:
         await self.get("/api/session")  # the CSRF cookie, as the page does first
-        return await self.request("POST", "/api/login", {"username": username, "password": password})
+        return await self.request(
+            "POST", "/api/login", {"username": username, "password": password}
+        )
 
 
 @dataclass

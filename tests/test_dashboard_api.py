@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import sys
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import asyncpg
-import pytest
 
 from fleetwatch.cli import main
+from maps.api import Api
 from maps.limits import LoginLimiter
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, dashboard
@@ -67,19 +69,40 @@ async def test_login_bad_input_and_wrong_passwords(db_url: str) -> None:
         good = {"username": "disp_a", "password": PASSWORD}
         cases = [
             (await client.request("POST", "/api/login", good, csrf=False), 403, "CSRF"),
-            (await client.request("POST", "/api/login", raw=b"username=disp_a",
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"}),
-             415, "application/json"),  # fmt: skip
-            (await client.request("POST", "/api/login", raw=b"{nope",
-                                  headers={"Content-Type": "application/json"}), 400, "JSON"),  # fmt: skip
+            (
+                await client.request(
+                    "POST",
+                    "/api/login",
+                    raw=b"username=disp_a",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ),
+                415,
+                "application/json",
+            ),
+            (
+                await client.request(
+                    "POST", "/api/login", raw=b"{nope", headers={"Content-Type": "application/json"}
+                ),
+                400,
+                "JSON",
+            ),
             (await client.request("POST", "/api/login", [1, 2]), 400, "object"),
             (await client.request("POST", "/api/login", {"username": "disp_a"}), 400, "password"),
-            (await client.request("POST", "/api/login", {"username": 5, "password": "x"}), 400,
-             "username"),  # fmt: skip
-            (await client.request("POST", "/api/login", {**good, "password": "wrong one"}), 401,
-             "wrong user name or password"),  # fmt: skip
-            (await client.request("POST", "/api/login", {**good, "username": "nobody"}), 401,
-             "wrong user name or password"),  # fmt: skip
+            (
+                await client.request("POST", "/api/login", {"username": 5, "password": "x"}),
+                400,
+                "username",
+            ),
+            (
+                await client.request("POST", "/api/login", {**good, "password": "wrong one"}),
+                401,
+                "wrong user name or password",
+            ),
+            (
+                await client.request("POST", "/api/login", {**good, "username": "nobody"}),
+                401,
+                "wrong user name or password",
+            ),
         ]
         for reply, status, words in cases:
             assert reply.status == status, reply.body
@@ -97,11 +120,13 @@ async def test_login_rate_limited_per_user_and_address(db_url: str) -> None:
         client = dash.client()
         await client.get("/api/session")
         for _ in range(3):
-            reply = await client.request("POST", "/api/login",
-                                         {"username": "disp_a", "password": "wrong pass"})  # fmt: skip
+            reply = await client.request(
+                "POST", "/api/login", {"username": "disp_a", "password": "wrong pass"}
+            )
             assert reply.status == 401
-        blocked = await client.request("POST", "/api/login",
-                                       {"username": "disp_a", "password": PASSWORD})  # fmt: skip
+        blocked = await client.request(
+            "POST", "/api/login", {"username": "disp_a", "password": PASSWORD}
+        )
         assert blocked.status == 429, blocked.body
         assert "too many failed logins" in blocked.body["error"]
         assert int(blocked.headers["Retry-After"]) > 500
@@ -161,8 +186,12 @@ async def test_vehicles_are_scoped_geojson_and_paginated(db_url: str) -> None:
         assert len(page2["features"]) == 2 and page2["next_after"] is None
         assert not {f["id"] for f in page1["features"]} & {f["id"] for f in page2["features"]}
 
-        for query, words in [("limit=0", "between 1 and"), ("limit=abc", "not an integer"),
-                             ("after=-1", "between 0 and"), ("limit=99999", "between 1 and")]:  # fmt: skip
+        for query, words in [
+            ("limit=0", "between 1 and"),
+            ("limit=abc", "not an integer"),
+            ("after=-1", "between 0 and"),
+            ("limit=99999", "between 1 and"),
+        ]:
             reply = await admin.get(f"/api/vehicles?{query}")
             assert reply.status == 400 and words in reply.body["error"], (query, reply.body)
 
@@ -185,8 +214,11 @@ async def test_alerts_are_scoped_filtered_and_paginated(db_url: str) -> None:
         assert len(rest["alerts"]) == 1 and rest["alerts"][0]["id"] < page["next_before"]
         assert (await a.get("/api/alerts?status=closed")).body["alerts"] == []
 
-        for query, words in [("status=gone", "status 'gone'"), ("limit=x", "not an integer"),
-                             ("before=0", "between 1 and")]:  # fmt: skip
+        for query, words in [
+            ("status=gone", "status 'gone'"),
+            ("limit=x", "not an integer"),
+            ("before=0", "between 1 and"),
+        ]:
             reply = await a.get(f"/api/alerts?{query}")
             assert reply.status == 400 and words in reply.body["error"], (query, reply.body)
 
@@ -200,11 +232,13 @@ async def test_ack_is_scoped_audited_and_checked(db_url: str) -> None:
         refused = await a.request("POST", f"/api/alerts/{theirs}/ack")
         assert refused.status == 404 and f"no alert {theirs}" in refused.body["error"]
         async with dash.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT status, acknowledged_by FROM alerts WHERE id = $1",
-                                      theirs)  # fmt: skip
+            row = await conn.fetchrow(
+                "SELECT status, acknowledged_by FROM alerts WHERE id = $1", theirs
+            )
             assert (row["status"], row["acknowledged_by"]) == ("open", None)
-            assert not await conn.fetchval("SELECT count(*) FROM alert_audit WHERE alert_id = $1",
-                                           theirs)  # fmt: skip
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM alert_audit WHERE alert_id = $1", theirs
+            )
 
         own = seeded.alerts["京A10001"]
         done = await a.request("POST", f"/api/alerts/{own}/ack")
@@ -219,8 +253,9 @@ async def test_ack_is_scoped_audited_and_checked(db_url: str) -> None:
         still_open = (await a.get("/api/alerts?status=open")).body["alerts"]
         assert own not in {x["id"] for x in still_open}
         async with dash.pool.acquire() as conn:
-            audit = await conn.fetch("SELECT actor, action FROM alert_audit WHERE alert_id = $1",
-                                     own)  # fmt: skip
+            audit = await conn.fetch(
+                "SELECT actor, action FROM alert_audit WHERE alert_id = $1", own
+            )
         assert [(r["actor"], r["action"]) for r in audit] == [("disp_a", "acknowledge")]
         b_open = (await (await dash.logged_in("disp_b")).get("/api/alerts?status=open")).body
         assert theirs in {x["id"] for x in b_open["alerts"]}
@@ -261,31 +296,77 @@ async def test_users_cli(db_url: str) -> None:
         await conn.execute("INSERT INTO companies (name) VALUES ('公司A')")
         db = ("--db", db_url)
         run = asyncio.to_thread
-        code, _, err = await run(_cli, "users", "add", "d1", "--role", "dispatcher", *db,
-                                 stdin="long enough pw\n")  # fmt: skip
+        code, _, err = await run(
+            _cli, "users", "add", "d1", "--role", "dispatcher", *db, stdin="long enough pw\n"
+        )
         assert code == 1 and "needs --company" in err
-        code, _, err = await run(_cli, "users", "add", "d1", "--role", "dispatcher", "--company",
-                                 "公司A", "--password-stdin", *db, stdin="short\n")  # fmt: skip
+        code, _, err = await run(
+            _cli,
+            "users",
+            "add",
+            "d1",
+            "--role",
+            "dispatcher",
+            "--company",
+            "公司A",
+            "--password-stdin",
+            *db,
+            stdin="short\n",
+        )
         assert code == 1 and "at least 8 characters" in err
-        code, out, err = await run(_cli, "users", "add", "d1", "--role", "dispatcher",
-                                   "--company", "公司A", "--password-stdin", *db,
-                                   stdin="long enough pw\n")  # fmt: skip
+        code, out, err = await run(
+            _cli,
+            "users",
+            "add",
+            "d1",
+            "--role",
+            "dispatcher",
+            "--company",
+            "公司A",
+            "--password-stdin",
+            *db,
+            stdin="long enough pw\n",
+        )
         assert code == 0, err
         assert "d1, dispatcher, company 公司A" in out
-        code, _, err = await run(_cli, "users", "add", "d1", "--role", "admin",
-                                 "--password-stdin", *db, stdin="long enough pw\n")  # fmt: skip
+        code, _, err = await run(
+            _cli,
+            "users",
+            "add",
+            "d1",
+            "--role",
+            "admin",
+            "--password-stdin",
+            *db,
+            stdin="long enough pw\n",
+        )
         assert code == 1 and "exists already" in err
-        code, _, err = await run(_cli, "users", "add", "x", "--role", "dispatcher", "--company",
-                                 "nope", "--password-stdin", *db, stdin="long enough pw\n")  # fmt: skip
+        code, _, err = await run(
+            _cli,
+            "users",
+            "add",
+            "x",
+            "--role",
+            "dispatcher",
+            "--company",
+            "nope",
+            "--password-stdin",
+            *db,
+            stdin="long enough pw\n",
+        )
         assert code == 1 and "no company 'nope'" in err
         stored = await conn.fetchval("SELECT password_hash FROM users WHERE username = 'd1'")
         assert stored.startswith("$argon2id$") and "long enough pw" not in stored
 
         user_id = await conn.fetchval("SELECT id FROM users WHERE username = 'd1'")
-        await conn.execute("INSERT INTO sessions (token_sha256, user_id, csrf, expires_at)"
-                           " VALUES ('\\x01', $1, 'c', now() + interval '1 hour')", user_id)  # fmt: skip
-        code, out, err = await run(_cli, "users", "passwd", "d1", "--password-stdin", *db,
-                                   stdin="another long one\n")  # fmt: skip
+        await conn.execute(
+            "INSERT INTO sessions (token_sha256, user_id, csrf, expires_at)"
+            " VALUES ('\\x01', $1, 'c', now() + interval '1 hour')",
+            user_id,
+        )
+        code, out, err = await run(
+            _cli, "users", "passwd", "d1", "--password-stdin", *db, stdin="another long one\n"
+        )
         assert code == 0, err
         assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
         assert await conn.fetchval("SELECT password_hash FROM users") != stored
@@ -297,3 +378,18 @@ async def test_users_cli(db_url: str) -> None:
         assert code == 0 and "d1, dispatcher, company 公司A, DISABLED" in out
     finally:
         await conn.close()
+
+
+def test_openapi_describes_exactly_the_routes() -> None:
+    spec = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
+    described = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    routes = Api(pool=None).resource().routes
+    served = {
+        (method, "/" + "/".join("{id}" if p == "{}" else p for p in pattern))
+        for method, pattern in routes
+    }
+    assert described == served
+    for method, path in served:
+        responses = spec["paths"][path][method.lower()]["responses"]
+        if path != "/session":  # every other endpoint can refuse bad input or a caller
+            assert {"400", "401"} & set(responses), (method, path)

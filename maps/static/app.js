@@ -31,6 +31,9 @@ let csrf = null;
 let map = null;
 let markers = null;
 let timer = null;
+// Each list shows only the answer of its latest request: a periodic refresh that started before
+// an acknowledgement and answers after it must not bring the acknowledged alarm back.
+const latest = { vehicles: 0, alerts: 0 };
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -93,6 +96,7 @@ async function refresh(fit) {
 }
 
 async function loadVehicles(fit) {
+  const mine = ++latest.vehicles;
   const features = [];
   let after = 0;
   for (let page = 0; page < 50 && after !== null; page++) {  // bounded: 50 x 2000 vehicles
@@ -100,6 +104,7 @@ async function loadVehicles(fit) {
     features.push(...data.features);
     after = data.next_after;
   }
+  if (mine !== latest.vehicles) return;
   markers.clearLayers();
   let online = 0;
   for (const f of features) {
@@ -127,7 +132,9 @@ async function loadVehicles(fit) {
 }
 
 async function loadAlerts() {
+  const mine = ++latest.alerts;
   const data = await api("GET", "alerts?status=open&limit=200");
+  if (mine !== latest.alerts) return;
   const list = $("#alerts");
   list.replaceChildren(...data.alerts.map(alertItem));
   $("#alert-count").textContent = String(data.alerts.length);
