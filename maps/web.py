@@ -73,7 +73,7 @@ class JsonResource(Resource):
             return 500, {"error": "internal error (logged on the server)"}, {}
 
     def _route(self, request: Request) -> tuple[Handler, list[str]]:
-        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        path = [p.decode("utf-8", "replace") for p in request.postpath or []]
         if path and path[-1] == "":
             path.pop()
         method = (request.method or b"").decode("ascii", "replace")

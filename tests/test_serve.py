@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +75,15 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
         assert "# TYPE fleetwatch_rows_written_total counter\nfleetwatch_rows_written_total 20" in (
             metrics
         )
+        # the dashboard on the same port: the page, and its API refusing an anonymous caller
+        page = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/").read().decode()
+        )
+        assert "FleetWatch 监控台" in page
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{http}/api/vehicles")
+        assert refused.value.code == 401
+        assert "not logged in" in json.loads(refused.value.read())["error"]
         for terminal in terminals:
             await terminal.close()
     finally:
