@@ -23,8 +23,9 @@ bench: setup
 	.venv/bin/python -m loadtest.bench_flush
 	.venv/bin/python -m loadtest.bench_gateway
 
-# The main command: JT/T 808 on 6808, NMEA on 6809, /metrics on 8080, embedded PostGIS in ./data.
+# The main command: JT/T 808 on 6808, NMEA on 6809, the dashboard and /metrics on 8080, embedded PostGIS in ./data.
 run: setup
+	@echo "dashboard: http://127.0.0.1:8080/  (first user: .venv/bin/fleetwatch users add admin --role admin --data-dir data)"
 	.venv/bin/fleetwatch serve --data-dir data --jt808-port 6808 --nmea-port 6809 --http-port 8080
 
 clean:

@@ -60,6 +60,13 @@ async def test_login_session_cookie_and_logout(db_url: str) -> None:
         replay = await client.get("/api/vehicles")
         assert replay.status == 401 and "not logged in" in replay.body["error"]
 
+        late = await dash.logged_in("disp_b")
+        assert (await late.get("/api/vehicles")).status == 200
+        async with dash.pool.acquire() as conn:
+            await conn.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        expired = await late.get("/api/vehicles")
+        assert expired.status == 401 and "expired" in expired.body["error"]
+
 
 @aio_test
 async def test_login_bad_input_and_wrong_passwords(db_url: str) -> None:
