@@ -146,8 +146,25 @@ def str_arg(request: Request, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
+#: The page's own origin only: no inline script, no framing (the acknowledge button must not be
+#: clickable through another site's frame), nothing fetched from elsewhere.
+PAGE_HEADERS = {
+    b"content-security-policy": b"default-src 'self'; img-src 'self' data:; "
+    b"style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+    b"form-action 'self'",
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+}
+
+
 class StaticFiles(File):
-    """maps/static without directory listings."""
+    """maps/static without directory listings, with :data:`PAGE_HEADERS`."""
+
+    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+        for name, value in PAGE_HEADERS.items():
+            request.setHeader(name, value)
+        return super().render(request)
 
     def directoryListing(self) -> IResource:
         return notFound("Not Found", "No directory listings here.")

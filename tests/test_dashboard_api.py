@@ -279,6 +279,8 @@ async def test_unknown_paths_methods_and_static_files(db_url: str) -> None:
         page = await client.get("/")
         assert page.status == 200 and b'lang="zh-CN"' in page.body
         assert b"vendor/leaflet/leaflet.js" in page.body and b"//unpkg" not in page.body
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+        assert page.headers["X-Frame-Options"] == "DENY"
         assert (await client.get("/vendor/leaflet/leaflet.js")).status == 200
         listing = await client.get("/vendor/")
         assert listing.status == 404
