@@ -28,6 +28,7 @@ machines like any fix and its events are flagged late.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ from alerts.settings import Profile, RuleSettings
 from alerts.speeding import SpeedingRule
 from alerts.terminal_alarms import TerminalAlarmRule
 from alerts.watchlist import WatchlistRule
+from geo.flags import SPEED_IMPLAUSIBLE, time_untrusted
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
@@ -110,6 +112,11 @@ class RulesEngine:
         if st is None or st.info is not vehicle:
             st = self._vehicle(vehicle)
         profile = st.profile
+        extras = position.extras
+        if extras and time_untrusted(extras):
+            # Its time (unset clock, 2099) cannot be placed: judged as a report without a fix
+            # at its arrival, so it never becomes the newest fix and an alarm in it is live.
+            position = replace(position, fix_time=position.received_time, valid=False)
         t = position.fix_time.timestamp()
         out: list[AlertEvent] = []
         if t < st.newest:
@@ -157,7 +164,8 @@ class RulesEngine:
                 out += fence_events
                 if watchlist.plates:
                     out += watchlist.geofence_events(fix, fence_events)
-            self.speeding.step(fix, t, profile, behind, out)
+            if not (extras and extras.get(SPEED_IMPLAUSIBLE)):
+                self.speeding.step(fix, t, profile, behind, out)
         if behind:
             self.fatigue.feed_late(fix, t, profile)
         else:

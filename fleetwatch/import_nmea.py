@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, TextIO
 from fleetwatch import dbopts
 from geo.position import SOURCE_IMPORT, Position
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack
+from ingest.values import flag_values
 
 if TYPE_CHECKING:
     import asyncpg
@@ -275,6 +276,7 @@ async def import_file(
                     bad(number, f"{exc}: {text[:80]}")
                     continue
                 if fixes:
+                    flag_values(fixes)
                     pending.extend(fixes)
                     result.fixes += len(fixes)
                     if len(pending) >= batch:
@@ -282,6 +284,7 @@ async def import_file(
                 if progress is not None and number % 512 == 0:
                     progress.update(raw.tell(), result.stored)
             fixes = track.flush()
+            flag_values(fixes)
             pending.extend(fixes)
             result.fixes += len(fixes)
             await write()

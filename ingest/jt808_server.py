@@ -28,6 +28,7 @@ from ingest.media import MediaStore
 from ingest.metrics import Metrics
 from ingest.nmea import gnss_detail
 from ingest.positions import positions_of
+from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
 from protocols.jt808 import (
     Authenticate,
     Body,
@@ -106,8 +107,10 @@ class IngestService:
         reassembly_timeout: float = 10.0,
         media: MediaStore | None = None,
         observer: IngestObserver | None = None,
+        limits: ValueLimits = DEFAULT_LIMITS,
     ) -> None:
         self.directory = directory
+        self.limits = limits
         self.media = media
         self.observer = observer
         self._observed: list[tuple[Vehicle, list[Position]]] = []
@@ -421,6 +424,7 @@ class JT808Protocol(protocol.Protocol):
     def on_location(self, message: Message) -> None:
         assert self.vehicle is not None
         positions = positions_of(message, self.vehicle.id, datetime.now(UTC))
+        flag_values(positions, self.service.limits)
         if self.gnss and time.monotonic() - self.gnss_at < GNSS_FRESH_S:
             for position in positions:
                 if not position.batch:

@@ -48,6 +48,7 @@ from geo.position import Position
 from ingest.directory import phone_key
 from ingest.metrics import Metrics
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, checksum
+from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
 
 if TYPE_CHECKING:
     import asyncpg
@@ -136,8 +137,10 @@ class NmeaService:
         idle_timeout: float = 300.0,
         hold: float = 2.0,
         log_bad_lines: int = 20,
+        limits: ValueLimits = DEFAULT_LIMITS,
     ) -> None:
         self.lookup = lookup
+        self.limits = limits
         self.submit = submit
         self.metrics = metrics or Metrics()
         self.max_line = max_line
@@ -408,6 +411,7 @@ class NmeaProtocol(LineReceiver, TimeoutMixin):
     def _submit(self, positions: list[Position]) -> None:
         if not positions:
             return
+        flag_values(positions, self.service.limits)
         try:
             future = self.service.submit(positions)
         except Exception:  # a broken writer must not take the connection down with it

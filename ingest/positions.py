@@ -5,9 +5,11 @@ The protocol edge: Beijing (or the terminal's) time becomes UTC here, extras bec
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from geo.flags import TIME_INVALID
 from geo.position import SOURCE_JT808, Position
 from protocols.jt808 import (
     BatchLocation,
@@ -25,17 +27,35 @@ def _plain(extras: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, int | float | str) else jsonable(v) for k, v in extras.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def untimed_key(report: LocationReport) -> datetime:
+    """The stored fix time of a report whose time is not a time: a point before 1980 (no GNSS
+    time is that old) derived from the report's content, never from when it arrived. A
+    retransmission (same serial, same content) so maps to the same (vehicle, fix time, serial)
+    row and the dedupe index drops it; distinct reports differ in content, so a serial that
+    comes round again after 65,536 messages is not taken for a repeat. 48 bits of BLAKE2b as
+    microseconds: 1970-01-01 to 1978-12."""
+    content = repr((report.alarm, report.status, report.latitude, report.longitude,
+                    report.altitude_m, report.speed_kmh, report.heading, report.items,
+                    report.tail))  # fmt: skip
+    digest = hashlib.blake2b(content.encode(), digest_size=6).digest()
+    return _EPOCH + timedelta(microseconds=int.from_bytes(digest, "big"))
+
+
 def to_position(
     report: LocationReport, vehicle_id: int, serial: int, received: datetime, batch: bool = False
 ) -> Position:
-    """One report as a Position. A report without a valid time is kept with the receive time
-    and marked invalid, so the fix is stored but never trusted by the rules."""
+    """One report as a Position. A report without a valid time is kept, invalid and flagged
+    ``time_invalid``, at a stable stand-in time (:func:`untimed_key`); the rules judge it at
+    its receive time (``geo.flags``)."""
     extras = _plain(report.extras()) if report.items else {}
     valid = bool(report.status & _POSITIONED)
     if report.time is None:
-        fix_time = received
+        fix_time = untimed_key(report)
         valid = False
-        extras["time_invalid"] = True
+        extras[TIME_INVALID] = True
     else:
         fix_time = report.time.astimezone(UTC)
     if report.tail:
