@@ -17,7 +17,7 @@ import unicodedata
 _SEPARATORS = re.compile(r"[\s\u00b7\u30fb\u2022\u2027\uff65\u2010-\u2015\u2212\-._/\\]+")
 
 
-def normalize_plate(plate: str | None) -> str:
+def normalise_plate(plate: str | None) -> str:
     """The canonical form of ``plate`` ("" for None or nothing but separators); NUL bytes and
     other control characters (padding of the registration message's plate field) go too."""
     if not plate:

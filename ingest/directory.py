@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from geo.plates import normalise_plate
 from protocols.jt808 import BEIJING, Register, TerminalProfile
 from protocols.jt808.platform import (
     REGISTER_NO_TERMINAL,
@@ -73,7 +74,7 @@ class Directory:
         """Answer a registration: (0x8100 result, auth code). A terminal that registers again
         (after a reset) gets a fresh code; its old one stops working."""
         phone = phone_key(phone)
-        plate = reg.plate.strip() or None
+        plate = normalise_plate(reg.plate) or None
         async with self.pool.acquire() as conn, conn.transaction():
             vehicle = await conn.fetchrow("SELECT id, plate FROM vehicles WHERE phone = $1", phone)
             owner = None

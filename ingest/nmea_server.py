@@ -44,6 +44,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from geo.plates import normalise_plate
 from geo.position import Position
 from ingest.directory import phone_key
 from ingest.metrics import Metrics
@@ -101,8 +102,9 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     """The vehicle an NMEA unit names: by terminal phone (digits), else by plate.
 
     Phones compare without leading zeros (as the JT/T 808 directory stores them); plates
-    compare upper-cased without spaces. A plate that exists in several colours matches
-    nothing (logged), since guessing could file one vehicle's track under another.
+    compare in their canonical form (``geo.plates``, as ``vehicles.plate`` holds them). A plate
+    that exists in several colours matches nothing (logged), since guessing could file one
+    vehicle's track under another.
     """
     ident = identifier.strip()
     digits = re.sub(r"[\s-]", "", ident)
@@ -112,10 +114,8 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
         )
         if found is not None:
             return int(found)
-    plate = re.sub(r"\s", "", ident).upper()
-    rows = await pool.fetch(
-        "SELECT id FROM vehicles WHERE upper(replace(plate, ' ', '')) = $1 ORDER BY id", plate
-    )
+    plate = normalise_plate(ident)
+    rows = await pool.fetch("SELECT id FROM vehicles WHERE plate = $1 ORDER BY id", plate)
     if len(rows) > 1:
         ids = [r["id"] for r in rows]
         log.warn("NMEA id {ident!r} is ambiguous: plate of vehicles {ids}", ident=ident, ids=ids)
