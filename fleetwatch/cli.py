@@ -14,7 +14,16 @@ import os
 import sys
 from collections.abc import Callable
 
-from fleetwatch import alerts_cmd, db_cmd, decode, geofences_cmd, import_nmea, serve, vehicles_cmd
+from fleetwatch import (
+    alerts_cmd,
+    console,
+    db_cmd,
+    decode,
+    geofences_cmd,
+    import_nmea,
+    serve,
+    vehicles_cmd,
+)
 
 #: ``register`` functions of the subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -35,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleetwatch",
         description="FleetWatch: JT/T 808 vehicle monitoring platform.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"fleetwatch {console.version()}"
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in SUBCOMMANDS:
         register(subparsers)
@@ -42,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand and return its exit status (the console script exits with it)."""
+    """Run one subcommand and return its exit status (the console script exits with it).
+    Whatever a command did not handle becomes one line and status 1, never a traceback."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -62,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        prog = f"fleetwatch {_command_name(argv)}".rstrip()
+        return console.fail(prog, exc, getattr(args, "db", None))
+
+
+def _command_name(argv: list[str] | None) -> str:
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), "")
 
 
 if __name__ == "__main__":

@@ -113,16 +113,15 @@ def run(
     and exit status 1 instead of a traceback."""
     import asyncpg
 
-    from store.cluster import ClusterError
-    from store.migrations import MigrationError
+    from fleetwatch.console import describe
 
     try:
         return asyncio.run(command(args))
-    except (CommandError, ClusterError, MigrationError) as exc:
+    except CommandError as exc:
         message = str(exc)
-    except asyncpg.PostgresError as exc:
-        message = f"database: {type(exc).__name__}: {exc}"
-    except (OSError, asyncpg.InterfaceError) as exc:
-        message = f"cannot reach the database: {exc}"
+    except asyncpg.InterfaceError as exc:
+        message = f"cannot talk to the database: {exc}"
+    except Exception as exc:  # the user's kind (no database, port, file) or a bug: one line
+        message = describe(exc, getattr(args, "db", None))
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1

@@ -92,6 +92,7 @@ class Server:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from fleetwatch.logs import say
         from fleetwatch.supervision import Supervision, load_config
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
@@ -182,8 +183,19 @@ class Server:
             self.loops.append(maintenance)
         for port in self.ports:
             host = port.getHost()
-            print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
+            say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
+
+    def addresses(self) -> list[tuple[str, str]]:
+        """(what, host:port) of every listening port, for the start-up banner."""
+        out = []
+        for port in self.ports:
+            host = port.getHost()
+            kind = type(port.factory).__name__.removesuffix("Factory").lower()
+            name = {"jt808": "JT/T 808", "nmea": "NMEA", "site": "HTTP"}.get(kind, kind)
+            url = f"http://{host.host}:{host.port}/metrics" if kind == "site" else ""
+            out.append((name, url or f"{host.host}:{host.port}"))
+        return out
 
     def listen(self, port: int, factory: Any) -> Any:
         from twisted.internet import reactor
@@ -261,43 +273,51 @@ def run(args: argparse.Namespace) -> int:
 
     asyncioreactor.install()
     from twisted.internet import reactor
-    from twisted.logger import (
-        globalLogBeginner,
-        jsonFileLogObserver,
-        textFileLogObserver,
-    )
+    from twisted.logger import LogLevel
 
+    from fleetwatch import console
+    from fleetwatch.logs import say, start_logging
     from store.cluster import EmbeddedCluster
 
-    observer = (jsonFileLogObserver if args.log_format == "json" else textFileLogObserver)(
-        sys.stderr
-    )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    start_logging(args.log_format)
+    try:
+        console.prepare_data_dir(args.data_dir)
+    except console.UsageProblem as exc:
+        say(f"fleetwatch serve: error: {exc}", level=LogLevel.critical)
+        return 1
     if args.worker_index == 0:
         lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"fleetwatch: another 'fleetwatch serve' uses {args.data_dir}", file=sys.stderr)
+            say(f"fleetwatch serve: error: another 'fleetwatch serve' uses {args.data_dir}: "
+                "stop it first, or give this one its own --data-dir", level=LogLevel.critical)
             return 1
     cluster = None
     db_url = args.db
     if db_url is None:
         cluster = EmbeddedCluster.in_data_dir(args.data_dir)
-        cluster.start()
+        try:
+            cluster.start()
+        except Exception as exc:
+            say(f"fleetwatch serve: error: {console.describe(exc)}", level=LogLevel.critical)
+            return 1
         db_url = cluster.url
     server = Server(args, db_url)
     workers = _spawn_workers(args, db_url) if args.worker_index == 0 else []
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
-        print(f"fleetwatch: could not start: {failure.getErrorMessage()}", file=sys.stderr)
-        failure.printTraceback(file=sys.stderr)
+        problem = console.describe(failure.value, args.db)
+        say(f"fleetwatch serve: error: {problem}", level=LogLevel.critical, error=problem)
         status["code"] = 1
         reactor.stop()  # type: ignore[attr-defined]
 
-    reactor.callWhenRunning(lambda: _aio(server.start()).addErrback(started_failed))  # type: ignore[attr-defined]
+    def started(_: object) -> None:
+        if args.worker_index == 0:
+            console.announce(args.data_dir, db_url, cluster is not None, server.addresses())
+
+    reactor.callWhenRunning(lambda: _aio(server.start()).addCallbacks(started, started_failed))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("during", "shutdown", _stop_workers, workers)  # type: ignore[attr-defined]
     try:

@@ -365,6 +365,11 @@ class Supervision:
             self.stats.events_stored += len(events)
             for event, result in zip(events, applied, strict=True):
                 if result.outcome == "inserted":
+                    log.info(
+                        "alert %s opened: %s of vehicle %s (severity %s%s), key %s",
+                        result.alert_id, event.type, event.vehicle_id, event.severity,
+                        ", late" if event.late else "", event.key,
+                    )  # fmt: skip
                     self._act(event, result.alert_id)
             return len(events)
         finally:

@@ -50,6 +50,7 @@ from protocols.jt808 import (
 )
 from protocols.jt808.header import Header
 from protocols.jt808.platform import (
+    REGISTER_OK,
     RESULT_FAILED,
     RESULT_MESSAGE_ERROR,
     RESULT_OK,
@@ -229,6 +230,7 @@ class JT808Protocol(protocol.Protocol):
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.service.connections.add(self)
         self.metrics.inc("fleetwatch_connections_total")
+        log.info("connection from {peer}", peer=self.peer)
         if self.service.paused:
             self.set_paused(True)
 
@@ -362,6 +364,12 @@ class JT808Protocol(protocol.Protocol):
         def answer(result: tuple[int, str]) -> None:
             code, auth_code = result
             self.metrics.inc("fleetwatch_registrations_total", result=str(code))
+            if code == REGISTER_OK:
+                log.info("terminal {phone} registered from {peer} (plate {plate})",
+                         phone=message.phone, peer=self.peer, plate=body.plate)  # fmt: skip
+            else:
+                log.warn("registration of {phone} from {peer} refused (0x8100 result {result})",
+                         phone=message.phone, peer=self.peer, result=code)  # fmt: skip
             self.send(
                 RegisterResponse(reply_serial=message.serial, result=code, auth_code=auth_code)
             )
@@ -389,6 +397,8 @@ class JT808Protocol(protocol.Protocol):
                     self.close("too many failed authentications")
                 return
             self.vehicle = vehicle
+            log.info("terminal {phone} authenticated from {peer}: vehicle {vehicle_id}",
+                     phone=message.phone, peer=self.peer, vehicle_id=vehicle.id)  # fmt: skip
             self.phone = vehicle.phone
             self.profile = vehicle.profile
             self.service.bind(self)
