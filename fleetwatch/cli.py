@@ -38,6 +38,14 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
 )
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (package metadata costs ~50 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"fleetwatch {console.version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser tree (also used by tests and docs to render ``--help``)."""
     parser = argparse.ArgumentParser(
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FleetWatch: JT/T 808 vehicle monitoring platform.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"fleetwatch {console.version()}"
+        "--version", action=_Version, nargs=0, help="print the version and exit"
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in SUBCOMMANDS:

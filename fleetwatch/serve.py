@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch.dbopts import DEFAULT_DATA_DIR
+from ingest.values import DEFAULT_LIMITS, ValueLimits
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +63,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=190,
         help="days of track history to keep (at least 183)",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: classic lines; json: one flat object per line (ts, level, logger, msg, "
+        "fields) for log shippers",
+    )
+    parser.add_argument(
+        "--max-ahead",
+        type=_positive_float,
+        default=DEFAULT_LIMITS.max_ahead_s,
+        metavar="SECONDS",
+        help="a fix time further ahead of its arrival is stored flagged and never becomes the "
+        "vehicle's last position (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--max-speed",
+        type=_positive_float,
+        default=DEFAULT_LIMITS.max_speed_kmh,
+        metavar="KMH",
+        help="reported speeds above this are flagged as implausible (default: %(default)g)",
+    )
     parser.add_argument(
         "--rules-config",
         metavar="FILE",
@@ -118,9 +147,10 @@ class Server:
         self.writer = PositionWriter(
             lambda: asyncpg.connect(self.db_url), spool, on_flush=flush_seconds.observe
         )
+        limits = ValueLimits(args.max_ahead, args.max_speed)
         self.service = IngestService(
             Directory(self.pool, args.policy), self.writer.write, metrics,
-            media=MediaStore(args.data_dir / "media", self.pool),
+            media=MediaStore(args.data_dir / "media", self.pool), limits=limits,
         )  # fmt: skip
         self.supervision = Supervision(
             self.pool, self.service, load_config(args.rules_config), worker_index=args.worker_index
@@ -161,7 +191,9 @@ class Server:
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
-            nmea = NmeaService(lookup, self.supervision.judging(self.writer.submit), metrics)
+            nmea = NmeaService(
+                lookup, self.supervision.judging(self.writer.submit), metrics, limits=limits
+            )
             services.append(nmea)
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
 
@@ -338,6 +370,7 @@ def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Pop
             "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
             "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
             "--log-format", args.log_format, "--workers", str(args.workers),
+            "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
             "--worker-index", str(index),
         ]  # fmt: skip
         if args.rules_config:
