@@ -28,6 +28,11 @@ class CommandError(Exception):
     """A command cannot do its job for a reason the user can fix (printed without traceback)."""
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as an input file, in words."""
+    return f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}"
+
+
 def add_database_options(parser: argparse.ArgumentParser, url: bool = True) -> None:
     """Add ``--data-dir`` (and, unless ``url`` is False, the alternative ``--db``)."""
     group = parser.add_mutually_exclusive_group() if url else parser

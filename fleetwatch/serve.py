@@ -21,6 +21,26 @@ from fleetwatch.dbopts import DEFAULT_DATA_DIR
 from ingest.values import DEFAULT_LIMITS, ValueLimits
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0-65535)")
+    return value
+
+
+def _rules_config(path: str) -> str:
+    """The path, once it reads as a JSON object (a mistake shows at once, not after start-up)."""
+    from fleetwatch.supervision import load_config
+
+    try:
+        load_config(path)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError too
+        raise argparse.ArgumentTypeError(f"{path}: not a JSON object ({exc})") from None
+    return path
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -46,9 +66,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="use this PostgreSQL server (postgresql://...) instead of the embedded one",
     )
-    parser.add_argument("--jt808-port", type=int, default=6808, help="JT/T 808 TCP port")
-    parser.add_argument("--nmea-port", type=int, default=0, help="NMEA 0183 TCP port (0 = off)")
-    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics")
+    parser.add_argument("--jt808-port", type=_port, default=6808, help="JT/T 808 TCP port")
+    parser.add_argument("--nmea-port", type=_port, default=0, help="NMEA 0183 TCP port (0 = off)")
+    parser.add_argument("--http-port", type=_port, default=8080, help="HTTP port for /metrics")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     parser.add_argument(
         "--policy",
@@ -87,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--rules-config",
+        type=_rules_config,
         metavar="FILE",
         help="JSON: supervision rules, automatic actions, escalation and enforcement "
         "(see fleetwatch/supervision.py; default: the regulations' values)",

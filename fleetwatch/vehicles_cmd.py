@@ -99,7 +99,7 @@ async def _import(args: argparse.Namespace) -> int:
     from store.vehicles import CsvImportError, import_csv
 
     if not args.file.is_file():
-        raise dbopts.CommandError(f"{args.file}: no such file")
+        raise dbopts.CommandError(dbopts.not_a_file(args.file))
     async with dbopts.connect(args) as conn:
         try:
             count = await import_csv(conn, args.file)

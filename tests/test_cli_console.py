@@ -104,6 +104,22 @@ def test_serve_on_a_taken_port(tmp_path: Path, db_url: str) -> None:
     ], result.stderr
 
 
+def test_serve_option_mistakes_are_usage_errors(tmp_path: Path) -> None:
+    """Caught while parsing (exit 2, argparse's usage line, then the error), before start-up."""
+    bad = tmp_path / "rules.json"
+    bad.write_text("{rules: 1}")
+    for argv, words in (
+        (["--http-port", "70000"], "70000 is not a TCP port (0-65535)"),
+        (["--rules-config", str(bad)], "not a JSON object"),
+        (["--rules-config", str(tmp_path / "none.json")], "No such file or directory"),
+        (["--max-ahead", "-5"], "-5 is not a positive number"),
+    ):
+        result = fleetwatch("serve", "--data-dir", str(tmp_path / "d"), *argv)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert words in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_database_commands_with_bad_targets(tmp_path: Path) -> None:
     line = one_line_error(fleetwatch("vehicles", "list", "--db", DEAD_DB), "cannot reach")
     assert "secret" not in line
@@ -113,6 +129,8 @@ def test_database_commands_with_bad_targets(tmp_path: Path) -> None:
     afile.write_text("")
     one_line_error(fleetwatch("vehicles", "list", "--data-dir", str(afile)), str(afile))
     one_line_error(fleetwatch("db", "init", "--data-dir", str(afile)), str(afile))
+    one_line_error(fleetwatch("vehicles", "import", str(tmp_path), "--db", DEAD_DB),
+                   "a directory, not a file")  # fmt: skip
 
 
 @pytest.mark.parametrize(
