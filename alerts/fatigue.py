@@ -64,6 +64,7 @@ from alerts.model import (
     Fix,
 )
 from alerts.settings import Profile
+from geo.flags import SPEED_IMPLAUSIBLE
 from geo.position import Position
 
 DRIVE, IDLE, STOP, GAP = 0, 1, 2, 3
@@ -113,8 +114,9 @@ def _dt(t: float) -> datetime:
 
 
 def motion(p: Position, profile: Profile) -> int:
-    """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP."""
-    if p.speed_kmh > profile.moving_kmh:
+    """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP.
+    An implausible speed (``geo.flags``) says nothing about motion: ACC decides."""
+    if p.speed_kmh > profile.moving_kmh and not (p.extras and SPEED_IMPLAUSIBLE in p.extras):
         return DRIVE
     if profile.use_acc and p.status & 1:
         return IDLE

@@ -244,6 +244,18 @@ def test_a_2099_fix_is_judged_at_arrival_and_later_fixes_stay_live() -> None:
     assert sos[0].start == after[0].fix_time
 
 
+def test_an_implausible_speed_is_not_motion() -> None:
+    from alerts.fatigue import DRIVE, IDLE, motion
+    from alerts.settings import RuleSettings
+
+    profile = RuleSettings().profile(vehicle(1))
+    t = Track()
+    glitch = t.fix(6553.5, acc=True)
+    assert motion(glitch, profile) == DRIVE
+    glitch.extras[SPEED_IMPLAUSIBLE] = True
+    assert motion(glitch, profile) == IDLE
+
+
 def test_an_implausible_speed_is_no_speeding() -> None:
     engine = RulesEngine(FenceIndex([EXPRESSWAY]))
     v = vehicle(1)
