@@ -52,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleetwatch",
         description="FleetWatch: JT/T 808 vehicle monitoring platform.",
     )
-    parser.add_argument(
-        "--version", action=_Version, nargs=0, help="print the version and exit"
-    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in SUBCOMMANDS:
         register(subparsers)

@@ -343,8 +343,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"fleetwatch serve: error: another 'fleetwatch serve' uses {args.data_dir}: "
-                "stop it first, or give this one its own --data-dir", level=LogLevel.critical)
+            say(
+                f"fleetwatch serve: error: another 'fleetwatch serve' uses {args.data_dir}: "
+                "stop it first, or give this one its own --data-dir",
+                level=LogLevel.critical,
+            )
             return 1
     cluster = None
     db_url = args.db

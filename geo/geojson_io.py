@@ -196,9 +196,7 @@ def fence_from_feature(feature: Any, fid: int, cgcs2000: bool = False) -> Geofen
 
 def _refuse_unknown(extra: Mapping[str, Any]) -> None:
     """ValueError for properties that are neither interpreted nor free (see the docstring)."""
-    unknown = [
-        k for k in extra if k not in FREE_PROPERTIES and not str(k).startswith(FREE_PREFIX)
-    ]
+    unknown = [k for k in extra if k not in FREE_PROPERTIES and not str(k).startswith(FREE_PREFIX)]
     if not unknown:
         return
     words = []
