@@ -7,7 +7,9 @@ every later fix late, and an SOS after it is live)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from ingest.values import ValueLimits, flag_values
 from protocols.jt808 import BEIJING, BatchLocation, LocationReport, encode_items
 from store.writer import refresh_last_positions
 from tests.aio import aio_test
-from tests.ingest_harness import running_ingest
+from tests.ingest_harness import Ingest, running_ingest
 from tests.terminal_client import Terminal, report
 from tests.test_rules_hygiene import Track, of, run, vehicle
 from tests.test_rules_speeding import EXPRESSWAY
@@ -78,6 +80,20 @@ async def _send_acked(terminal: Terminal, body: object, serial: int | None = Non
     return serial
 
 
+@contextlib.asynccontextmanager
+async def _logged_in(
+    db_url: str, workdir: Path, phone: str, plate: str
+) -> AsyncIterator[tuple[Ingest, Terminal]]:
+    """The ingest stack and one authenticated terminal."""
+    async with running_ingest(db_url, workdir) as ingest:
+        terminal = await Terminal.connect(ingest.port, phone)
+        await terminal.login(plate)
+        try:
+            yield ingest, terminal
+        finally:
+            await terminal.close()
+
+
 def _extras(row: asyncpg.Record) -> dict[str, object]:
     return json.loads(row["extras"]) if row["extras"] else {}
 
@@ -90,9 +106,7 @@ async def test_a_2099_fix_is_stored_but_never_freezes_the_last_position(
     db_url: str, short_tmp: Path
 ) -> None:
     phone = "13800000001"
-    async with running_ingest(db_url, short_tmp) as ingest:
-        terminal = await Terminal.connect(ingest.port, phone)
-        await terminal.login("京A20990")
+    async with _logged_in(db_url, short_tmp, phone, "京A20990") as (ingest, terminal):
         first = _now_report(0)
         await _send_acked(terminal, first)
         await _await_last(ingest.pool, phone, first.time.astimezone(UTC))
@@ -115,7 +129,6 @@ async def test_a_2099_fix_is_stored_but_never_freezes_the_last_position(
         async with ingest.pool.acquire() as conn:
             await refresh_last_positions(conn)
         assert (await _last(ingest.pool, phone))["fix_time"] == later.time.astimezone(UTC)
-        await terminal.close()
 
 
 @aio_test
@@ -123,9 +136,7 @@ async def test_a_retransmitted_report_without_a_valid_time_is_stored_once(
     db_url: str, short_tmp: Path
 ) -> None:
     phone = "13800000002"
-    async with running_ingest(db_url, short_tmp) as ingest:
-        terminal = await Terminal.connect(ingest.port, phone)
-        await terminal.login("京A00000")
+    async with _logged_in(db_url, short_tmp, phone, "京A00000") as (ingest, terminal):
         untimed = _now_report(0, time=None)
         serial = await _send_acked(terminal, untimed)
         await asyncio.sleep(1.1)  # a retransmission comes later: another receive time
@@ -145,7 +156,6 @@ async def test_a_retransmitted_report_without_a_valid_time_is_stored_once(
         assert rows[0]["fix_time"] == untimed_key(untimed)
         await asyncio.sleep(1.2)  # past the writer's last-position interval
         assert await _last(ingest.pool, phone) is None, "an untimed fix is not a position"
-        await terminal.close()
 
 
 @aio_test
@@ -153,9 +163,7 @@ async def test_out_of_range_coordinates_and_impossible_speed_are_flagged(
     db_url: str, short_tmp: Path
 ) -> None:
     phone = "13800000003"
-    async with running_ingest(db_url, short_tmp) as ingest:
-        terminal = await Terminal.connect(ingest.port, phone)
-        await terminal.login("京A00095")
+    async with _logged_in(db_url, short_tmp, phone, "京A00095") as (ingest, terminal):
         good = _now_report(0)
         await _send_acked(terminal, good)
         off_globe = _now_report(1, latitude=95.0, longitude=200.0)
@@ -171,7 +179,6 @@ async def test_out_of_range_coordinates_and_impossible_speed_are_flagged(
         # The map moves to the fast fix (its place is fine), never to the one off the globe.
         last = await _await_last(ingest.pool, phone, fast.time.astimezone(UTC))
         assert last["lat"] == pytest.approx(fast.latitude)
-        await terminal.close()
 
 
 @aio_test
@@ -179,13 +186,10 @@ async def test_an_out_of_range_fix_alone_never_reaches_the_map(
     db_url: str, short_tmp: Path
 ) -> None:
     phone = "13800000004"
-    async with running_ingest(db_url, short_tmp) as ingest:
-        terminal = await Terminal.connect(ingest.port, phone)
-        await terminal.login("京A00096")
+    async with _logged_in(db_url, short_tmp, phone, "京A00096") as (ingest, terminal):
         await _send_acked(terminal, _now_report(0, latitude=95.0, longitude=200.0))
         await asyncio.sleep(1.3)
         assert await _last(ingest.pool, phone) is None
-        await terminal.close()
 
 
 # ------------------------------------------------------------------ the checks themselves
