@@ -326,5 +326,5 @@ async def test_serve_json_log_is_flat_and_tells_the_story(db_url: str, short_tmp
     refused = find(r"authentication failed for 013955550002")
     assert refused["level"] == "warning"
     opened = find(r"alert \d+ opened: terminal_alarm of vehicle \d+")
-    assert opened["logger"] == "fleetwatch.supervision" and opened["level"] == "info"
+    assert str(opened["logger"]).endswith(".supervision") and opened["level"] == "info"
     assert find(r"^FleetWatch \S+ serving$")["database"] == mask_url(db_url)
