@@ -23,8 +23,24 @@ _POSITIONED = 0x02
 
 
 def _plain(extras: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready extras; numbers and text (nearly all of them) pass through untouched."""
-    return {k: v if isinstance(v, int | float | str) else jsonable(v) for k, v in extras.items()}
+    """JSON-ready extras; numbers (nearly all of them) pass through untouched. Text loses NUL
+    characters: PostgreSQL stores none in text or jsonb, and one inside a vendor's fixed-width
+    field (an active-safety alarm's terminal id) made the whole report unstorable."""
+    return {
+        k: v if isinstance(v, int | float) else _no_nul(v if isinstance(v, str) else jsonable(v))
+        for k, v in extras.items()
+    }
+
+
+def _no_nul(value: Any) -> Any:
+    """``value`` (JSON-ready) with NUL characters taken out of every string in it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nul(v) for v in value]
+    return value
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

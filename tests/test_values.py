@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,6 +191,25 @@ async def test_an_out_of_range_fix_alone_never_reaches_the_map(
         await _send_acked(terminal, _now_report(0, latitude=95.0, longitude=200.0))
         await asyncio.sleep(1.3)
         assert await _last(ingest.pool, phone) is None
+
+
+def _adas_item(terminal_id: bytes) -> tuple[int, bytes]:
+    """A 0x64 active-safety alarm item (47 bytes, short identification) naming ``terminal_id``."""
+    when = bytes.fromhex("251122090000")
+    site = bytes([60]) + struct.pack(">HII", 12, 31_200_000, 121_500_000) + when + b"\0\0"
+    ident = terminal_id.ljust(7, b"\0") + when + bytes([1, 0, 0])
+    return 0x64, struct.pack(">I", 7) + bytes([1, 1, 1, 0, 0, 0, 0, 0]) + site + ident
+
+
+@aio_test
+async def test_a_nul_inside_a_text_item_does_not_make_the_report_unstorable(
+    db_url: str, short_tmp: Path
+) -> None:
+    phone = "13800000005"
+    async with _logged_in(db_url, short_tmp, phone, "京A00097") as (ingest, terminal):
+        await _send_acked(terminal, _now_report(0, items=[_adas_item(b"AB\0CD")]))
+        (row,) = await _rows(ingest.pool, phone)
+        assert _extras(row)["adas"]["identification"]["terminal_id"] == "ABCD"
 
 
 # ------------------------------------------------------------------ the checks themselves
