@@ -135,9 +135,14 @@ def describe(exc: BaseException, db_url: str | None = None) -> str:
 def fail(prog: str, exc: BaseException, db_url: str | None = None) -> int:
     """Print the one line for ``exc`` (and, with FLEETWATCH_DEBUG, the traceback); exit 1."""
     print(f"{prog}: error: {describe(exc, db_url)}", file=sys.stderr, flush=True)
+    debug_traceback(exc)
+    return 1
+
+
+def debug_traceback(exc: BaseException) -> None:
+    """The traceback on stderr, only when FLEETWATCH_DEBUG is set."""
     if os.environ.get(DEBUG_ENV):
         traceback.print_exception(exc, file=sys.stderr)
-    return 1
 
 
 def announce(data_dir: Path, db_url: str, embedded: bool, ports: list[tuple[str, str]]) -> None:

@@ -366,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
     def started_failed(failure: Any) -> None:
         problem = console.describe(failure.value, args.db)
         say(f"fleetwatch serve: error: {problem}", level=LogLevel.critical, error=problem)
+        console.debug_traceback(failure.value)
         status["code"] = 1
         reactor.stop()  # type: ignore[attr-defined]
 
