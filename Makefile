@@ -7,14 +7,21 @@ setup:
 test: setup
 	.venv/bin/python -m pytest
 
+# Style, formatting (of the packages; tests keep their hand layout), the layers as import
+# contracts (pyproject.toml [tool.importlinter]) and types (mypy, [tool.mypy]).
+PACKAGES = protocols geo store ingest alerts maps fleetwatch loadtest
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check $(PACKAGES)
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python -m loadtest.bench_codec
 	.venv/bin/python -m loadtest.bench_fences
 	.venv/bin/python -m loadtest.bench_rules
 	.venv/bin/python -m loadtest.bench_flush
+	.venv/bin/python -m loadtest.bench_gateway
 
 # The main command: JT/T 808 on 6808, NMEA on 6809, /metrics on 8080, embedded PostGIS in ./data.
 run: setup

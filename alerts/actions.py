@@ -2,8 +2,8 @@
 
 The monitoring guidelines script the first reminder (a fatigue pre-warning gets "you have
 driven 3.5 hours, plan a rest", a fatigue alarm "stop and rest now"), so the platform sends it
-at once as a 0x8300 text read aloud (TTS) instead of waiting for a dispatcher. Which alert
-types get a text, its template and its flags are configuration (:data:`DEFAULT_ACTIONS`, merged
+at once as a text read aloud (TTS) instead of waiting for a dispatcher. Which alert types get
+a text, its template and its flags are configuration (:data:`DEFAULT_ACTIONS`, merged
 with a dict); a ``None`` entry switches a type off.
 
 Rules that matter here:
@@ -15,7 +15,7 @@ Rules that matter here:
   is not read the same sentence every minute.
 
 Sans-I/O: :meth:`Actions.plan` turns an event into a :class:`PlannedText` (or None); sending it
-and recording the outcome is :mod:`fleetwatch.supervision`'s job.
+and recording the outcome is :mod:`alerts.supervision`'s job.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from alerts.commands import Text
 from alerts.model import (
     ALERT_TYPES,
     FATIGUE_CONTINUOUS,
@@ -37,13 +38,12 @@ from alerts.model import (
     SPEEDING,
     AlertEvent,
 )
-from protocols.jt808.platform import TEXT_DISPLAY, TEXT_TTS, TEXT_URGENT, TextMessage
 
 #: Alert type -> action. ``text``: a ``str.format`` template over the event's details plus
 #: ``hours`` (the driving time the alert is about, in hours: 3.5 for the default
 #: pre-warning), ``limit`` (km/h), ``speed`` (km/h), ``plate`` and ``fence`` (a fence's
 #: name); ``fallback``: the text when a placeholder has no value; ``tts``/``display``/
-#: ``urgent``: the 0x8300 flags; ``cooldown_s``: no second text of this type to the same
+#: ``urgent``: how the terminal presents it; ``cooldown_s``: no second text of this type to the same
 #: vehicle within that many seconds (fix time).
 DEFAULT_ACTIONS: dict[str, dict[str, Any] | None] = {
     FATIGUE_WARNING: {
@@ -89,14 +89,6 @@ class TextAction:
     urgent: bool = False
     cooldown_s: float = 0.0
 
-    @property
-    def flag(self) -> int:
-        return (
-            (TEXT_TTS if self.tts else 0)
-            | (TEXT_DISPLAY if self.display else 0)
-            | (TEXT_URGENT if self.urgent else 0)
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class PlannedText:
@@ -107,9 +99,9 @@ class PlannedText:
     event: AlertEvent
 
     @property
-    def body(self) -> TextMessage:
-        # text_type (2019 only; 1 = notice) is left out of 2013 frames by the codec.
-        return TextMessage(flag=self.action.flag, text_type=1, text=self.text)
+    def command(self) -> Text:
+        action = self.action
+        return Text(self.text, tts=action.tts, display=action.display, urgent=action.urgent)
 
 
 def parse_actions(config: Mapping[str, Any] | None = None) -> dict[str, TextAction]:
@@ -145,6 +137,8 @@ def parse_actions(config: Mapping[str, Any] | None = None) -> dict[str, TextActi
             urgent=bool(entry.get("urgent", False)),
             cooldown_s=float(entry.get("cooldown_s", 0)),
         )
+        if not (actions[alert_type].tts or actions[alert_type].display):
+            raise ValueError(f"actions.{alert_type}: a text must be shown, read aloud, or both")
         _check_template(alert_type, actions[alert_type].text)
     return actions
 

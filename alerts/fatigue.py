@@ -64,14 +64,15 @@ from alerts.model import (
     Fix,
 )
 from alerts.settings import Profile
+from geo.calendar import DAY_S
+from geo.calendar import day_start as bj_day_start
 from geo.flags import SPEED_IMPLAUSIBLE
 from geo.position import Position
 
 DRIVE, IDLE, STOP, GAP = 0, 1, 2, 3
 STATE_NAMES = ("drive", "idle", "stop", "gap")
 
-_BJ = 8 * 3600.0
-_DAY = 86400.0
+_DAY = DAY_S
 _H = 3600.0
 _SEVERITY = {
     FATIGUE_WARNING: LOW,
@@ -82,11 +83,6 @@ _SEVERITY = {
 }
 _MAX_RUNS = 20000
 _PRUNE_AT = 256  # runs kept before a prune is tried (amortised O(1) per run)
-
-
-def bj_day_start(t: float) -> float:
-    """Epoch seconds of the Beijing midnight starting the day of ``t``."""
-    return ((t + _BJ) // _DAY) * _DAY - _BJ
 
 
 def _pieces(s: float, e: float) -> list[tuple[float, float, bool]]:
@@ -112,7 +108,6 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-
 def motion(p: Position, profile: Profile) -> int:
     """DRIVE above the moving speed; else IDLE with the ACC on (when ACC counts), else STOP.
     An implausible speed (``geo.flags``) says nothing about motion: ACC decides."""
@@ -121,6 +116,7 @@ def motion(p: Position, profile: Profile) -> int:
     if profile.use_acc and p.status & 1:
         return IDLE
     return STOP
+
 
 class Episode:
     """A fatigue episode as the machine sees it (times in epoch seconds)."""

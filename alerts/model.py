@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+# The vehicle classes, re-exported for the rules (defined once, in geo.classes).
+from geo.classes import COACH as COACH
+from geo.classes import HAZMAT as HAZMAT
+from geo.classes import HEAVY_TRUCK as HEAVY_TRUCK
+from geo.classes import OTHER as OTHER
+from geo.classes import POLICE as POLICE
+from geo.classes import SCHOOL_BUS as SCHOOL_BUS
+from geo.classes import VEHICLE_CLASSES as VEHICLE_CLASSES
 from geo.position import Position
-
-# Vehicle classes (the values of vehicles.class).
-POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER = (
-    "police", "school_bus", "coach", "heavy_truck", "hazmat", "other",
-)  # fmt: skip
-VEHICLE_CLASSES = (POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT, OTHER)
 
 # Alert types.
 SPEEDING = "speeding"

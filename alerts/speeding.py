@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING
 
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
+from geo.calendar import is_night
 
 if TYPE_CHECKING:
+    from geo.fences import Geofence
     from geo.index import FenceIndex
 
 SEVERITY_BY_LEVEL = {1: LOW, 2: MEDIUM, 3: HIGH, 4: CRITICAL}
-_BEIJING_OFFSET = 8 * 3600
-_DAY = 86400
 
 
 def level_of(over_pct: float) -> int:
@@ -63,12 +63,6 @@ def level_of(over_pct: float) -> int:
     if over_pct < 50.0:
         return 3
     return 4
-
-
-def is_night(t: float) -> bool:
-    """22:00-06:00 Beijing time, ``t`` in epoch seconds."""
-    s = (t + _BEIJING_OFFSET) % _DAY
-    return s >= 79200 or s < 21600
 
 
 class _Episode:
@@ -84,6 +78,17 @@ class _Episode:
         "worst_limit",
         "worst_ratio",
     )
+    # Set all at once when the episode opens (see SpeedingRule), declared here for the types.
+    expressway: bool
+    lat: float
+    level: int
+    lon: float
+    max_speed: float
+    night: bool
+    start: datetime
+    start_t: float
+    worst_limit: float
+    worst_ratio: float
 
 
 class _Lane:
@@ -177,8 +182,8 @@ class SpeedingRule:
             if limit is not None and profile.night_factor != 1.0 and is_night(t):
                 limit *= profile.night_factor
             return limit, False
-        sure = []
-        doubtful = []
+        sure: list[Geofence] = []
+        doubtful: list[Geofence] = []
         for fid, certain in inside.items():
             fence = known.get(fid)
             if fence is not None:
@@ -193,7 +198,7 @@ class SpeedingRule:
         return limit, express
 
     @staticmethod
-    def _combine(fences: list, fix: Fix, profile: Profile) -> tuple[float | None, bool]:
+    def _combine(fences: list[Geofence], fix: Fix, profile: Profile) -> tuple[float | None, bool]:
         at = fix.position.fix_time
         v = fix.vehicle
         posted: float | None = None
@@ -310,6 +315,7 @@ class SpeedingRule:
             if ep is None:
                 if t - lane.over_t >= profile.min_over_s:
                     ep = lane.ep = _Episode()
+                    assert lane.over_at is not None  # set with over_t
                     ep.start, ep.start_t = lane.over_at, lane.over_t
                     ep.max_speed, ep.worst_ratio, ep.worst_limit = (
                         lane.run_max,
@@ -360,6 +366,7 @@ class SpeedingRule:
             if not lane.warned and t - lane.near_t >= profile.min_over_s:
                 lane.warned = True
                 if lane.ep is None:
+                    assert lane.near_at is not None  # set with near_t
                     lane.warn_start = lane.near_at
                     out.append(
                         self._warning_event(

@@ -123,7 +123,7 @@ class WatchlistRule:
                 continue
             fid = fence_id_of(e)
             fence = fences.get(fid) if fid is not None else None
-            if fence is None or not getattr(fence, "watched", False):
+            if fid is None or fence is None or not getattr(fence, "watched", False):
                 continue
             # The geofence rule reports entering and leaving as instants (an open at once
             # followed by a close); the stay in between is ours.

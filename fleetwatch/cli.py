@@ -21,6 +21,7 @@ from fleetwatch import (
     decode,
     geofences_cmd,
     import_nmea,
+    send_cmd,
     serve,
     vehicles_cmd,
 )
@@ -35,6 +36,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     import_nmea.register,
     alerts_cmd.register,
     alerts_cmd.register_watchlist,
+    send_cmd.register,
 )
 
 

@@ -149,7 +149,9 @@ def announce(data_dir: Path, db_url: str, embedded: bool, ports: list[tuple[str,
     """Print the banner (in JSON mode: one event with the same facts as fields)."""
     from fleetwatch.logs import say
 
-    fields = {name.replace(" ", "").replace("/", "").lower(): a for name, a in ports}
+    fields: dict[str, Any] = {
+        name.replace(" ", "").replace("/", "").lower(): a for name, a in ports
+    }
     say(banner(data_dir, db_url, embedded, ports), brief=f"FleetWatch {version()} serving",
         data_dir=str(data_dir.absolute()), database=mask_url(db_url), pid=os.getpid(),
         stop="Ctrl-C or SIGTERM", **fields)  # fmt: skip

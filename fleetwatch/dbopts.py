@@ -85,6 +85,15 @@ async def connect(
 ) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the command's database; with ``require_schema`` the schema must be
     migrated to this code's latest version (else the error says to run ``db migrate``)."""
+    async with connect_with_url(args, create, require_schema) as (_, conn):
+        yield conn
+
+
+@asynccontextmanager
+async def connect_with_url(
+    args: argparse.Namespace, create: bool = False, require_schema: bool = True
+) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """:func:`connect`, also giving the URL (for a command that opens a second connection)."""
     import asyncpg
 
     from store.migrations import status
@@ -104,7 +113,7 @@ async def connect(
                         f"the database schema is not up to date ({len(pending)} pending "
                         f"migration(s)): run `fleetwatch db migrate {where}`"
                     )
-            yield conn
+            yield url, conn
         finally:
             await conn.close()
 

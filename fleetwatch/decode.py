@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, timedelta, timezone, tzinfo
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from protocols.jt808 import (
@@ -280,6 +280,7 @@ def input_lines(frames: list[str], stdin: TextIO | None) -> Iterator[tuple[int, 
     Stdin is read as bytes where possible, so a stray non-UTF-8 byte becomes an error line
     instead of a UnicodeDecodeError.
     """
+    lines: Iterator[str]
     if frames:
         lines = (line for arg in frames for line in arg.splitlines())
     elif stdin is None:  # no stdin at all (closed, or a GUI launcher)
@@ -653,7 +654,7 @@ def _value_lines(value: Any, pad: str, name: str | None = None) -> list[str]:
     return [f"{pad}{label} {text}" if name is not None else f"{pad}{text}"]
 
 
-def _is_struct_list(value: Any) -> bool:
+def _is_struct_list(value: Any) -> TypeGuard[list[Struct]]:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Struct) for v in value)
 
 
@@ -662,7 +663,7 @@ def struct_lines(obj: Struct, pad: str) -> list[str]:
     if isinstance(obj, LocationReport):
         return location_lines(obj, None, None, pad)
     data = obj.to_json()
-    hex_ids = (
+    hex_ids: set[str] = (
         {name for name, spec in type(obj)._layout() if getattr(spec, "hex_json", False)}
         if dataclasses.is_dataclass(obj)
         else set()

@@ -111,7 +111,8 @@ def _describe(fence: Geofence) -> str:
         size = f" width {fence.width_m:g} m"
     parts = [fence.name, f"{fence.kind} {fence.shape}{size}"]
     if fence.speed_limit_kmh is not None:
-        parts.append(f"limit {fence.speed_limit_kmh:g} km/h" + (" (expressway)" * fence.expressway))
+        road = " (expressway)" if fence.expressway else ""
+        parts.append(f"limit {fence.speed_limit_kmh:g} km/h{road}")
     if fence.windows:
         parts.append("windows " + "; ".join(_window(w.to_json()) for w in fence.windows))
     if not fence.applies_to.everyone:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, TextIO, cast
 
 from fleetwatch import dbopts
 from geo.position import SOURCE_IMPORT, Position
@@ -207,11 +207,11 @@ def read_lines(stream: IO[bytes], limit: int = MAX_SENTENCE) -> Iterator[bytes |
 
 def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     """(the file as stored, for progress; the stream of its text)."""
-    raw = path.open("rb")
+    raw: IO[bytes] = path.open("rb")
     magic = raw.read(2)
     raw.seek(0)
     if magic == b"\x1f\x8b":
-        return raw, gzip.GzipFile(fileobj=raw, mode="rb")
+        return raw, cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))  # reads like one
     return raw, raw
 
 

@@ -70,7 +70,7 @@ def event_as_json(event: dict[str, Any]) -> str:
         out[key] = _plain(value)
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
-        out["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        out["error"] = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
         out["traceback"] = failure.getTraceback()
     return json.dumps(out, ensure_ascii=False, default=str)
 

@@ -13,7 +13,7 @@ import gc
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def _port(text: str) -> int:
 
 def _rules_config(path: str) -> str:
     """The path, once it reads as a JSON object (a mistake shows at once, not after start-up)."""
-    from fleetwatch.supervision import load_config
+    from alerts.supervision import load_config
 
     try:
         load_config(path)
@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_rules_config,
         metavar="FILE",
         help="JSON: supervision rules, automatic actions, escalation and enforcement "
-        "(see fleetwatch/supervision.py; default: the regulations' values)",
+        "(see alerts/supervision.py; default: the regulations' values)",
     )
     parser.add_argument(
         "--workers",
@@ -119,6 +119,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="ingest processes sharing the TCP ports (one Python process uses one core)",
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    guard = parser.add_argument_group("limits (see docs/decisions.md)")
+    guard.add_argument(
+        "--pre-auth-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close connections not authenticated within S seconds (default 30)",
+    )
+    guard.add_argument(
+        "--max-per-address",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections per source address (0 = no cap; default 256)",
+    )
+    guard.add_argument("--registration-rate", type=float, default=20.0, metavar="N",
+                       help="registrations a second under --policy open, N/10 per address "
+                       "(0 = no limit; default 20)")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -134,22 +152,26 @@ class Server:
         self.pool: Any = None
         self.service: Any = None
         self.supervision: Any = None
+        self.gateway: Any = None
+        self.gate = _accept_gate()
 
     async def start(self) -> None:
         import asyncpg
         from twisted.internet import reactor
-        from twisted.internet.task import LoopingCall
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
+        from alerts.gateway import STATS as GATEWAY_STATS
+        from alerts.gateway import CommandGateway
+        from alerts.supervision import Supervision, load_config
         from fleetwatch.logs import say
-        from fleetwatch.supervision import Supervision, load_config
         from ingest.directory import Directory
+        from ingest.jobs import every
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsResource
-        from store.migrations import migrate
+        from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
 
@@ -160,6 +182,9 @@ class Server:
                 await migrate(conn)
                 await refresh_last_positions(conn)
             await self.maintain()
+        else:  # worker 0 migrates meanwhile: nothing here may touch a table before it has
+            async with self.pool.acquire() as conn:
+                await wait_until_migrated(conn)
         metrics = Metrics()
         spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
         flush_seconds = metrics.histogram(
@@ -171,11 +196,21 @@ class Server:
         limits = ValueLimits(args.max_ahead, args.max_speed)
         self.service = IngestService(
             Directory(self.pool, args.policy), self.writer.write, metrics,
-            media=MediaStore(args.data_dir / "media", self.pool), limits=limits,
+            media=MediaStore(args.data_dir / "media", self.pool),
+            pre_auth_timeout=args.pre_auth_timeout, max_per_address=args.max_per_address,
+            registration_rate=args.registration_rate, gate=self.gate, limits=limits,
         )  # fmt: skip
+        self.gateway = gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
+        await gateway.start()
+        for name, meaning in GATEWAY_STATS.items():
+            metrics.gauge(
+                f"fleetwatch_gateway_{name}", meaning,
+                lambda name=name: gateway.stats[name],  # type: ignore[misc]
+            )  # fmt: skip
         self.supervision = Supervision(
-            self.pool, self.service, load_config(args.rules_config), worker_index=args.worker_index
-        )
+            self.pool, self.gateway, load_config(args.rules_config),
+            metrics=metrics, worker_index=args.worker_index,
+        )  # fmt: skip
         self.service.observer = self.supervision
         await self.supervision.start()
         self.writer.start()
@@ -205,6 +240,7 @@ class Server:
         )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
+        self.gate.watch(self.ports[-1])
         services = [self.service]
         if args.nmea_port:
             from ingest.nmea_server import NmeaFactory, NmeaService, find_vehicle_id
@@ -216,7 +252,9 @@ class Server:
                 lookup, self.supervision.judging(self.writer.submit), metrics, limits=limits
             )
             services.append(nmea)
+            nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
+            self.gate.watch(self.ports[-1])
 
         def pressure(on: bool) -> None:
             for service in services:
@@ -226,14 +264,12 @@ class Server:
         if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
             root = Resource()
             root.putChild(b"metrics", MetricsResource(metrics))
-            self.ports.append(reactor.listenTCP(args.http_port, Site(root), interface=args.host))  # type: ignore[attr-defined]
-        sweep = LoopingCall(lambda: self.service.sweep(_monotonic()))
-        sweep.start(2.0, now=False)
-        self.loops.append(sweep)
+            site: Any = Site(root)  # a ServerFactory in all but its stubs
+            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.host))  # type: ignore[attr-defined]
+        self.loops.append(every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep"))
         if args.worker_index == 0:
-            maintenance = LoopingCall(lambda: _aio(self.maintain()))
-            maintenance.start(3600.0, now=False)
-            self.loops.append(maintenance)
+            maintain = every(3600.0, lambda: _aio(self.maintain()), "partition maintenance")
+            self.loops.append(maintain)
         for port in self.ports:
             host = port.getHost()
             say(f"fleetwatch: listening on {host.host}:{host.port}")
@@ -260,13 +296,15 @@ class Server:
         return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.host)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
-        """Partitions ahead of time, whole-partition retention."""
+        """Partitions ahead of time, whole-partition retention, old command records."""
+        from store import commands
         from store.partitions import drop_expired, ensure_partitions
 
         today = datetime.now(UTC).date()
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, today)
             await drop_expired(conn, today, self.args.retention_days)
+            await commands.prune(conn, datetime.now(UTC) - COMMAND_RECORDS)
 
     async def stop(self) -> None:
         from twisted.internet.defer import gatherResults
@@ -279,11 +317,25 @@ class Server:
             await self.writer.close()  # acks for everything received go out before we close
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
+        if self.gateway is not None:
+            await self.gateway.stop()
         if self.service is not None:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
         if self.pool is not None:
             await self.pool.close()
+
+
+def _accept_gate() -> Any:
+    """Raise the open-file limit as far as allowed and say how many terminals that holds."""
+    from fleetwatch.logs import say
+    from ingest.limits import AcceptGate, connection_capacity, raise_descriptor_limit
+
+    before, after = raise_descriptor_limit()
+    gate = AcceptGate(connection_capacity())
+    say(f"fleetwatch: open-file limit {after} (was {before}): up to {gate.capacity} "
+        "terminal connections", capacity=gate.capacity)  # fmt: skip
+    return gate
 
 
 def _monotonic() -> float:
@@ -304,6 +356,8 @@ async def _as_future(d: Any) -> Any:
     return await d.asFuture(asyncio.get_running_loop())
 
 
+#: How long the records of commands sent between processes are kept.
+COMMAND_RECORDS = timedelta(days=90)
 #: Cyclic GC thresholds for a running server (Python's are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 50, 1_000)
 
@@ -397,6 +451,9 @@ def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Pop
             "--log-format", args.log_format, "--workers", str(args.workers),
             "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
             "--worker-index", str(index),
+            "--pre-auth-timeout", str(args.pre_auth_timeout),
+            "--max-per-address", str(args.max_per_address),
+            "--registration-rate", str(args.registration_rate),
         ]  # fmt: skip
         if args.rules_config:
             command += ["--rules-config", args.rules_config]

@@ -1,4 +1,4 @@
-"""``fleetwatch vehicles add | import | list``: provision vehicles and their terminals.
+"""``fleetwatch vehicles add | import | unbind | list``: provision vehicles and their terminals.
 
 Terminals of provisioned vehicles may register under the "provisioned" policy; phones are
 stored without leading zeros, the way the ingest side looks them up. ``import`` is all or
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch import dbopts
+from geo.plates import normalise_plate
 from store.vehicles import PLATE_COLORS, VEHICLE_CLASSES
 
 PROG = "fleetwatch vehicles"
@@ -66,6 +67,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dbopts.add_database_options(imp)
     imp.set_defaults(handler=lambda args: dbopts.run(PROG, _import, args))
 
+    unbind = actions.add_parser(
+        "unbind",
+        help="release a vehicle from its terminal (before fitting a new one)",
+        description="Forget the terminal bound to a vehicle: its auth code stops working and the "
+        "next terminal that registers with the vehicle's phone (or --phone) is bound to it. "
+        "Until then another terminal's registration for this vehicle is refused.",
+    )
+    unbind.add_argument("plate", metavar="PLATE", help="plate number, e.g. 京A12345")
+    unbind.add_argument("--plate-color", type=int, metavar="N", help="plate colour (default 2)")
+    unbind.add_argument("--phone", help="the new terminal's phone, if its SIM is new too")
+    dbopts.add_database_options(unbind)
+    unbind.set_defaults(handler=lambda args: dbopts.run(PROG, _unbind, args))
+
     lst = actions.add_parser("list", help="list the vehicles")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     dbopts.add_database_options(lst)
@@ -112,6 +126,27 @@ async def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _unbind(args: argparse.Namespace) -> int:
+    from store.vehicles import VehicleError, normalise_phone, parse_plate_color, unbind_terminal
+
+    try:
+        color = parse_plate_color(args.plate_color)
+        phone = normalise_phone(args.phone) if args.phone else None
+    except VehicleError as exc:
+        raise dbopts.CommandError(str(exc)) from None
+    plate = normalise_plate(args.plate)
+    async with dbopts.connect(args) as conn:
+        try:
+            row = await unbind_terminal(conn, plate, color, phone)
+        except VehicleError as exc:
+            raise dbopts.CommandError(str(exc)) from None
+    if row is None:
+        raise dbopts.CommandError(f"no vehicle with plate {plate} (colour {color})")
+    print(f"unbound vehicle {row['id']}: {_describe(row)}; the next terminal to register "
+          f"with phone {row['phone']} is bound to it")  # fmt: skip
+    return 0
+
+
 async def _list(args: argparse.Namespace) -> int:
     from store.vehicles import list_vehicles
 
@@ -137,6 +172,8 @@ def _describe(row: dict[str, Any]) -> str:
     ]
     if row["vin"]:
         parts.append(f"VIN {row['vin']}")
+    if row.get("bound_at"):
+        parts.append(f"terminal {row['manufacturer']}/{row['terminal_id']}")
     if not row["provisioned"]:
         parts.append("NOT PROVISIONED")
     return ", ".join(parts)

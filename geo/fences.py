@@ -19,7 +19,7 @@ from typing import Any
 import shapely
 from shapely.geometry import LineString, Point, Polygon
 
-from protocols.jt808 import BEIJING
+from geo.calendar import BEIJING
 
 ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE = "zone", "forbidden", "speed_limit", "route"
 KINDS = (ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE)

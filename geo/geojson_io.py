@@ -36,7 +36,7 @@ import geojson
 import shapely
 from shapely.geometry import box, mapping, shape
 
-from alerts.model import VEHICLE_CLASSES
+from geo.classes import VEHICLE_CLASSES
 from geo.fences import (
     CIRCLE,
     CORRIDOR,
@@ -182,8 +182,8 @@ def fence_from_feature(feature: Any, fid: int, cgcs2000: bool = False) -> Geofen
             expressway=_bool(props, "expressway"),
             windows=_windows(props.get("windows")),
             applies_to=_applies_to(props.get("applies_to")),
-            margin_m=_number(props, "margin_m", default=DEFAULT_MARGIN_M),
-            min_time_s=_number(props, "min_time_s", default=DEFAULT_MIN_TIME_S),
+            margin_m=_number_or(props, "margin_m", DEFAULT_MARGIN_M),
+            min_time_s=_number_or(props, "min_time_s", DEFAULT_MIN_TIME_S),
             max_dwell_s=_number(props, "max_dwell_s"),
             watched=bool(_bool(props, "watched")),
             properties={**extra},
@@ -294,6 +294,11 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{key} {value!r}: a number")
     return float(value)
+
+
+def _number_or(props: Mapping[str, Any], key: str, default: float) -> float:
+    value = _number(props, key)
+    return default if value is None else value
 
 
 def _bool(props: Mapping[str, Any], key: str) -> bool | None:

@@ -4,11 +4,16 @@ Policies: ``open`` (the default) provisions unknown terminals from their registr
 unassigned pool (``provisioned = false``, no company) that only admins see; ``known`` accepts
 only vehicles provisioned beforehand (``fleetwatch vehicles add/import``), for production.
 Authenticated terminals are cached by phone, so the location hot path never queries.
+
+A vehicle is bound to the terminal that registered it (manufacturer and terminal id): another
+terminal cannot take it over by registering with its phone or plate, and a registration never
+replaces a code in use. ``fleetwatch vehicles unbind`` releases a vehicle for a new terminal.
 """
 
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
@@ -21,10 +26,33 @@ from protocols.jt808.platform import (
     REGISTER_NO_TERMINAL,
     REGISTER_NO_VEHICLE,
     REGISTER_OK,
+    REGISTER_TERMINAL_TAKEN,
     REGISTER_VEHICLE_TAKEN,
 )
+from store import vehicles as store_vehicles
+from store.vehicles import TerminalRegistration, bind_terminal
 
 POLICY_OPEN, POLICY_KNOWN = "open", "known"
+
+_RESULTS = {
+    store_vehicles.BOUND: REGISTER_OK,
+    store_vehicles.VEHICLE_TAKEN: REGISTER_VEHICLE_TAKEN,
+    store_vehicles.TERMINAL_TAKEN: REGISTER_TERMINAL_TAKEN,
+    store_vehicles.NO_VEHICLE: REGISTER_NO_VEHICLE,
+    store_vehicles.NO_TERMINAL: REGISTER_NO_TERMINAL,
+}
+
+
+def registration_text(value: str, limit: int) -> str | None:
+    """A registration string as stored, or None if it is not text. NUL padding (either side)
+    and spaces are trimmed; a NUL inside, another control character, a byte that is not GBK
+    (decoded as U+FFFD) or more than ``limit`` characters make it unusable."""
+    value = value.strip("\x00 ")
+    if len(value) > limit or "\ufffd" in value:
+        return None
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return None
+    return value
 
 
 def phone_key(phone: str) -> str:
@@ -71,47 +99,27 @@ class Directory:
         return Vehicle(*row) if row else None
 
     async def register(self, phone: str, reg: Register, version: int) -> tuple[int, str]:
-        """Answer a registration: (0x8100 result, auth code). A terminal that registers again
-        (after a reset) gets a fresh code; its old one stops working."""
-        phone = phone_key(phone)
-        plate = normalise_plate(reg.plate) or None
-        async with self.pool.acquire() as conn, conn.transaction():
-            vehicle = await conn.fetchrow("SELECT id, plate FROM vehicles WHERE phone = $1", phone)
-            owner = None
-            if plate is not None:
-                owner = await conn.fetchrow(
-                    "SELECT id, phone FROM vehicles WHERE plate = $1 AND plate_color = $2",
-                    plate, reg.plate_color,
-                )  # fmt: skip
-                if owner is not None and owner["phone"] not in (None, phone):
-                    return REGISTER_VEHICLE_TAKEN, ""
-            if vehicle is None:
-                if self.policy == POLICY_KNOWN:
-                    if owner is None:
-                        return REGISTER_NO_TERMINAL, ""
-                    vehicle_id = owner["id"]  # provisioned by plate, terminal not yet bound
-                elif owner is not None:
-                    vehicle_id = owner["id"]
-                else:
-                    vehicle_id = await conn.fetchval(
-                        "INSERT INTO vehicles (plate, plate_color, phone, provisioned)"
-                        " VALUES ($1, $2, $3, false) RETURNING id",
-                        plate, reg.plate_color, phone,
-                    )  # fmt: skip
-            else:
-                vehicle_id = vehicle["id"]
-                if self.policy == POLICY_KNOWN and plate and vehicle["plate"] not in (None, plate):
-                    return REGISTER_NO_VEHICLE, ""
-            code = secrets.token_hex(8)
-            await conn.execute(
-                """UPDATE vehicles SET phone = $2, auth_code = $3, protocol_version = $4,
-                       manufacturer = $5, terminal_model = $6, terminal_id = $7, province = $8,
-                       city = $9, plate = coalesce(plate, $10), updated_at = now()
-                   WHERE id = $1""",
-                vehicle_id, phone, code, version, reg.manufacturer, reg.model, reg.terminal_id,
-                reg.province, reg.city, plate,
-            )  # fmt: skip
-        return REGISTER_OK, code
+        """Answer a registration: (0x8100 result, auth code); see ``store.vehicles.bind_terminal``
+        for who gets a code. Strings that are not text (NUL bytes inside, control characters,
+        undecodable bytes) are refused with a result code, never stored."""
+        plate = registration_text(reg.plate, 20)
+        if plate is None:
+            return REGISTER_NO_VEHICLE, ""
+        texts = [registration_text(t, 30) for t in (reg.manufacturer, reg.model, reg.terminal_id)]
+        manufacturer, model, terminal_id = texts
+        if manufacturer is None or model is None or not terminal_id:
+            return REGISTER_NO_TERMINAL, ""
+        registration = TerminalRegistration(
+            phone=phone_key(phone), manufacturer=manufacturer, model=model,
+            terminal_id=terminal_id, plate=normalise_plate(plate) or None,
+            plate_color=reg.plate_color, province=reg.province, city=reg.city,
+            protocol_version=version,
+        )  # fmt: skip
+        async with self.pool.acquire() as conn:
+            outcome, code = await bind_terminal(
+                conn, registration, secrets.token_hex(8), create=self.policy == POLICY_OPEN
+            )
+        return _RESULTS[outcome], code
 
     async def authenticate(self, phone: str, code: str) -> Vehicle | None:
         """The vehicle whose terminal holds this auth code, or None."""

@@ -4,6 +4,12 @@ A connection's frames are handled strictly in order. Registration and authentica
 the database, so frames arriving meanwhile are held back until the answer is known. Location
 reports are acknowledged (0x8001) only once the writer says their rows are durable; replies go
 out in the header layout (2013/2019) the terminal used.
+
+What a client may hold is bounded (see docs/decisions.md, "Ingest that attacks cannot break"):
+before authentication only registration, authentication, heartbeat and logout are read, never a
+subpackage; a connection must authenticate within ``pre_auth_timeout``, complete each frame
+within ``frame_timeout`` and send a complete frame every ``idle_timeout``; connections per
+source address, registrations (``open`` policy), reassembly and bad-input logging are capped.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from geo.position import Position
-from ingest.directory import Directory, Vehicle
-from ingest.downlink import PendingCommands
+from ingest.directory import POLICY_OPEN, Directory, Vehicle, phone_key
+from ingest.downlink import PendingCommands, TerminalEnd
+from ingest.limits import AcceptGate, AddressCount, RegistrationLimit, TokenBucket
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
 from ingest.nmea import gnss_detail
 from ingest.positions import positions_of
 from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
 from protocols.jt808 import (
+    REGISTRY,
     Authenticate,
     Body,
     DriverIdentity,
@@ -39,6 +47,7 @@ from protocols.jt808 import (
     MediaUploadResponse,
     Message,
     Reassembler,
+    ReassemblyBudget,
     Register,
     RegisterResponse,
     ResendSubpackages,
@@ -47,10 +56,11 @@ from protocols.jt808 import (
     decode_frame,
     encode_frame,
     encode_general_response,
+    resend_batches,
 )
 from protocols.jt808.header import Header
 from protocols.jt808.platform import (
-    REGISTER_OK,
+    REGISTER_TERMINAL_TAKEN,
     RESULT_FAILED,
     RESULT_MESSAGE_ERROR,
     RESULT_OK,
@@ -65,6 +75,12 @@ LOCATION_IDS = frozenset((0x0200, 0x0201, 0x0500, 0x0704))
 PRE_AUTH_IDS = frozenset((0x0100, 0x0102, 0x0002, 0x0003))
 #: Terminal messages the platform does not answer with 0x8001.
 NO_ACK_IDS = frozenset((0x0001, 0x0100, 0x0801))
+#: Bad input logged in full (with its hex) per connection; after that it is only counted, and
+#: the count is logged when the connection closes.
+BAD_INPUT_LOGGED = 5
+#: Frames held while a registration or authentication waits for the database; past this the
+#: connection is not read until the answer is in.
+MAX_BACKLOG = 64
 
 #: What 0x0900 GNSS detail adds to positions, and for how long after it arrived.
 GNSS_QUALITY = ("fix_quality", "satellites", "hdop", "pdop", "vdop", "fix_type")
@@ -80,7 +96,7 @@ def aio(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
 
 
 class IngestObserver(Protocol):
-    """What the supervision rules are told (``fleetwatch.supervision``), in each connection's
+    """What the supervision rules are told (``alerts.supervision``), in each connection's
     order: positions only once durable (right after their ack, so never a fix the terminal
     will send again as new), driver cards (0x0702) and logouts (0x0003). Calls must be cheap
     and must not block: they run on the ingest path."""
@@ -89,7 +105,7 @@ class IngestObserver(Protocol):
 
     def positions(self, vehicle: Vehicle, positions: list[Position]) -> None: ...
 
-    def driver(self, vehicle: Vehicle, identity: DriverIdentity, received: datetime) -> None: ...
+    def driver(self, vehicle: Vehicle, driver: str | None, at: datetime) -> None: ...
 
     def logout(self, vehicle: Vehicle) -> None: ...
 
@@ -104,8 +120,15 @@ class IngestService:
         metrics: Metrics | None = None,
         *,
         idle_timeout: float = 180.0,
+        pre_auth_timeout: float = 30.0,
+        frame_timeout: float = 20.0,
         max_auth_failures: int = 3,
         reassembly_timeout: float = 10.0,
+        reassembly_bytes: int = 8 << 20,
+        reassembly_total_bytes: int = 256 << 20,
+        max_per_address: int = 256,
+        registration_rate: float = 20.0,
+        gate: AcceptGate | None = None,
         media: MediaStore | None = None,
         observer: IngestObserver | None = None,
         limits: ValueLimits = DEFAULT_LIMITS,
@@ -126,10 +149,24 @@ class IngestService:
         )
         self.write = write
         self.idle_timeout = idle_timeout
+        self.pre_auth_timeout = pre_auth_timeout
+        self.frame_timeout = frame_timeout
         self.max_auth_failures = max_auth_failures
         self.reassembly_timeout = reassembly_timeout
+        self.reassembly_bytes = reassembly_bytes
+        self.reassembly_budget = ReassemblyBudget(reassembly_total_bytes)
+        self.addresses = AddressCount(max_per_address)
+        self.registrations = (
+            RegistrationLimit(max(1.0, registration_rate / 10), registration_rate)
+            if registration_rate > 0 and directory.policy == POLICY_OPEN
+            else None
+        )
+        self.gate = gate
+        self.refusal_log = TokenBucket(1.0, 5.0)  # refused connections: a few log lines a second
         self.connections: set[JT808Protocol] = set()
         self.sessions: dict[str, JT808Protocol] = {}  # phone (normalised) -> authenticated
+        #: The command gateway's end in this process (alerts.gateway): commands to terminals.
+        self.terminals = TerminalEnd()
         self.paused = False
         self.metrics.gauge(
             "fleetwatch_terminals_connected",
@@ -176,48 +213,90 @@ class IngestService:
         if old is not None and old is not conn:
             log.info("terminal {phone} reconnected; closing its previous connection", phone=phone)
             old.close("replaced by a new connection")
+        self.terminals.bound(conn)
 
     def unbind(self, conn: JT808Protocol) -> None:
         self.connections.discard(conn)
         if conn.vehicle is not None and self.sessions.get(conn.vehicle.phone) is conn:
             del self.sessions[conn.vehicle.phone]
+        if conn.vehicle is not None:
+            self.terminals.unbound(conn)
 
     def sweep(self, now: float) -> None:
-        """Close idle connections and re-request missing subpackages (run every few seconds)."""
+        """Close expired connections and re-request missing subpackages (run every few
+        seconds). One connection's failure is logged and its reassembly dropped: it must not
+        stop the sweep for the others."""
         for conn in list(self.connections):
-            if now - conn.last_seen > self.idle_timeout:
-                conn.close("idle timeout")
-            else:
-                conn.request_missing_parts(now)
+            try:
+                why = conn.expired(now)
+                if why:
+                    conn.close(why)
+                else:
+                    conn.request_missing_parts(now)
+            except Exception:
+                log.failure("sweeping {peer} ({phone})", peer=conn.peer, phone=conn.phone)
+                conn.reassembler.clear()
+
+    def admit(self, host: str) -> bool:
+        """A new connection from ``host``: within the descriptor budget and the per-address
+        cap?"""
+        if self.gate is not None and not self.gate.admit():
+            why = "no descriptor left"
+            self.metrics.inc("fleetwatch_connections_refused_total", reason="descriptors")
+        elif self.addresses.admit(host):
+            return True
+        else:
+            why = f"{self.addresses.cap} already open from that address"
+            self.metrics.inc("fleetwatch_connections_refused_total", reason="per_address")
+        if self.refusal_log.take(time.monotonic()):
+            log.warn("refused a connection from {host}: {why}", host=host, why=why)
+        return False
 
 
 class JT808Factory(protocol.ServerFactory):
     def __init__(self, service: IngestService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> JT808Protocol:
-        return JT808Protocol(self.service)
+    def buildProtocol(self, addr: IAddress | None) -> JT808Protocol | None:
+        host = str(getattr(addr, "host", ""))
+        if not self.service.admit(host):
+            return None  # Twisted closes the socket
+        conn = JT808Protocol(self.service)
+        conn.host = host
+        return conn
 
 
 class JT808Protocol(protocol.Protocol):
     """One terminal connection."""
 
+    #: A TCP transport, set by the reactor before connectionMade (the ack fast path in
+    #: :meth:`write` reads its buffers).
+    transport: Any
+
     def __init__(self, service: IngestService) -> None:
         self.service = service
         self.metrics = service.metrics
         self.splitter = FrameSplitter()
-        self.reassembler = Reassembler(timeout=service.reassembly_timeout)
+        self.reassembler = Reassembler(
+            timeout=service.reassembly_timeout,
+            max_bytes=service.reassembly_bytes,
+            budget=service.reassembly_budget,
+        )
         self.profile = TerminalProfile(strict=True)
         self.vehicle: Vehicle | None = None
         self.phone = ""
         self.version = 2013
         self.protocol_version = 1
         self.auth_failures = 0
-        self.last_seen = time.monotonic()
+        self.connected_at = self.last_seen = time.monotonic()  # last_seen: last whole frame
+        self.partial_since = 0.0  # when the frame now being received began (0: none)
+        self.bad_input = 0
+        self.host = ""  # source address, counted against the per-address cap
         self.peer = ""
         self._serial = 0
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] | None = None  # made when first needed (~700 B each)
         self._waiting = False  # a registration/authentication answer is pending
+        self._held = False  # not read while the backlog is full
         self._closed = False
         self.commands = PendingCommands()
         self.gnss: dict[str, Any] = {}  # quality of the latest 0x0900 GNSS detail data
@@ -231,13 +310,52 @@ class JT808Protocol(protocol.Protocol):
         self.service.connections.add(self)
         self.metrics.inc("fleetwatch_connections_total")
         log.info("connection from {peer}", peer=self.peer)
+        if self.service.gate is not None:
+            self.service.gate.opened()
         if self.service.paused:
             self.set_paused(True)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closed = True
-        self.service.unbind(self)
+        service = self.service
+        service.unbind(self)
+        if self.host:
+            service.addresses.release(self.host)
+            self.host = ""
+        if service.gate is not None:
+            service.gate.closed()
+        self.reassembler.clear()
         self.commands.fail_all("the terminal disconnected")
+        if self.bad_input > BAD_INPUT_LOGGED:
+            log.warn("{peer} ({phone}) sent {n} bad frames or chunks; {quiet} were not logged",
+                     peer=self.peer, phone=self.phone, n=self.bad_input,
+                     quiet=self.bad_input - BAD_INPUT_LOGGED)  # fmt: skip
+
+    def expired(self, now: float) -> str:
+        """Why this connection should be closed now ("" if it should not)."""
+        service = self.service
+        if self.vehicle is None and now - self.connected_at > service.pre_auth_timeout:
+            return f"not authenticated within {service.pre_auth_timeout:g} s"
+        if now - self.last_seen > service.idle_timeout:
+            return "idle timeout"
+        if (  # not while we ourselves stopped reading (backpressure, a full backlog)
+            self.partial_since
+            and not service.paused
+            and not self._held
+            and now - self.partial_since > service.frame_timeout
+        ):
+            return f"slow sender (a frame took over {service.frame_timeout:g} s)"
+        return ""
+
+    def bad(self, text: str, **fields: Any) -> None:
+        """Log bad input: the first few in full, then only count them (a flood of garbage
+        must not become a flood of log)."""
+        self.bad_input += 1
+        if self.bad_input <= BAD_INPUT_LOGGED:
+            log.warn(text, peer=self.peer, phone=self.phone, **fields)
+            if self.bad_input == BAD_INPUT_LOGGED:
+                log.warn("{peer} ({phone}): further bad input is counted, not logged",
+                         peer=self.peer, phone=self.phone)  # fmt: skip
 
     def close(self, why: str) -> None:
         if not self._closed:
@@ -255,53 +373,69 @@ class JT808Protocol(protocol.Protocol):
     # -- input -----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
-        frames = self.splitter.feed(data)
-        if self.splitter.dropped:
-            for dropped in self.splitter.take_dropped():
+        splitter = self.splitter
+        frames = splitter.feed(data)
+        if frames or not splitter.buffered:  # a slow sender is timed per frame, not per byte
+            now = time.monotonic()
+            if frames:
+                self.last_seen = now
+            self.partial_since = now if splitter.buffered else 0.0
+        elif not self.partial_since:
+            self.partial_since = time.monotonic()
+        if splitter.dropped:
+            for dropped in splitter.take_dropped():
                 self.metrics.inc("fleetwatch_decode_errors_total", kind=dropped.reason)
-                log.warn(
+                self.bad(
                     "dropped {size} bytes ({reason}) from {peer}: {hex}",
                     size=dropped.size,
                     reason=dropped.reason,
-                    peer=self.peer,
                     hex=dropped.head.hex(),
                 )
         if self._waiting:
-            self._backlog.extend(frames)
+            self._hold(frames)
             return
         for i, frame in enumerate(frames):
             self.handle_frame(frame)
             if self._waiting:
-                self._backlog.extend(frames[i + 1 :])
+                self._hold(frames[i + 1 :])
                 return
+
+    def _hold(self, frames: list[bytes]) -> None:
+        """Keep frames until the database has answered; stop reading past MAX_BACKLOG."""
+        if self._backlog is None:
+            self._backlog = deque()
+        self._backlog.extend(frames)
+        if len(self._backlog) > MAX_BACKLOG and not self._held:
+            self._held = True
+            self.transport.pauseProducing()
 
     def _resume_input(self) -> None:
         self._waiting = False
-        while self._backlog and not self._waiting and not self._closed:
-            self.handle_frame(self._backlog.popleft())
+        backlog = self._backlog
+        while backlog and not self._waiting and not self._closed:
+            self.handle_frame(backlog.popleft())
+        if self._held and not self._waiting and not self._closed:
+            self._held = False
+            if not self.service.paused:
+                self.transport.resumeProducing()
 
     def handle_frame(self, frame: bytes) -> None:
         try:
             message = decode_frame(frame, profile=self.profile)
         except JT808Error as exc:
             self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
-            log.warn(
-                "bad frame from {peer} ({phone}): {error}; hex {hex}",
-                peer=self.peer,
-                phone=self.phone,
-                error=str(exc),
-                hex=frame.hex(),
-            )
+            self.bad("bad frame from {peer} ({phone}): {error}; hex {hex}",
+                     error=str(exc), hex=frame[:256].hex())  # fmt: skip
             if exc.header is not None and exc.header.msg_id not in NO_ACK_IDS:
                 self._adopt_layout(exc.header)
                 self.reply(exc.header, RESULT_MESSAGE_ERROR)
             return
         header = message.header
         key = self.service.frame_keys.get(header.msg_id)
-        if key is None:
+        if key is None:  # ids we do not know share one label: a flood cannot make 65,536
+            label = f"0x{header.msg_id:04X}" if header.msg_id in REGISTRY else "other"
             key = self.service.frame_keys[header.msg_id] = self.metrics.key(
-                "fleetwatch_frames_total", msg_id=f"0x{header.msg_id:04X}"
+                "fleetwatch_frames_total", msg_id=label
             )
         self.metrics.add(key)
         if message.problems:
@@ -312,14 +446,19 @@ class JT808Protocol(protocol.Protocol):
                 hex=frame.hex(),
             )
         self._adopt_layout(header)
+        if self.vehicle is None and (header.pkg_total is not None or header.msg_id not in
+                                     PRE_AUTH_IDS):  # fmt: skip
+            # Nothing is held or acknowledged for a terminal we do not know yet.
+            self.metrics.inc("fleetwatch_unauthenticated_frames_total")
+            if header.msg_id not in NO_ACK_IDS:
+                self.reply(header, RESULT_FAILED)
+            return
         if header.pkg_total is not None:
             try:
                 whole = self.reassembler.add(message, time.monotonic())
             except JT808Error as exc:
                 self.metrics.inc("fleetwatch_decode_errors_total", kind=exc.kind)
-                log.warn(
-                    "subpackage from {phone} refused: {error}", phone=self.phone, error=str(exc)
-                )
+                self.bad("subpackage from {peer} ({phone}) refused: {error}", error=str(exc))
                 self.reply(header, RESULT_MESSAGE_ERROR)
                 return
             if header.msg_id not in LOCATION_IDS:
@@ -333,17 +472,13 @@ class JT808Protocol(protocol.Protocol):
         self.version = header.version
         if header.protocol_version is not None:
             self.protocol_version = header.protocol_version
-        if not self.phone:
+        if not self.phone or self.vehicle is None:  # answer each stranger as it names itself
             self.phone = header.phone
 
     # -- messages --------------------------------------------------------------------------
 
     def dispatch(self, message: Message) -> None:
         msg_id = message.header.msg_id
-        if self.vehicle is None and msg_id not in PRE_AUTH_IDS:
-            self.metrics.inc("fleetwatch_unauthenticated_frames_total")
-            self.reply(message.header, RESULT_FAILED)
-            return
         if self.commands.by_serial and self.commands.match(message):
             self.metrics.inc("fleetwatch_command_replies_total")
         handler = self.HANDLERS.get(msg_id)
@@ -356,26 +491,40 @@ class JT808Protocol(protocol.Protocol):
             self.reply(message.header, RESULT_OK if known else RESULT_UNSUPPORTED)
 
     def on_register(self, message: Message) -> None:
+        """0x0100 → 0x8100. Refused without asking the database: a phone whose terminal is
+        online and authenticated here (a registration never revokes a live session), and, under
+        the ``open`` policy, registrations past the rate limit (not answered: the terminal
+        retries after its own timeout)."""
         body = message.body
         assert isinstance(body, Register)
+        service = self.service
+        live = service.sessions.get(phone_key(message.phone))
+        if live is not None and live is not self:
+            self._answer_register(message, REGISTER_TERMINAL_TAKEN, "")
+            return
+        limit = service.registrations
+        if limit is not None and not limit.allow(self.host, time.monotonic()):
+            self.metrics.inc("fleetwatch_registrations_total", result="rate_limited")
+            self.bad("registration from {peer} ({phone}) not answered: rate limit")
+            return
         self._waiting = True
-        d = aio(self.service.directory.register(message.phone, body, message.version))
+        d = aio(service.directory.register(message.phone, body, message.version))
 
         def answer(result: tuple[int, str]) -> None:
-            code, auth_code = result
-            self.metrics.inc("fleetwatch_registrations_total", result=str(code))
-            if code == REGISTER_OK:
-                log.info("terminal {phone} registered from {peer} (plate {plate})",
-                         phone=message.phone, peer=self.peer, plate=body.plate)  # fmt: skip
-            else:
-                log.warn("registration of {phone} from {peer} refused (0x8100 result {result})",
-                         phone=message.phone, peer=self.peer, result=code)  # fmt: skip
-            self.send(
-                RegisterResponse(reply_serial=message.serial, result=code, auth_code=auth_code)
-            )
+            self._answer_register(message, *result)
 
         d.addCallbacks(answer, self._internal_error, errbackArgs=(message,))
         d.addBoth(lambda _: self._resume_input())
+
+    def _answer_register(self, message: Message, result: int, auth_code: str) -> None:
+        self.metrics.inc("fleetwatch_registrations_total", result=str(result))
+        if result:
+            log.warn("registration of {phone} from {peer} refused (0x8100 result {result})",
+                     phone=message.phone, peer=self.peer, result=result)  # fmt: skip
+        else:
+            log.info("terminal {phone} registered from {peer} (plate {plate})", phone=message.phone,
+                     peer=self.peer, plate=getattr(message.body, "plate", None))  # fmt: skip
+        self.send(RegisterResponse(reply_serial=message.serial, result=result, auth_code=auth_code))
 
     def on_authenticate(self, message: Message) -> None:
         body = message.body
@@ -417,12 +566,17 @@ class JT808Protocol(protocol.Protocol):
 
     def on_driver_identity(self, message: Message) -> None:
         """0x0702 (the driver's IC card in or out, or the answer to 0x8702): acked, and told
-        to the rules, which count fatigue per driver."""
+        to the rules, which count fatigue per driver: a card in (status 1, or the 2011 layout)
+        names the driver; a card out (status 2) or an unreadable card leaves none."""
         self.reply(message.header, RESULT_OK)
         body = message.body
         if self.service.observer is not None and isinstance(body, DriverIdentity):
             assert self.vehicle is not None
-            self._observe(self.service.observer.driver, self.vehicle, body, datetime.now(UTC))
+            name = None
+            if body.status in (1, None) and not body.read_result:
+                name = (body.cert_code or "").strip() or (body.driver_name or "").strip()
+            at = body.time.astimezone(UTC) if body.time is not None else datetime.now(UTC)
+            self._observe(self.service.observer.driver, self.vehicle, name or None, at)
 
     def _observe(self, call: Callable[..., None], *args: Any) -> None:
         """A failing observer must never stop acks or the session: log it and go on."""
@@ -539,13 +693,17 @@ class JT808Protocol(protocol.Protocol):
     def send_with_serial(self, body: Body, serial: int) -> None:
         if self._closed:
             return
-        frame = encode_frame(
-            body,
-            phone=self.phone,
-            serial=serial,
-            version=self.version,
-            protocol_version=self.protocol_version,
-        )
+        try:
+            frame = encode_frame(
+                body,
+                phone=self.phone,
+                serial=serial,
+                version=self.version,
+                protocol_version=self.protocol_version,
+            )
+        except JT808Error as exc:  # a phone that does not fit the layout a bad frame named
+            self.bad("cannot answer {peer} ({phone}): {error}", error=str(exc))
+            return
         self.write(frame)
 
     def write(self, data: bytes) -> None:
@@ -559,8 +717,12 @@ class JT808Protocol(protocol.Protocol):
         transport = self.transport
         queued = getattr(transport, "_tempDataBuffer", None)
         send = getattr(transport, "writeSomeData", None)
-        if send is None or queued is None or queued or transport.dataBuffer or (
-            not transport.connected or transport.disconnecting
+        if (
+            send is None
+            or queued is None
+            or queued
+            or transport.dataBuffer
+            or (not transport.connected or transport.disconnecting)
         ):
             transport.write(data)
             return
@@ -572,23 +734,28 @@ class JT808Protocol(protocol.Protocol):
         """0x8001 for a terminal message (or for one part of it: ``serial``)."""
         if self._closed:
             return
-        self.write(
-            encode_general_response(
+        try:
+            frame = encode_general_response(
                 self.phone, self.next_serial(), header.serial if serial is None else serial,
                 header.msg_id, result, self.version, self.protocol_version,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+        except JT808Error as exc:
+            self.bad("cannot answer {peer} ({phone}): {error}", error=str(exc))
+            return
+        self.write(frame)
 
     def request_missing_parts(self, now: float) -> None:
         request, abandon = self.reassembler.due(now)
         for pending in request:
             self.metrics.inc("fleetwatch_subpackage_requests_total")
-            self.send(ResendSubpackages(orig_serial=pending.first_serial, ids=pending.missing))
+            for ids in resend_batches(pending.missing, self.version):  # 255 a request (2013)
+                self.send(ResendSubpackages(orig_serial=pending.first_serial, ids=ids))
         for pending in abandon:
             self.metrics.inc("fleetwatch_subpackage_abandoned_total")
             log.warn(
-                "gave up on 0x{msg_id:04X} from {phone}: parts {missing} never came",
+                "gave up on 0x{msg_id:04X} from {phone}: {missing} of {total} parts missing",
                 msg_id=pending.msg_id,
                 phone=self.phone,
-                missing=pending.missing,
+                missing=len(pending.missing),
+                total=pending.total,
             )

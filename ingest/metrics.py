@@ -63,14 +63,14 @@ class Metrics:
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.help: dict[str, str] = {}
 
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         self.counters[(name, _key(labels))] += amount
 
     def key(self, name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         """A counter's key, made once, for :meth:`add` on hot paths."""
         return (name, _key(labels))
 
-    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: float = 1) -> None:
+    def add(self, key: tuple[str, tuple[tuple[str, str], ...]], amount: int = 1) -> None:
         self.counters[key] += amount
 
     def value(self, name: str, **labels: str) -> float:

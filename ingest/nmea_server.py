@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from geo.plates import normalise_plate
 from geo.position import Position
 from ingest.directory import phone_key
+from ingest.limits import AcceptGate
 from ingest.metrics import Metrics
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, checksum
 from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
@@ -109,9 +110,7 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     ident = identifier.strip()
     digits = re.sub(r"[\s-]", "", ident)
     if digits.isdigit() and digits.isascii():
-        found = await pool.fetchval(
-            "SELECT id FROM vehicles WHERE phone = $1", phone_key(digits)
-        )
+        found = await pool.fetchval("SELECT id FROM vehicles WHERE phone = $1", phone_key(digits))
         if found is not None:
             return int(found)
     plate = normalise_plate(ident)
@@ -151,6 +150,7 @@ class NmeaService:
         self.connections: set[NmeaProtocol] = set()
         self.sessions: dict[int, NmeaProtocol] = {}  # vehicle id -> identified connection
         self.paused = False
+        self.gate: AcceptGate | None = None  # shared with the JT808 service (descriptors)
         self.metrics.gauge(
             "fleetwatch_nmea_connected", "open NMEA connections", lambda: len(self.connections)
         )
@@ -182,13 +182,17 @@ class NmeaFactory(protocol.ServerFactory):
     def __init__(self, service: NmeaService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: IAddress) -> NmeaProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> NmeaProtocol | None:
+        gate = self.service.gate
+        if gate is not None and not gate.admit():
+            return None  # past the descriptor budget (see ingest.limits.AcceptGate)
         return NmeaProtocol(self.service)
 
 
 class NmeaProtocol(LineReceiver, TimeoutMixin):
     """One NMEA unit's connection."""
 
+    transport: Any  # set by the reactor before connectionMade
     delimiter = b"\n"
 
     def __init__(self, service: NmeaService) -> None:
@@ -213,12 +217,16 @@ class NmeaProtocol(LineReceiver, TimeoutMixin):
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.service.connections.add(self)
         self.metrics.inc("fleetwatch_nmea_connections_total")
+        if self.service.gate is not None:
+            self.service.gate.opened()
         self.setTimeout(self.service.id_timeout)
         self.update_flow()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closed = True
         self.setTimeout(None)
+        if self.service.gate is not None:
+            self.service.gate.closed()
         if self._hold_call is not None and self._hold_call.active():
             self._hold_call.cancel()
         if self.vehicle_id is not None:

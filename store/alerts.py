@@ -268,7 +268,7 @@ class AlertStore:
         self._db = db
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(self) -> AsyncIterator[Any]:  # a Connection or a pool's proxy of one
         if hasattr(self._db, "acquire"):
             async with self._db.acquire() as conn:
                 yield conn
@@ -441,11 +441,12 @@ class AlertStore:
             )
             await self._audit(conn, alert_id, step)
             row = await conn.fetchrow(f"{_SELECT} WHERE a.id = $1", alert_id)
+        assert row is not None  # updated above, in this transaction
         return Alert.from_row(row, newly_acknowledged=step.acknowledges)
 
     @staticmethod
     async def _audit(conn: asyncpg.Connection, alert_id: int, step: Transition) -> None:
-        details = {
+        details: dict[str, Any] = {
             k: v
             for k, v in (("handling_action", step.handling_action), ("note", step.note))
             if v is not None
@@ -602,6 +603,16 @@ class AlertStore:
                 "SELECT * FROM watchlist WHERE active OR $1 ORDER BY plate", include_removed
             )
         return [WatchEntry(**dict(r.items())) for r in rows]
+
+    async def watchlist_fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever a plate is added, re-added (new reason) or removed."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE active), max(greatest(added_at, removed_at))"
+                " FROM watchlist"
+            )
+        assert row is not None  # an aggregate always returns one row
+        return tuple(row)
 
     async def watchlist_reasons(self) -> dict[str, str]:
         """Active plates and their reasons, for ``RulesEngine.set_watchlist``."""

@@ -46,7 +46,7 @@ class SaveResult:
 
 
 @asynccontextmanager
-async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[Any]:
     if hasattr(db, "acquire"):
         async with db.acquire() as conn:
             yield conn

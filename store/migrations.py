@@ -10,6 +10,7 @@ works from an installed wheel, not only from a checkout.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,6 +99,23 @@ async def status(
     applied = await _applied(conn)
     done = {m.version for m in applied}
     return applied, [m for m in migrations if m.version not in done]
+
+
+async def wait_until_migrated(
+    conn: asyncpg.Connection, timeout: float = 120.0, poll: float = 0.2
+) -> None:
+    """Wait for another process to apply this code's migrations (``serve --workers N``:
+    worker 0 migrates while the others start); MigrationError if that takes over ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        _, pending = await status(conn)
+        if not pending:
+            return
+        if loop.time() > deadline:
+            names = ", ".join(m.label for m in pending)
+            raise MigrationError(f"the schema was not migrated within {timeout:g} s: {names}")
+        await asyncio.sleep(poll)
 
 
 async def migrate(

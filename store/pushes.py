@@ -1,5 +1,8 @@
 """The record of commands pushed to terminals (``terminal_pushes``) and their answers.
 
+Rows name the platform command (``alerts.commands``: text, confirm_alarm, set_parameters, ...);
+rows written before migration 0008 name the JT/T 808 message id instead.
+
 A push is recorded in two steps: :func:`begin` before the command goes out (so a crash still
 leaves a trace of what may have reached the terminal), :func:`finish` with the answer. The
 enforcement push compares content hashes with :func:`accepted_hashes` so an unchanged template
@@ -9,18 +12,17 @@ is not sent again on every reconnect.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from alerts.enforcement import canonical_json, content_hash
+from alerts.commands import ANSWERS, FAILURES, canonical_json, content_hash
 
-ACCEPTED, FAILED, UNSUPPORTED, TIMEOUT, OFFLINE = (
-    "accepted", "failed", "unsupported", "timeout", "offline",
-)  # fmt: skip
-RESULTS = (ACCEPTED, FAILED, UNSUPPORTED, TIMEOUT, OFFLINE)
+#: What a push's ``result`` may say: the terminal's answer, or why there was none.
+RESULTS = ANSWERS + FAILURES
 
 _canonical = canonical_json
 
@@ -31,7 +33,8 @@ class Push:
 
     id: int
     vehicle_id: int
-    msg_id: int
+    command: str | None
+    msg_id: int | None
     item: str
     content_hash: str
     content: Any
@@ -43,8 +46,8 @@ class Push:
 
 
 _COLUMNS = (
-    "id, vehicle_id, msg_id, item, content_hash, content::text AS content, alert_id, serial,"
-    " sent_at, result, answered_at"
+    "id, vehicle_id, command, msg_id, item, content_hash, content::text AS content, alert_id,"
+    " serial, sent_at, result, answered_at"
 )
 
 
@@ -62,17 +65,17 @@ def _push(row: asyncpg.Record) -> Push:
 async def begin(
     pool: asyncpg.Pool | asyncpg.Connection,
     vehicle_id: int,
-    msg_id: int,
+    command: str,
     item: str,
     content: Any,
     *,
     alert_id: int | None = None,
 ) -> int:
-    """Record a command about to be sent (result NULL); returns the row id."""
+    """Record a command (its kind) about to be sent (result NULL); returns the row id."""
     push_id = await pool.fetchval(
-        "INSERT INTO terminal_pushes (vehicle_id, msg_id, item, content_hash, content,"
+        "INSERT INTO terminal_pushes (vehicle_id, command, item, content_hash, content,"
         " alert_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id",
-        vehicle_id, msg_id, item, content_hash(content), _canonical(content), alert_id,
+        vehicle_id, command, item, content_hash(content), _canonical(content), alert_id,
     )  # fmt: skip
     return int(push_id)
 
@@ -98,10 +101,12 @@ async def finish(
 async def accepted_hashes(
     pool: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
 ) -> dict[str, str]:
-    """item -> content hash of the last push of that item the terminal accepted."""
+    """item -> content hash of the last push of that item that need not be sent again: the
+    terminal accepted it, or its end refused it as invalid (it cannot be said in the terminal's
+    protocol, e.g. a polygon too large for one message, and would be refused again)."""
     rows = await pool.fetch(
         """SELECT DISTINCT ON (item) item, content_hash FROM terminal_pushes
-           WHERE vehicle_id = $1 AND result = 'accepted'
+           WHERE vehicle_id = $1 AND result IN ('accepted', 'invalid')
            ORDER BY item, sent_at DESC, id DESC""",
         vehicle_id,
     )
@@ -126,9 +131,8 @@ async def history(
     return [_push(r) for r in rows]
 
 
-#: Alarm-word bits a terminal keeps set until the platform confirms them with 0x8203.
-CONFIRMABLE_BITS = (0, 3, 20, 21, 22, 27, 28)
-CONFIRMATION_MSG_ID = 0x8203
+#: The ``item`` of the push that confirms alert N to its terminal is this plus N.
+CONFIRMATION_ITEM = "alarm_confirmation:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,38 +145,34 @@ class Unconfirmed:
 
 
 async def unconfirmed_alarms(
-    pool: asyncpg.Pool | asyncpg.Connection, within: timedelta = timedelta(days=1)
+    pool: asyncpg.Pool | asyncpg.Connection,
+    alarms: Sequence[str],
+    within: timedelta = timedelta(days=1),
 ) -> list[Unconfirmed]:
-    """Terminal alarms (of a confirmable bit) acknowledged in the last ``within`` with no 0x8203
-    push yet. Attempts that found the terminal offline do not count (the alarm is confirmed when
-    it connects again), nor do attempts left unanswered for 5 minutes (a server stopped while
-    waiting: a live one has given up on the answer long before)."""
+    """Terminal alarms (named in ``alarms``: those a terminal keeps raising until confirmed)
+    acknowledged in the last ``within`` with no confirmation push yet. Attempts that found the
+    terminal offline do not count (the alarm is confirmed when it connects again), nor do
+    attempts left unanswered for 5 minutes (a server stopped while waiting: a live one has
+    given up on the answer long before)."""
     rows = await pool.fetch(
         """SELECT a.id, a.vehicle_id, a.details::text AS details FROM alerts a
            WHERE a.type = 'terminal_alarm' AND a.acknowledged_at IS NOT NULL
              AND a.acknowledged_at > now() - $1::interval
-             AND (a.details->>'bit') ~ '^[0-9]+$'
-             AND (a.details->>'bit')::integer = ANY($2::integer[])
+             AND a.details->>'name' = ANY($2::text[])
              AND NOT EXISTS (
                  SELECT 1 FROM terminal_pushes p
-                 WHERE p.alert_id = a.id AND p.msg_id = $3
+                 WHERE p.alert_id = a.id AND p.item = $3 || a.id
                    AND (p.result <> 'offline'
                         OR (p.result IS NULL AND p.sent_at > now() - interval '5 minutes')))
            ORDER BY a.acknowledged_at""",
-        within, list(CONFIRMABLE_BITS), CONFIRMATION_MSG_ID,
+        within, list(alarms), CONFIRMATION_ITEM,
     )  # fmt: skip
     return [Unconfirmed(r["id"], r["vehicle_id"], _json(r["details"])) for r in rows]
 
 
 __all__ = [
-    "ACCEPTED",
-    "CONFIRMABLE_BITS",
-    "CONFIRMATION_MSG_ID",
-    "FAILED",
-    "OFFLINE",
+    "CONFIRMATION_ITEM",
     "RESULTS",
-    "TIMEOUT",
-    "UNSUPPORTED",
     "Push",
     "Unconfirmed",
     "accepted_hashes",

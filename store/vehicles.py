@@ -20,13 +20,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from geo.classes import VEHICLE_CLASSES
 from geo.plates import normalise_plate
 
 if TYPE_CHECKING:  # imported where used: the CLI imports this module to build its --help
     import asyncpg
+    import asyncpg.pool
 
-#: ``vehicle_class`` values (the enum in migration 0001).
-VEHICLE_CLASSES = ("police", "school_bus", "coach", "heavy_truck", "hazmat", "other")
 #: JT/T 697.7 plate colours (JT/T 808 register message): 0 means "not plated yet".
 PLATE_COLORS = {0: "none", 1: "blue", 2: "yellow", 3: "black", 4: "white", 5: "green", 9: "other"}
 #: The vehicles this platform supervises (coaches, trucks, hazmat, school buses) carry yellow
@@ -322,7 +322,8 @@ async def list_vehicles(
     rows = await conn.fetch(
         """
         SELECT v.id, v.plate, v.plate_color, v.class::text AS class, c.name AS company,
-               v.phone, v.vin, v.provisioned, v.protocol_version, v.created_at
+               v.phone, v.vin, v.provisioned, v.protocol_version, v.created_at,
+               v.manufacturer, v.terminal_id, v.bound_at
         FROM vehicles v LEFT JOIN companies c ON c.id = v.company_id
         WHERE $1::integer IS NULL OR v.id = $1
         ORDER BY v.id
@@ -332,3 +333,139 @@ async def list_vehicles(
     return [
         {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
     ]
+
+
+async def vehicle_facts(
+    db: asyncpg.Pool | asyncpg.Connection, vehicle_id: int
+) -> dict[str, Any] | None:
+    """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
+    as JSON text), or None if there is no such vehicle."""
+    row = await db.fetchrow(
+        "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
+        " FROM vehicles WHERE id = $1",
+        vehicle_id,
+    )
+    return dict(row) if row is not None else None
+
+
+# ---------------------------------------------------------------------- terminal binding
+
+#: Outcomes of :func:`bind_terminal` (ingest/ turns them into 0x8100 result codes).
+BOUND, VEHICLE_TAKEN, TERMINAL_TAKEN, NO_VEHICLE, NO_TERMINAL = (
+    "bound", "vehicle_taken", "terminal_taken", "no_vehicle", "no_terminal",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRegistration:
+    """What a terminal said about itself when it registered (strings already checked)."""
+
+    phone: str  # as keyed in vehicles.phone
+    manufacturer: str
+    model: str
+    terminal_id: str
+    plate: str | None
+    plate_color: int
+    province: int
+    city: int
+    protocol_version: int
+
+
+_BINDING = "id, plate, phone, manufacturer, terminal_id, auth_code, bound_at"
+
+
+async def bind_terminal(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    reg: TerminalRegistration,
+    new_code: str,
+    *,
+    create: bool,
+) -> tuple[str, str]:
+    """Bind the registering terminal to its vehicle: ``(outcome, auth code)``.
+
+    * The plate belongs to a vehicle with another phone: ``VEHICLE_TAKEN``.
+    * The phone's vehicle is bound to another terminal (manufacturer or terminal id differ):
+      ``TERMINAL_TAKEN``; nothing about the vehicle changes.
+    * The phone's vehicle is bound to this very terminal: ``BOUND`` with the code it already
+      has (a terminal that lost its code gets it again; the code is never replaced, so a
+      terminal online with it keeps working).
+    * Not bound yet (provisioned, or unbound by an operator): bound now, with ``new_code``.
+    * Unknown phone: the plate's vehicle if it has no phone yet, else a new unprovisioned
+      vehicle if ``create`` (policy ``open``), else ``NO_TERMINAL``.
+    """
+    import asyncpg
+
+    async with conn.transaction():
+        vehicle = await conn.fetchrow(
+            f"SELECT {_BINDING} FROM vehicles WHERE phone = $1 FOR UPDATE", reg.phone
+        )
+        owner = None
+        if reg.plate is not None:
+            owner = await conn.fetchrow(
+                f"SELECT {_BINDING} FROM vehicles WHERE plate = $1 AND plate_color = $2"
+                " FOR UPDATE",
+                reg.plate, reg.plate_color,
+            )  # fmt: skip
+            if owner is not None and (
+                owner["phone"] not in (None, reg.phone)
+                or (owner["phone"] is None and owner["bound_at"] is not None)
+            ):
+                return VEHICLE_TAKEN, ""
+        if vehicle is not None:
+            if not create and reg.plate and vehicle["plate"] not in (None, reg.plate):
+                return NO_VEHICLE, ""
+            if vehicle["bound_at"] is not None:
+                same = (vehicle["manufacturer"], vehicle["terminal_id"]) == (
+                    reg.manufacturer, reg.terminal_id,
+                )  # fmt: skip
+                if not same:
+                    return TERMINAL_TAKEN, ""
+                if vehicle["auth_code"]:
+                    return BOUND, vehicle["auth_code"]
+            vehicle_id = vehicle["id"]
+        elif owner is not None:
+            vehicle_id = owner["id"]  # provisioned by plate, no terminal yet
+        elif not create:
+            return NO_TERMINAL, ""
+        else:
+            try:
+                async with conn.transaction():
+                    vehicle_id = await conn.fetchval(
+                        "INSERT INTO vehicles (plate, plate_color, phone, provisioned)"
+                        " VALUES ($1, $2, $3, false) RETURNING id",
+                        reg.plate, reg.plate_color, reg.phone,
+                    )  # fmt: skip
+            except asyncpg.UniqueViolationError:  # a concurrent registration won the race
+                return TERMINAL_TAKEN, ""
+        await conn.execute(
+            """UPDATE vehicles SET phone = $2, auth_code = $3, protocol_version = $4,
+                   manufacturer = $5, terminal_model = $6, terminal_id = $7, province = $8,
+                   city = $9, plate = coalesce(plate, $10), bound_at = now(), updated_at = now()
+               WHERE id = $1""",
+            vehicle_id, reg.phone, new_code, reg.protocol_version, reg.manufacturer, reg.model,
+            reg.terminal_id, reg.province, reg.city, reg.plate,
+        )  # fmt: skip
+    return BOUND, new_code
+
+
+async def unbind_terminal(
+    conn: asyncpg.Connection, plate: str, plate_color: int, new_phone: str | None = None
+) -> dict[str, Any] | None:
+    """Forget the terminal bound to a vehicle (its auth code stops working; the next terminal
+    to register with the vehicle's phone, or ``new_phone``, is bound). None: no such vehicle."""
+    import asyncpg
+
+    try:
+        vehicle_id = await conn.fetchval(
+            """UPDATE vehicles SET auth_code = NULL, bound_at = NULL, manufacturer = NULL,
+                   terminal_model = NULL, terminal_id = NULL,
+                   phone = coalesce($3, phone), updated_at = now()
+               WHERE plate = $1 AND plate_color = $2 RETURNING id""",
+            plate, plate_color, new_phone,
+        )  # fmt: skip
+    except asyncpg.UniqueViolationError:
+        raise VehicleError(f"phone {new_phone} is already another vehicle's") from None
+    if vehicle_id is None:
+        return None
+    (row,) = await list_vehicles(conn, vehicle_id=vehicle_id)
+    return row

@@ -365,9 +365,9 @@ class PositionWriter:
         assert self._wake is not None
         self._wake.set()
 
-
-    def _report(self, batch: list[tuple[Sequence[Position], Done]], outcome: str | BaseException,
-                rows: int) -> None:
+    def _report(
+        self, batch: list[tuple[Sequence[Position], Done]], outcome: str | BaseException, rows: int
+    ) -> None:
         """In the caller's loop: tell every submitter of a flushed batch."""
         self._queued -= rows
         for _, done in batch:
@@ -525,9 +525,13 @@ class PositionWriter:
             index += 1
             if index <= self._done_batches.get(segment, 0):
                 continue  # replayed before (this process); the segment is still being drained
-            if not force and self._pending and (
-                self._pending_rows >= self.batch_rows
-                or time.monotonic() - self._oldest >= self.max_age
+            if (
+                not force
+                and self._pending
+                and (
+                    self._pending_rows >= self.batch_rows
+                    or time.monotonic() - self._oldest >= self.max_age
+                )
             ):
                 return
             revived = [_revive(r) for r in rows]

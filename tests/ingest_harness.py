@@ -11,10 +11,9 @@ from typing import Any
 
 import asyncpg
 from twisted.internet import reactor
-from twisted.internet.task import LoopingCall
 
 from ingest.directory import Directory
-from ingest.downlink import Downlink
+from ingest.jobs import every
 from ingest.jt808_server import IngestService, JT808Factory
 from ingest.media import MediaStore
 from ingest.metrics import Metrics
@@ -29,7 +28,6 @@ class Ingest:
     pool: asyncpg.Pool
     writer: PositionWriter
     service: IngestService
-    downlink: Downlink
     metrics: Metrics
 
 
@@ -38,6 +36,7 @@ async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
                          **options: Any) -> AsyncIterator[Ingest]:
     writer_opts = {k: options.pop(k) for k in list(options) if k in
                    ("batch_rows", "max_age", "db_timeout", "retry_interval")}
+    options.setdefault("registration_rate", 0)  # tests register freely unless they test it
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(workdir / "spool"),
                             **writer_opts)
@@ -47,10 +46,9 @@ async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
     writer.on_pressure = service.set_pressure
     writer.start()
     port = reactor.listenTCP(0, JT808Factory(service), interface="127.0.0.1")  # type: ignore[attr-defined]
-    sweep = LoopingCall(lambda: service.sweep(time.monotonic()))
-    sweep.start(0.1, now=False)
+    sweep = every(0.1, lambda: service.sweep(time.monotonic()), "the sweep")
     try:
-        yield Ingest(port.getHost().port, pool, writer, service, Downlink(service, 5.0), metrics)
+        yield Ingest(port.getHost().port, pool, writer, service, metrics)
     finally:
         sweep.stop()
         await deferred(port.stopListening())

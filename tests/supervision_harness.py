@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleetwatch.supervision import Supervision
+from alerts.gateway import CommandGateway
+from alerts.supervision import Supervision
 from protocols.jt808 import BEIJING, LocationReport, Message, TerminalGeneralResponse
 from tests.ingest_harness import Ingest, running_ingest
 from tests.terminal_client import Terminal
@@ -34,13 +35,18 @@ async def running_supervision(
     db_url: str, workdir: Path, config: dict[str, Any] | None = None, **options: Any
 ) -> AsyncIterator[tuple[Ingest, Supervision]]:
     async with running_ingest(db_url, workdir) as ingest:
-        supervision = Supervision(ingest.pool, ingest.service, config, **{**FAST, **options})
+        gateway = CommandGateway(ingest.pool, db_url, ingest.service.terminals)
+        await gateway.start()
+        supervision = Supervision(
+            ingest.pool, gateway, config, metrics=ingest.metrics, **{**FAST, **options}
+        )
         ingest.service.observer = supervision
         await supervision.start()
         try:
             yield ingest, supervision
         finally:
             await supervision.stop()
+            await gateway.stop()
 
 
 async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:

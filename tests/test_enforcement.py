@@ -7,37 +7,49 @@ import asyncio
 import math
 from datetime import date, time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from shapely.geometry import LineString, Point, Polygon, box
 
+from alerts.commands import SetParameters
 from alerts.enforcement import (
-    ENTER_DRIVER,
-    ENTER_PLATFORM,
-    EXIT_PLATFORM,
     EnforcementConfig,
     Plan,
+    PushItem,
     content_hash,
     plan_pushes,
 )
 from alerts.model import COACH, HAZMAT, POLICE, SCHOOL_BUS, VehicleInfo
 from alerts.settings import RuleSettings
 from geo.fences import AppliesTo, Geofence, TimeWindow
-from protocols.jt808 import V2019, decode_frame, encode_frame
+from ingest.areas import ALARM_FLAGS
+from ingest.downlink import to_body
+from protocols.jt808 import V2019, Body, decode_frame, encode_frame
 from protocols.jt808.areas import BY_TIME, SPEED_LIMIT
 from store import pushes
 from tests.aio import aio_test
 from tests.supervision_harness import Vehicle, eventually, running_supervision
 
+ENTER_DRIVER, ENTER_PLATFORM, EXIT_PLATFORM = (
+    ALARM_FLAGS["enter_driver"], ALARM_FLAGS["enter_platform"], ALARM_FLAGS["exit_platform"],
+)  # fmt: skip
+
+
+def _body(item: PushItem) -> Any:
+    """The JT/T 808 message the terminal end makes of a planned command."""
+    body: Body = to_body(item.command)
+    return body
+
 
 def _params(plan: Plan) -> dict[int, int | str | bytes]:
     (item,) = [i for i in plan.items if i.item == "params"]
-    return {p.id: p.value for p in item.body.params}
+    return {p.id: p.value for p in _body(item).params}
 
 
-def _items(plan: Plan) -> dict[str, object]:
-    return {i.item: i.body for i in plan.items}
+def _items(plan: Plan) -> dict[str, Any]:
+    return {i.item: _body(i) for i in plan.items}
 
 
 SCHOOL = VehicleInfo(1, "沪A00001", vehicle_class=SCHOOL_BUS)
@@ -47,7 +59,7 @@ NIGHT_COACH = VehicleInfo(2, "沪A00002", vehicle_class=COACH, company_id=7)
 def test_school_bus_template_from_its_class_profile() -> None:
     plan = plan_pushes(SCHOOL, RuleSettings(), [], {})
     assert [i.item for i in plan.items] == ["params"]
-    assert plan.items[0].body.MSG_ID == 0x8103
+    assert _body(plan.items[0]).MSG_ID == 0x8103
     assert _params(plan) == {
         0x0055: 80,  # the class's expressway limit: the terminal's absolute cap
         0x0056: 10,
@@ -78,7 +90,10 @@ def test_extra_parameters_by_name_or_id_for_all_or_one_class() -> None:
     assert (coach[0x005A], coach[0x0029]) == (7200, 30)
     assert school[0x005A] == 7200 and 0x0029 not in school
     with pytest.raises(ValueError, match="unknown parameter"):
-        EnforcementConfig.from_config({"extra_params": {"all": {"no_such": 1}}})
+        EnforcementConfig.from_config({"extra_params": {"all": {"No such!": 1}}})
+    # A well-formed name the protocol does not know is refused where the push is said.
+    with pytest.raises(ValueError, match="no JT/T 808 parameter 'no_such'"):
+        to_body(SetParameters({"no_such": 1}))
     with pytest.raises(ValueError, match="unknown key"):
         EnforcementConfig.from_config({"pramas": True})
 
@@ -124,7 +139,7 @@ def test_areas_for_a_coach_with_flags_limits_and_windows() -> None:
     plan = plan_pushes(NIGHT_COACH, RuleSettings(), _fences(), {})
     items = _items(plan)
     assert list(items) == ["params", "circles", "rectangles", "polygon:3", "route:4"]
-    assert plan.skipped == [(6, "its time windows have no JT/T 808 form")]
+    assert plan.skipped == [(6, "a terminal cannot hold its time windows")]
     circles = items["circles"]
     assert circles.MSG_ID == 0x8600 and circles.action == 0  # replace all
     assert [a.area_id for a in circles.areas] == [1, 5]
@@ -156,12 +171,13 @@ def test_areas_for_a_coach_with_flags_limits_and_windows() -> None:
 def test_every_area_message_fits_one_frame_and_decodes(version: int) -> None:
     plan = plan_pushes(NIGHT_COACH, RuleSettings(), _fences(), {})
     for item in plan.items:
-        frame = encode_frame(item.body, phone="13900000001", serial=9, version=version)
+        body = _body(item)
+        frame = encode_frame(body, phone="13900000001", serial=9, version=version)
         message = decode_frame(frame)
         assert message.header.pkg_total is None  # one frame, no subpackages
-        assert message.msg_id == item.body.MSG_ID
+        assert message.msg_id == body.MSG_ID
         if version == V2019:
-            assert message.body == item.body
+            assert message.body == body
 
 
 def test_a_polygon_too_detailed_is_simplified_within_its_margin() -> None:
@@ -177,12 +193,12 @@ def test_a_polygon_too_detailed_is_simplified_within_its_margin() -> None:
     assert len(encode_frame(body, phone="1", serial=1, version=V2019)) < 1100
     pushed = Polygon([(v.longitude, v.latitude) for v in body.vertices])
     assert pushed.hausdorff_distance(fence.geometry) < 20 / 111_320  # within its 20 m margin
-    # A zigzag that only a coarser shape would fit is skipped, not distorted.
+    # A zigzag that only a coarser shape would fit is refused, not distorted.
     zigzag = [(121 + 0.0005 * k, 31 + (0.001 if k % 2 else 0)) for k in range(400)]
     rough = Geofence(10, "锯齿", "zone", "polygon", Polygon([*zigzag, (121.2, 30.9), (121, 30.9)]))
-    assert plan_pushes(SCHOOL, RuleSettings(), [rough], {}).skipped == [
-        (10, "too large for one message")
-    ]
+    (item,) = plan_pushes(SCHOOL, RuleSettings(), [rough], {}).items[1:]
+    with pytest.raises(ValueError, match="polygon 10: too large for one message"):
+        _body(item)
 
 
 def test_only_what_changed_is_pushed_again_and_removed_areas_are_deleted() -> None:
@@ -200,7 +216,7 @@ def test_only_what_changed_is_pushed_again_and_removed_areas_are_deleted() -> No
     # The polygon and the circles go away: they are deleted from the terminal, once.
     gone = [f for f in fences if f.id not in (1, 3, 5)]
     deletions = plan_pushes(NIGHT_COACH, settings, gone, accepted)
-    assert [(i.item, i.body.MSG_ID, i.body.ids) for i in deletions.items] == [
+    assert [(i.item, _body(i).MSG_ID, _body(i).ids) for i in deletions.items] == [
         ("circles", 0x8601, []),
         ("polygon:3", 0x8605, [3]),
     ]
@@ -247,11 +263,12 @@ async def test_template_pushed_on_authentication_recorded_and_not_repeated(
             return [p for p in await _pushes(ingest.pool, vid) if p.result]
 
         (push,) = await eventually(answered)
-        assert (push.msg_id, push.item, push.result, push.serial) == (
-            0x8103, "params", "accepted", command.serial,
+        assert (push.command, push.item, push.result, push.serial) == (
+            "set_parameters", "params", "accepted", command.serial,
         )  # fmt: skip
         assert push.answered_at is not None and push.answered_at >= push.sent_at
-        assert push.content["params"][0] == {"id": "0x0055", "name": "max_speed_kmh", "value": 80}
+        assert push.content["kind"] == "set_parameters"
+        assert push.content["values"]["max_speed_kmh"] == 80
         await bus.close()
 
         # Reconnecting: the terminal holds this template already, nothing is sent.
@@ -381,3 +398,31 @@ async def test_terminals_of_the_unassigned_pool_get_nothing_unless_configured(
         (command,) = await stranger.commands(0x8103)
         assert {p.id: p.value for p in command.body.params}[0x0055] == 100  # class "other"
         await stranger.close()
+
+
+@aio_test
+async def test_an_area_that_cannot_be_said_is_recorded_once_not_retried(
+    db_url: str, short_tmp: Path
+) -> None:
+    """A polygon no JT/T 808 frame can hold is refused by the terminal end (never sent),
+    recorded as invalid, and not tried again at every reconnection."""
+    from store import geofences
+
+    zigzag = [(121 + 0.0005 * k, 31 + (0.001 if k % 2 else 0)) for k in range(400)]
+    rough = Polygon([*zigzag, (121.2, 30.9), (121, 30.9)])
+    async with running_supervision(db_url, short_tmp) as (ingest, supervision):
+        vid = await _provision(ingest.pool, "13900000205", "沪A00205", "coach")
+        saved = await geofences.save(ingest.pool, [Geofence(0, "锯齿", "zone", "polygon", rough)])
+        await supervision.reload_fences()
+        coach = await Vehicle.online(ingest.port, "13900000205", "沪A00205")
+        await coach.commands(0x8103)
+        await eventually(lambda: _all_answered(ingest.pool, vid, 2))
+        assert [m.msg_id for m in coach.received if m.msg_id != 0x8001] == [0x8103]
+        results = {p.item: p.result for p in await _pushes(ingest.pool, vid)}
+        assert results == {"params": "accepted", f"polygon:{saved.ids['锯齿']}": "invalid"}
+        await coach.close()
+
+        again = await Vehicle.online(ingest.port, "13900000205", "沪A00205")
+        assert [m.msg_id for m in await again.quiet(0.8)] == []
+        assert len(await _pushes(ingest.pool, vid)) == 2
+        await again.close()

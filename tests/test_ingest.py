@@ -184,44 +184,53 @@ async def test_second_connection_replaces_the_first(db_url: str, short_tmp: Path
 
 @aio_test
 async def test_text_message_round_trip(db_url: str, short_tmp: Path) -> None:
+    """The terminal end says a platform Text as 0x8300 (TTS + display, 2019 notice type) in
+    the terminal's layout, and the terminal's 0x0001 comes back as the reply."""
+    from alerts.commands import ACCEPTED, Text
+
     async with running_ingest(db_url, short_tmp) as ingest:
         terminal = await Terminal.connect(ingest.port, "13900000009", version=V2019)
         await terminal.login("沪A00009")
-        text = TextMessage(flag=0x08 | 0x04, text_type=1, text="您已连续驾驶3.5小时，请注意休息")
-        reply_d = ingest.downlink.send("13900000009", text)
+        text = "您已连续驾驶3.5小时，请注意休息"
+        end = ingest.service.terminals
+        (vehicle,) = end.connections
+        assert end.holds(vehicle)
+        reply = asyncio.ensure_future(end.execute(vehicle, Text(text), 5.0))
         command = await terminal.receive()
-        assert command.msg_id == 0x8300 and command.body == text and command.version == V2019
+        assert command.msg_id == 0x8300 and command.version == V2019
+        assert command.body == TextMessage(flag=0x08 | 0x04, text_type=1, text=text)
         await terminal.send(
             TerminalGeneralResponse(reply_serial=command.serial, reply_id=0x8300, result=0)
         )
-        reply = await reply_d.asFuture(asyncio.get_running_loop())
-        assert reply.msg_id == 0x0001 and reply.body.result == 0
+        answer = await reply
+        assert (answer.result, answer.serial) == (ACCEPTED, command.serial)
         assert ingest.metrics.value("fleetwatch_command_replies_total") == 1
 
 
 @aio_test
 async def test_command_to_offline_terminal_fails_at_once(db_url: str, short_tmp: Path) -> None:
-    from ingest.downlink import CommandError
+    from alerts.commands import OFFLINE, CommandFailed, Text
 
     async with running_ingest(db_url, short_tmp) as ingest:
-        d = ingest.downlink.send("13911111111", TextMessage(flag=8, text="hi"))
-        with pytest.raises(CommandError) as info:
-            await d.asFuture(asyncio.get_running_loop())
-        assert info.value.reason == "offline"
+        assert not ingest.service.terminals.holds(12345)
+        with pytest.raises(CommandFailed) as info:
+            await ingest.service.terminals.execute(12345, Text("hi"), 5.0)
+        assert info.value.reason == OFFLINE
 
 
 @aio_test
 async def test_command_times_out_without_reply(db_url: str, short_tmp: Path) -> None:
-    from ingest.downlink import CommandError
+    from alerts.commands import TIMEOUT, CommandFailed, Text
 
     async with running_ingest(db_url, short_tmp) as ingest:
         terminal = await Terminal.connect(ingest.port, "13900000010")
         await terminal.login("沪A00010")
-        d = ingest.downlink.send("13900000010", TextMessage(flag=8, text="hi"), timeout=0.3)
+        (vehicle,) = ingest.service.terminals.connections
+        sent = asyncio.ensure_future(ingest.service.terminals.execute(vehicle, Text("hi"), 0.3))
         assert (await terminal.receive()).msg_id == 0x8300
-        with pytest.raises(CommandError) as info:
-            await d.asFuture(asyncio.get_running_loop())
-        assert info.value.reason == "timeout"
+        with pytest.raises(CommandFailed) as info:
+            await sent
+        assert info.value.reason == TIMEOUT
 
 
 @aio_test

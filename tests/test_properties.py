@@ -541,7 +541,8 @@ def test_missing_subpackage_is_requested_then_abandoned(
     body, envelope, parts = split
     withheld = data.draw(st.integers(1, len(parts)), label="withheld")
     late = data.draw(st.none() | st.integers(1, max_requests), label="arrives after request")
-    reassembler = Reassembler(timeout=timeout, max_requests=max_requests, profile=envelope.profile)
+    reassembler = Reassembler(timeout=timeout, max_requests=max_requests, profile=envelope.profile,
+                              max_age=timeout * (max_requests + 2))  # fmt: skip
     now = 1000.0
     for i in data.draw(st.permutations(range(1, len(parts) + 1)), label="arrival"):
         if i != withheld:

@@ -7,7 +7,14 @@ import asyncio
 import asyncpg
 import pytest
 
-from store.migrations import Migration, MigrationError, available, migrate, status
+from store.migrations import (
+    Migration,
+    MigrationError,
+    available,
+    migrate,
+    status,
+    wait_until_migrated,
+)
 from tests.aio import aio_test
 
 SHIPPED = available()
@@ -142,3 +149,22 @@ async def test_last_positions_is_vacuumed_by_dead_row_count(db_url: str) -> None
         await conn.close()
     assert "autovacuum_vacuum_scale_factor=0" in options
     assert "autovacuum_vacuum_cost_delay=0" in options
+
+
+@aio_test
+async def test_a_worker_waits_for_the_migrating_one(bare_db_url: str) -> None:
+    """``serve --workers N``: workers 1.. wait until worker 0 has migrated (they once started
+    on a schema without the gateway's tables and died)."""
+    waiter, migrator = await asyncpg.connect(bare_db_url), await asyncpg.connect(bare_db_url)
+    try:
+        with pytest.raises(MigrationError, match=r"not migrated within 0\.3 s: 0001_initial"):
+            await wait_until_migrated(waiter, timeout=0.3)
+        waiting = asyncio.ensure_future(wait_until_migrated(waiter, timeout=30))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await migrate(migrator)
+        await asyncio.wait_for(waiting, 5)
+        assert await waiter.fetchval("SELECT to_regclass('commands') IS NOT NULL")
+    finally:
+        await waiter.close()
+        await migrator.close()

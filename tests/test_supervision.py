@@ -11,19 +11,21 @@ import asyncpg
 import pytest
 
 from alerts.actions import Actions, parse_actions
+from alerts.commands import ACCEPTED, CONFIRMABLE_ALARMS, Text
 from alerts.model import (
     FATIGUE_WARNING,
     SPEEDING,
     TERMINAL_ALARM,
     AlertEvent,
 )
-from protocols.jt808 import BatchLocation, DriverIdentity
+from protocols.jt808 import ALARM_BITS, BatchLocation, DriverIdentity
 from store import pushes
 from store.alerts import Alert, AlertStore
 from tests.aio import aio_test
 from tests.supervision_harness import Vehicle, eventually, fix, running_supervision
 
 SOS = 1 << 0
+CONFIRMABLE = CONFIRMABLE_ALARMS
 NO_PUSH = {"enforcement": {"on_authentication": False}}
 
 
@@ -48,7 +50,7 @@ def test_action_texts_from_templates_never_for_late_events() -> None:
     warning = actions.plan(_event(FATIGUE_WARNING, threshold_s=12600.0))
     assert warning is not None
     assert warning.text == "您已连续驾驶3.5小时，即将疲劳驾驶，请提前安排行程，注意休息"
-    assert warning.body.flag == 0x08 | 0x04 and warning.body.MSG_ID == 0x8300  # TTS + display
+    assert warning.command == Text(warning.text, tts=True, display=True, urgent=False)
     coach_night = actions.plan(_event(FATIGUE_WARNING, threshold_s=5400.0))
     assert coach_night is not None and coach_night.text.startswith("您已连续驾驶1.5小时")
     speeding = actions.plan(_event(SPEEDING, limit_kmh=60.0, max_speed_kmh=71.0))
@@ -74,7 +76,8 @@ def test_action_cooldown_and_configuration() -> None:
     custom = Actions({SPEEDING: None, TERMINAL_ALARM: {"text": "收到{name}报警", "tts": False}})
     assert custom.plan(_event(SPEEDING, limit_kmh=60.0)) is None
     sos = custom.plan(_event(TERMINAL_ALARM, bit=0, name="emergency"))
-    assert sos is not None and (sos.text, sos.body.flag) == ("收到emergency报警", 0x04)
+    assert sos is not None and sos.text == "收到emergency报警"
+    assert (sos.command.tts, sos.command.display) == (False, True)
     with pytest.raises(ValueError, match="unknown alert type"):
         parse_actions({"speed": {"text": "x"}})
     with pytest.raises(ValueError, match="needs a text"):
@@ -116,11 +119,13 @@ async def test_sos_set_cleared_acknowledged_and_confirmed_with_0x8203(
             supervision.acknowledge(alert.id, "值班员张三"), car.commands(0x8203)
         )
         assert (acknowledged.status, acknowledged.acknowledged_by) == ("acknowledged", "值班员张三")
-        assert result == pushes.ACCEPTED
+        assert result == ACCEPTED
         assert (confirmation.body.alarm_serial, confirmation.body.alarm_type) == (sos_serial, SOS)
 
         (push,) = await pushes.history(ingest.pool, alert_id=alert.id)
-        assert (push.msg_id, push.result, push.serial) == (0x8203, "accepted", confirmation.serial)
+        assert (push.command, push.result, push.serial) == (
+            "confirm_alarm", "accepted", confirmation.serial
+        )
         assert push.answered_at is not None
         audit = await AlertStore(ingest.pool).audit(alert.id)
         assert [a.action for a in audit] == [
@@ -219,7 +224,8 @@ async def test_fatigue_prewarning_reaches_the_driver_as_tts(db_url: str, short_t
         (entry,) = await eventually(audited)
         assert entry.details["result"] == "accepted"  # type: ignore[attr-defined]
         (push,) = await pushes.history(ingest.pool, alert_id=warning.id)
-        assert (push.msg_id, push.item, push.result) == (0x8300, "text:fatigue_warning", "accepted")
+        assert (push.command, push.item) == ("text", "text:fatigue_warning")
+        assert push.result == "accepted"
         await car.close()
 
 
@@ -376,18 +382,20 @@ async def test_which_acknowledged_alarms_still_need_their_0x8203(db_url: str) ->
         def alarm(bit: int, minute: int) -> AlertEvent:
             start = t0 + timedelta(minutes=minute)
             key = f"terminal_alarm:{bit}:{minute}"
-            return AlertEvent("open", TERMINAL_ALARM, vid, key, start, details={"bit": bit})
+            details = {"bit": bit, "name": ALARM_BITS[bit]}
+            return AlertEvent("open", TERMINAL_ALARM, vid, key, start, details=details)
 
         ids = await store.apply([alarm(0, 0), alarm(1, 1), alarm(0, 2), alarm(0, 3), alarm(3, 4)])
         sos, _overspeed, offline, abandoned, pending = ids
         for alert_id in ids:
             await store.acknowledge(alert_id, "值班员")
-        assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool)] == [
+        assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool, CONFIRMABLE)] == [
             sos, offline, abandoned, pending,
         ]  # fmt: skip  (bit 1, overspeed, is not one a terminal waits to have confirmed)
         for alert_id, result in ((sos, "accepted"), (offline, "offline"), (abandoned, None),
                                  (pending, None)):  # fmt: skip
-            push_id = await pushes.begin(pool, vid, 0x8203, "c", {}, alert_id=alert_id)
+            item = pushes.CONFIRMATION_ITEM + str(alert_id)
+            push_id = await pushes.begin(pool, vid, "confirm_alarm", item, {}, alert_id=alert_id)
             if result:
                 await pushes.finish(pool, push_id, result)
             if alert_id == abandoned:  # sent by a server that stopped before the answer
@@ -395,7 +403,9 @@ async def test_which_acknowledged_alarms_still_need_their_0x8203(db_url: str) ->
                     "UPDATE terminal_pushes SET sent_at = now() - interval '6 minutes'"
                     " WHERE id = $1", push_id,
                 )  # fmt: skip
-        assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool)] == [offline, abandoned]
+        assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool, CONFIRMABLE)] == [
+            offline, abandoned,
+        ]  # fmt: skip
     finally:
         await pool.close()
 

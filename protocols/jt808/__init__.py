@@ -31,7 +31,7 @@ from .location import ALARM_BITS, STATUS_BITS, LocationReport, alarm_names, stat
 from .location_items import encode_items, interpret_items
 from .params import PARAM_NAMES, PARAM_TYPES, Param
 from .platform import *  # noqa: F403
-from .subpackage import PendingMessage, Reassembler
+from .subpackage import PendingMessage, Reassembler, ReassemblyBudget, resend_batches
 from .terminal import *  # noqa: F403
 from .wire import BEIJING
 
@@ -58,6 +58,7 @@ __all__ = [
     "PendingMessage",
     "RawBody",
     "Reassembler",
+    "ReassemblyBudget",
     "Struct",
     "TerminalProfile",
     "alarm_names",
@@ -72,6 +73,7 @@ __all__ = [
     "escape",
     "interpret_items",
     "jsonable",
+    "resend_batches",
     "status_flags",
     "unescape",
     *areas.__all__,

@@ -71,9 +71,9 @@ class Message:
     def to_json(self) -> dict[str, Any]:
         out = self.header.to_json()
         out["checksum_ok"] = self.checksum_ok
-        out["body"] = self.body.to_json()
+        body = out["body"] = self.body.to_json()
         if isinstance(self.body, RawBody) and self.header.msg_id not in REGISTRY:
-            out["body"]["unknown_message"] = True
+            body["unknown_message"] = True
         if self.problems:
             out["problems"] = list(self.problems)
         return out
@@ -240,8 +240,15 @@ def _phone_bcd(phone: str, size: int) -> bytes:
     return bcd(phone, size)
 
 
-def encode_general_response(phone: str, serial: int, reply_serial: int, reply_id: int,
-                            result: int, version: int = V2013, protocol_version: int = 1) -> bytes:
+def encode_general_response(
+    phone: str,
+    serial: int,
+    reply_serial: int,
+    reply_id: int,
+    result: int,
+    version: int = V2013,
+    protocol_version: int = 1,
+) -> bytes:
     """0x8001 as :func:`encode_frame` builds it, in a third of the time: the platform sends
     one for nearly every terminal message, so it skips the generic body machinery."""
     body = _GENERAL_RESPONSE.pack(reply_serial, reply_id, result)

@@ -171,7 +171,7 @@ class Writer:
                 "encode", f"{value!r} does not fit an unsigned {8 * size}-bit field"
             ) from exc
 
-    def put(self, raw: bytes) -> None:
+    def put(self, raw: bytes | bytearray) -> None:
         self.buf += raw
 
     def fixed(self, raw: bytes, n: int) -> None:

@@ -1,5 +1,6 @@
 """Supervision wired to the live server: the rules engine fed by ingest, alerts persisted in
-batches, automatic texts to drivers, 0x8203 on acknowledgement, terminal-side enforcement.
+batches, automatic texts to drivers, alarm confirmations on acknowledgement, terminal-side
+enforcement.
 
 :class:`Supervision` is the ingest service's observer (``ingest.jt808_server.IngestObserver``).
 What runs where:
@@ -17,18 +18,23 @@ What runs where:
   ``AlertStore.escalate_due``.
 * **Every ``confirm_interval`` (1 s)**: terminal alarms acknowledged anywhere (this server's
   :meth:`Supervision.acknowledge` or ``fleetwatch alerts ack`` in another process) and not yet
-  confirmed are answered with 0x8203 if their terminal is connected here; the 0x8203 push row
-  (``terminal_pushes``) is what marks them confirmed. A terminal that is offline is confirmed
-  when it next connects (an attempt that found it offline does not count).
+  confirmed are confirmed to their terminal (:class:`~alerts.commands.ConfirmAlarm`, 0x8203 in
+  JT/T 808) if it is connected to this process; the push row (``terminal_pushes``) is what marks
+  them confirmed. A terminal that is offline is confirmed when it next connects (an attempt
+  that found it offline does not count).
 * **Every ``fence_interval`` (10 s)**: a fingerprint of the geofences table (count and newest
   change); when it differs the fences are reloaded and the index rebuilt. Polling, not
   LISTEN/NOTIFY: one cheap query, no dedicated connection, and the same code works when the
   fences are edited by the CLI, SQL or another server.
-* **On authentication**: the enforcement template (0x8103 parameters, 0x8600-0x8606 areas) is
-  pushed if its content differs from what the terminal last accepted (``terminal_pushes``),
-  so a reconnect does not resend it; only to provisioned vehicles (not to the unassigned pool
-  of the ``open`` policy, unless configured). :meth:`Supervision.push_enforcement` pushes on
+* **On authentication**: the enforcement template (parameters and areas) is pushed if its
+  content differs from what the terminal last accepted (``terminal_pushes``), so a reconnect
+  does not resend it; only to provisioned vehicles (not to the unassigned pool of the
+  ``open`` policy, unless configured). :meth:`Supervision.push_enforcement` pushes on
   demand.
+
+Every command to a terminal (texts, confirmations, pushes) goes through the command gateway
+(:mod:`alerts.gateway`), in platform terms (:mod:`alerts.commands`); this module knows no
+protocol and no connection.
 
 Rule state is in memory, per worker: with ``serve --workers N`` a vehicle's rules run in the
 worker that holds its connection. A terminal reconnecting to another worker starts there with
@@ -44,12 +50,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alerts.actions import Actions, PlannedText
+from alerts.commands import (
+    CONFIRMABLE_ALARMS,
+    OFFLINE,
+    Command,
+    CommandFailed,
+    ConfirmAlarm,
+    command_to_json,
+)
 from alerts.enforcement import EnforcementConfig, plan_pushes
 from alerts.engine import RulesEngine
 from alerts.lifecycle import EscalationPolicy
@@ -57,26 +71,47 @@ from alerts.model import TERMINAL_ALARM, AlertEvent, VehicleInfo
 from alerts.settings import RuleSettings
 from geo.index import FenceIndex
 from geo.position import Position
-from ingest.directory import Vehicle
-from ingest.downlink import CommandError
-from protocols.jt808 import Body, DriverIdentity, Message
-from protocols.jt808.platform import RESULT_OK, RESULT_UNSUPPORTED, AlarmConfirmation
 from store import geofences, pushes
 from store.alerts import Alert, AlertStore
+from store.vehicles import vehicle_facts
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from ingest.jt808_server import IngestService, JT808Protocol
+    from alerts.gateway import CommandGateway
 
 log = logging.getLogger(__name__)
 
-_VEHICLE = (
-    "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
-    " FROM vehicles WHERE id = $1"
-)
 #: Events held while the database is away; beyond this the oldest are dropped (and counted).
 MAX_PENDING_EVENTS = 200_000
+
+
+class Terminal(Protocol):
+    """The vehicle of a connected terminal, as ingest knows it."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def plate(self) -> str | None: ...
+
+    @property
+    def provisioned(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A vehicle known only by id (the NMEA path)."""
+
+    id: int
+    plate: str | None = None
+    provisioned: bool = True
+
+
+class Metrics(Protocol):
+    """Where the counters are published (``ingest.metrics.Metrics``)."""
+
+    def gauge(self, name: str, help: str, read: Callable[[], float]) -> None: ...
 
 
 @dataclass
@@ -100,9 +135,10 @@ class Supervision:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        service: IngestService,
+        gateway: CommandGateway,
         config: Mapping[str, Any] | None = None,
         *,
+        metrics: Metrics | None = None,
         worker_index: int = 0,
         flush_interval: float = 0.1,
         tick_interval: float = 2.0,
@@ -116,7 +152,7 @@ class Supervision:
         if unknown:
             raise ValueError(f"supervision config: unknown key(s) {', '.join(sorted(unknown))}")
         self.pool = pool
-        self.service = service
+        self.gateway = gateway
         self.worker_index = worker_index
         self.flush_interval = flush_interval
         self.tick_interval = tick_interval
@@ -133,7 +169,6 @@ class Supervision:
         self.alerts = AlertStore(pool)
         self.stats = SupervisionStats()
         self.vehicles: dict[int, VehicleInfo] = {}
-        self._phones: dict[int, str] = {}  # vehicle id -> phone key (of its last session)
         self._held: dict[int, list[Position]] = {}  # vehicle id -> positions waiting for info
         self._events: list[AlertEvent] = []
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -146,13 +181,17 @@ class Supervision:
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        if metrics is not None:
+            self._publish(metrics)
+
+    def _publish(self, metrics: Metrics) -> None:
         stats = self.stats
         for name in SupervisionStats.__dataclass_fields__:
-            service.metrics.gauge(
+            metrics.gauge(
                 f"fleetwatch_supervision_{name}", f"supervision: {name.replace('_', ' ')}",
                 lambda name=name: getattr(stats, name),  # type: ignore[misc]
             )  # fmt: skip
-        service.metrics.gauge(
+        metrics.gauge(
             "fleetwatch_supervision_events_waiting",
             "alert events not stored yet",
             lambda: len(self._events),
@@ -209,9 +248,9 @@ class Supervision:
             except Exception:
                 log.exception("supervision job %s failed", getattr(job, "__name__", job))
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -222,19 +261,18 @@ class Supervision:
 
     # ------------------------------------------------------------------ ingest observer
 
-    def authenticated(self, vehicle: Vehicle) -> None:
+    def authenticated(self, vehicle: Terminal) -> None:
         """Refresh the vehicle's info (its class or overrides may have changed), then push
         the enforcement template if it changed since the terminal last accepted it."""
-        self._phones[vehicle.id] = vehicle.phone
         self._spawn(self._authenticated(vehicle))
 
-    async def _authenticated(self, vehicle: Vehicle) -> None:
+    async def _authenticated(self, vehicle: Terminal) -> None:
         await self._load_vehicle(vehicle)
         config = self.enforcement
         if config.on_authentication and (vehicle.provisioned or config.unprovisioned):
             await self.push_enforcement(vehicle.id)
 
-    def positions(self, vehicle: Vehicle, positions: list[Position]) -> None:
+    def positions(self, vehicle: Terminal, positions: list[Position]) -> None:
         """Durable positions of one terminal message, in the connection's order."""
         held = self._held.get(vehicle.id)
         if held is not None:  # its info is being loaded: keep the order
@@ -265,7 +303,7 @@ class Supervision:
             return  # not stored: the rules must not judge what the track will not show
         vid = positions[0].vehicle_id
         try:
-            self.positions(Vehicle(vid, self._phones.get(vid, ""), None, None), positions)
+            self.positions(_Source(vid), positions)
         except Exception:
             log.exception("supervision of NMEA positions of vehicle %s failed", vid)
 
@@ -282,17 +320,12 @@ class Supervision:
         if events and self._flush_timer is None and not self._flushing:
             self._schedule_flush(self.flush_interval)
 
-    def driver(self, vehicle: Vehicle, identity: DriverIdentity, received: datetime) -> None:
-        """0x0702: a card in (status 1, or the 2011 layout) names the driver; a card out
-        (status 2) or an unreadable card leaves the vehicle without one."""
-        name = None
-        if identity.status in (1, None) and not identity.read_result:
-            name = (identity.cert_code or "").strip() or (identity.driver_name or "").strip()
-        at = identity.time.astimezone(UTC) if identity.time is not None else received
-        self._add(self.engine.driver(vehicle.id, name or None, at))
+    def driver(self, vehicle: Terminal, driver: str | None, at: datetime) -> None:
+        """A driver signed in (``driver`` names them) or out (None) at ``at`` (UTC)."""
+        self._add(self.engine.driver(vehicle.id, driver, at))
 
-    def logout(self, vehicle: Vehicle) -> None:
-        """0x0003: the terminal said goodbye, so its silence is no offline alarm."""
+    def logout(self, vehicle: Terminal) -> None:
+        """The terminal said goodbye (logged out), so its silence is no offline alarm."""
         self._add(self.engine.logout(vehicle.id, datetime.now(UTC)))
 
     def _add(self, events: list[AlertEvent]) -> None:
@@ -303,10 +336,10 @@ class Supervision:
 
     # ------------------------------------------------------------------ vehicles
 
-    async def _load_vehicle(self, vehicle: Vehicle) -> None:
+    async def _load_vehicle(self, vehicle: Terminal) -> None:
         """Fetch the vehicle's rule facts, then feed what waited for them (in order)."""
         try:
-            row = await self.pool.fetchrow(_VEHICLE, vehicle.id)
+            row = await vehicle_facts(self.pool, vehicle.id)
             info = vehicle_info(row) if row is not None else VehicleInfo(vehicle.id, vehicle.plate)
         except Exception:
             log.exception("loading vehicle %s failed; judging it with default settings", vehicle.id)
@@ -320,17 +353,9 @@ class Supervision:
         """The vehicle's rule facts: cached, else from the database (None: no such vehicle)."""
         info = self.vehicles.get(vehicle_id)
         if info is None:
-            row = await self.pool.fetchrow(_VEHICLE, vehicle_id)
+            row = await vehicle_facts(self.pool, vehicle_id)
             info = vehicle_info(row) if row is not None else None
         return info
-
-    def connection(self, vehicle_id: int) -> JT808Protocol | None:
-        """The vehicle's terminal connection in this worker (None: not connected here)."""
-        phone = self._phones.get(vehicle_id)
-        conn = self.service.sessions.get(phone) if phone is not None else None
-        if conn is None or conn.vehicle is None or conn.vehicle.id != vehicle_id:
-            return None
-        return conn
 
     # ------------------------------------------------------------------ events
 
@@ -400,22 +425,22 @@ class Supervision:
     async def send_text(self, planned: PlannedText, alert_id: int) -> str:
         """Send an automatic text and record the outcome (push row and the alert's audit)."""
         vehicle_id = planned.event.vehicle_id
-        body = planned.body
+        text = planned.command
         result, serial, push_id = await self.push(
-            vehicle_id, f"text:{planned.event.type}", body, alert_id=alert_id
+            vehicle_id, f"text:{planned.event.type}", text, alert_id=alert_id
         )
         self.stats.texts += 1
         await self.alerts.record(
             alert_id, "auto_text",
-            {"text": planned.text, "flag": body.flag, "result": result, "serial": serial,
-             "push_id": push_id},
+            {"text": planned.text, "tts": text.tts, "display": text.display,
+             "urgent": text.urgent, "result": result, "serial": serial, "push_id": push_id},
         )  # fmt: skip
         return result
 
     # ------------------------------------------------------------------ acknowledgement
 
     async def acknowledge(self, alert_id: int, by: str) -> tuple[Alert, str | None]:
-        """Acknowledge an alert; a terminal alarm is confirmed to its terminal (0x8203).
+        """Acknowledge an alert; a terminal alarm is confirmed to its terminal.
         Returns the alert and the confirmation's result (None: nothing to confirm)."""
         self._confirming.add(alert_id)
         try:
@@ -428,11 +453,11 @@ class Supervision:
             self._confirming.discard(alert_id)
 
     async def confirm_acknowledged(self) -> int:
-        """Start 0x8203 for acknowledged terminal alarms not yet confirmed whose terminal is
+        """Start confirming acknowledged terminal alarms not yet confirmed whose terminal is
         connected to this worker (acknowledged here or by another process); how many."""
         started = 0
-        for alarm in await pushes.unconfirmed_alarms(self.pool):
-            if alarm.alert_id in self._confirming or self.connection(alarm.vehicle_id) is None:
+        for alarm in await pushes.unconfirmed_alarms(self.pool, CONFIRMABLE_ALARMS):
+            if alarm.alert_id in self._confirming or not self.gateway.holds(alarm.vehicle_id):
                 continue
             self._confirming.add(alarm.alert_id)
             self._spawn(self._confirm_once(alarm))
@@ -446,17 +471,18 @@ class Supervision:
             self._confirming.discard(alarm.alert_id)
 
     async def confirm(self, alert_id: int, vehicle_id: int, details: Mapping[str, Any]) -> str:
-        """Send 0x8203 (the alarm's 0x0200 serial and bit) and audit the terminal's answer."""
-        bit = int(details["bit"])
-        body = AlarmConfirmation(alarm_serial=_alarm_serial(details), alarm_type=1 << bit)
+        """Confirm the alarm to its terminal (by name, with the serial of the report that
+        raised it) and audit the terminal's answer."""
+        command = ConfirmAlarm(alarm=str(details["name"]), report_serial=_alarm_serial(details))
         result, serial, push_id = await self.push(
-            vehicle_id, f"alarm_confirmation:{alert_id}", body, alert_id=alert_id
+            vehicle_id, f"alarm_confirmation:{alert_id}", command, alert_id=alert_id
         )
         self.stats.confirmations += 1
         await self.alerts.record(
             alert_id, "terminal_confirm",
-            {"msg_id": "0x8203", "bit": bit, "alarm_serial": body.alarm_serial,
-             "result": result, "serial": serial, "push_id": push_id},
+            {"alarm": command.alarm, "bit": details.get("bit"),
+             "alarm_serial": command.report_serial, "result": result, "serial": serial,
+             "push_id": push_id},
         )  # fmt: skip
         return result
 
@@ -472,7 +498,7 @@ class Supervision:
         self._pushing.add(vehicle_id)
         try:
             info = await self.vehicle(vehicle_id)
-            if info is None or self.connection(vehicle_id) is None:
+            if info is None or not self.gateway.holds(vehicle_id):
                 return []
             accepted = {} if force else await pushes.accepted_hashes(self.pool, vehicle_id)
             plan = plan_pushes(
@@ -483,11 +509,11 @@ class Supervision:
             results = []
             for item in plan.items:
                 result, _, _ = await self.push(
-                    vehicle_id, item.item, item.body, content=item.content
+                    vehicle_id, item.item, item.command, content=item.content
                 )
                 self.stats.enforcement_pushes += 1
                 results.append((item.item, result))
-                if result == pushes.OFFLINE:
+                if result == OFFLINE:
                     break
             return results
         finally:
@@ -499,34 +525,26 @@ class Supervision:
         self,
         vehicle_id: int,
         item: str,
-        body: Body,
+        command: Command,
         *,
         alert_id: int | None = None,
         content: Any = None,
     ) -> tuple[str, int | None, int]:
-        """Record, send and await one command: (result, serial, push row id)."""
+        """Record, send (through the gateway) and await one command: (result, serial, push
+        row id); the result is the terminal's answer or why there was none."""
         if content is None:
-            content = body.to_json()
+            content = command_to_json(command)
         push_id = await pushes.begin(
-            self.pool, vehicle_id, body.MSG_ID, item, content, alert_id=alert_id
+            self.pool, vehicle_id, command.KIND, item, content, alert_id=alert_id
         )
-        result, serial, answered = await self.send(vehicle_id, body)
+        try:
+            reply = await self.gateway.send(vehicle_id, command, timeout=self.command_timeout)
+        except CommandFailed as failed:
+            result, serial, answered = failed.reason, None, None
+        else:
+            result, serial, answered = reply.result, reply.serial, reply.answered_at
         await pushes.finish(self.pool, push_id, result, serial=serial, answered_at=answered)
         return result, serial, push_id
-
-    async def send(self, vehicle_id: int, body: Body) -> tuple[str, int | None, datetime | None]:
-        """Send a command to the vehicle's terminal if it is connected here and wait for its
-        answer: (result, serial, answered_at); the serial is recorded with every push."""
-        conn = self.connection(vehicle_id)
-        if conn is None:
-            return pushes.OFFLINE, None, None
-        serial, d = conn.command(body, self.command_timeout)
-        assert self._loop is not None
-        try:
-            reply: Message = await d.asFuture(self._loop)
-        except CommandError as exc:
-            return (pushes.TIMEOUT if exc.reason == "timeout" else pushes.OFFLINE), serial, None
-        return _result(reply), serial, datetime.now(UTC)
 
     # ------------------------------------------------------------------ fences
 
@@ -540,7 +558,7 @@ class Supervision:
             self._fence_print = fingerprint
             self.stats.fence_reloads += 1
             reloaded = True
-        watch_print = tuple(await self.pool.fetchrow(_WATCHLIST_PRINT))
+        watch_print = await self.alerts.watchlist_fingerprint()
         if force or watch_print != self._watch_print:
             self.engine.set_watchlist(await self.alerts.watchlist_reasons())
             self._watch_print = watch_print
@@ -548,37 +566,21 @@ class Supervision:
         return reloaded
 
 
-#: Changes whenever a plate is added, re-added (new reason) or removed.
-_WATCHLIST_PRINT = (
-    "SELECT count(*) FILTER (WHERE active), max(greatest(added_at, removed_at)) FROM watchlist"
-)
-
-
 def _fix_time(position: Position) -> datetime:
     return position.fix_time
 
 
 def _confirmable(alert_type: str, details: Mapping[str, Any]) -> bool:
-    bit = details.get("bit")
-    return alert_type == TERMINAL_ALARM and isinstance(bit, int) and bit in pushes.CONFIRMABLE_BITS
+    return alert_type == TERMINAL_ALARM and details.get("name") in CONFIRMABLE_ALARMS
 
 
 def _alarm_serial(details: Mapping[str, Any]) -> int:
-    """The 0x0200 frame serial that raised the alarm (0 confirms every alarm of the type)."""
+    """The serial of the report that raised the alarm (0 confirms every alarm of the type)."""
     for key in ("serial", "position_serial", "alarm_serial"):
         value = details.get(key)
         if isinstance(value, int):
-            return value & 0xFFFF
+            return value
     return 0
-
-
-def _result(reply: Message) -> str:
-    result = getattr(reply.body, "result", RESULT_OK)
-    if result == RESULT_OK:
-        return pushes.ACCEPTED
-    if result == RESULT_UNSUPPORTED:
-        return pushes.UNSUPPORTED
-    return pushes.FAILED
 
 
 def vehicle_info(row: Mapping[str, Any]) -> VehicleInfo:
@@ -615,4 +617,3 @@ __all__ = [
     "load_config",
     "vehicle_info",
 ]
-
