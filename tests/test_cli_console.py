@@ -47,6 +47,19 @@ def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str
     return lines[0]
 
 
+def serve_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """serve failed: its last line is the one error line (before it at most the start-up
+    facts, such as the connection capacity), naming ``words``; no traceback."""
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == lines[-1:], result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
 def _taken_port() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -79,7 +92,7 @@ def test_serve_refuses_a_data_dir_that_is_a_file_or_has_no_parent(tmp_path: Path
 
 
 def test_serve_with_an_unreachable_database(tmp_path: Path) -> None:
-    line = one_line_error(
+    line = serve_error(
         fleetwatch("serve", "--db", DEAD_DB, "--data-dir", str(tmp_path / "d"),
                    "--jt808-port", "0", "--http-port", "0", "--host", "127.0.0.1"),
         "cannot reach the database", "--db",
@@ -94,14 +107,11 @@ def test_serve_on_a_taken_port(tmp_path: Path, db_url: str) -> None:
             "serve", "--db", db_url, "--data-dir", str(tmp_path / "d"), "--jt808-port",
             str(port), "--http-port", "0", "--host", "127.0.0.1",
         )  # fmt: skip
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert errors == [
+    assert serve_error(result) == (
         f"fleetwatch serve: error: port {port} on 127.0.0.1 is already in use (another "
         f"fleetwatch serve, or another program: `ss -ltnp 'sport = :{port}'`); stop it or "
         "choose another port"
-    ], result.stderr
+    )
 
 
 def test_serve_option_mistakes_are_usage_errors(tmp_path: Path) -> None:
