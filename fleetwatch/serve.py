@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gc
-import signal
-import subprocess
+import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--jt808-port", type=_port, default=6808, help="JT/T 808 TCP port")
     parser.add_argument("--nmea-port", type=_port, default=0, help="NMEA 0183 TCP port (0 = off)")
     parser.add_argument("--http-port", type=_port, default=8080, help="HTTP port for /metrics")
-    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    parser.add_argument(
+        "--listen",
+        "--host",
+        dest="listen",
+        metavar="ADDR",
+        default="0.0.0.0",
+        help="address the terminal ports (JT/T 808, NMEA) listen on (default: all interfaces)",
+    )
+    parser.add_argument(
+        "--http-listen",
+        metavar="ADDR",
+        default="127.0.0.1",
+        help="address the HTTP port (/metrics) listens on (default: 127.0.0.1, this host only)",
+    )
+    parser.add_argument(
+        "--spool-budget-mb",
+        type=_positive,
+        default=2048,
+        metavar="MB",
+        help="disk each worker's spool may use while the database is away; at the budget new "
+        "reports are not acknowledged (terminals send them again later) (default: 2048)",
+    )
     parser.add_argument(
         "--policy",
         choices=("open", "known"),
@@ -119,6 +141,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="ingest processes sharing the TCP ports (one Python process uses one core)",
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     guard = parser.add_argument_group("limits (see docs/decisions.md)")
     guard.add_argument(
         "--pre-auth-timeout",
@@ -140,12 +163,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+#: The writer's statistics, as counters ``fleetwatch_<name>_total``.
+WRITER_COUNTERS = {
+    "writer_flushes": "writer flushes (one transaction, or one spool append)",
+    "writer_flushes_diverted": "flushes not committed within the ack deadline, spooled instead",
+    "rows_written": "rows committed directly",
+    "rows_spooled": "rows acknowledged from the spool",
+    "rows_replayed": "rows moved from the spool into the database",
+    "rows_refused": "rows neither committed nor spooled (spool full, values the database "
+    "refuses): not acknowledged",
+    "rows_rejected": "spooled rows the database refused on replay, set aside in rejected.jsonl",
+    "db_failures": "failed database operations of the writer",
+}
+
+
 class Server:
     """Everything ``serve`` runs, started and stopped in order (inside the reactor)."""
 
-    def __init__(self, args: argparse.Namespace, db_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, url: Callable[[], str]) -> None:
         self.args = args
-        self.db_url = db_url
+        self.url = url  # read at each connect: a restarted embedded cluster may move its socket
+        self.adopted: list[Any] = []  # writers replaying spools no live worker owns
         self.ports: list[Any] = []
         self.loops: list[Any] = []
         self.writer: Any = None
@@ -165,18 +210,18 @@ class Server:
         from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
         from fleetwatch.logs import say
+        from ingest.auth_cache import AuthCache
         from ingest.directory import Directory
-        from ingest.jobs import every
         from ingest.jt808_server import IngestService, JT808Factory
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
-        from ingest.metrics_resource import MetricsResource
+        from ingest.metrics_resource import MetricsExchange, MetricsResource
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
 
         args = self.args
-        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=8)
+        self.pool = await asyncpg.create_pool(min_size=1, max_size=8, connect=self.connect)
         if args.worker_index == 0:
             async with self.pool.acquire() as conn:
                 await migrate(conn)
@@ -186,21 +231,24 @@ class Server:
             async with self.pool.acquire() as conn:
                 await wait_until_migrated(conn)
         metrics = Metrics()
-        spool = Spool(args.data_dir / "spool" / f"worker-{args.worker_index}")
+        spool = Spool(
+            args.data_dir / "spool" / f"worker-{args.worker_index}",
+            budget_bytes=args.spool_budget_mb << 20,
+        )
         flush_seconds = metrics.histogram(
             "fleetwatch_writer_flush_seconds", "duration of a writer flush (one transaction)"
         )
-        self.writer = PositionWriter(
-            lambda: asyncpg.connect(self.db_url), spool, on_flush=flush_seconds.observe
-        )
+        self.writer = PositionWriter(self.connect, spool, on_flush=flush_seconds.observe)
+        codes = AuthCache(args.data_dir / "run" / "auth", args.worker_index, args.workers)
+        directory = Directory(self.pool, args.policy, cache=codes)
         limits = ValueLimits(args.max_ahead, args.max_speed)
         self.service = IngestService(
-            Directory(self.pool, args.policy), self.writer.write, metrics,
+            directory, self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
             pre_auth_timeout=args.pre_auth_timeout, max_per_address=args.max_per_address,
             registration_rate=args.registration_rate, gate=self.gate, limits=limits,
         )  # fmt: skip
-        self.gateway = gateway = CommandGateway(self.pool, self.db_url, self.service.terminals)
+        self.gateway = gateway = CommandGateway(self.pool, self.url(), self.service.terminals)
         await gateway.start()
         for name, meaning in GATEWAY_STATS.items():
             metrics.gauge(
@@ -222,22 +270,14 @@ class Server:
         )
         metrics.gauge("fleetwatch_spool_bytes", "bytes in the spool", lambda: spool.bytes)
         metrics.gauge(
-            "fleetwatch_writer_flushes", "writer transactions", lambda: writer.stats.flushes
-        )
-        metrics.gauge(
             "fleetwatch_writer_last_flush_seconds",
             "duration of the last flush",
             lambda: writer.stats.last_flush_s,
         )
-        metrics.gauge(
-            "fleetwatch_rows_written", "rows committed directly", lambda: writer.stats.rows_written
-        )
-        metrics.gauge("fleetwatch_rows_spooled", "rows spooled", lambda: writer.stats.rows_spooled)
-        metrics.gauge(
-            "fleetwatch_rows_replayed",
-            "rows replayed from the spool",
-            lambda: writer.stats.rows_replayed,
-        )
+        for name, help_text in WRITER_COUNTERS.items():
+            metrics.counter(
+                f"fleetwatch_{name}_total", help_text, partial(getattr, writer.stats, name)
+            )
 
         self.ports.append(self.listen(args.jt808_port, JT808Factory(self.service)))
         self.gate.watch(self.ports[-1])
@@ -261,15 +301,20 @@ class Server:
                 service.set_pressure(on)
 
         self.writer.on_pressure = pressure
-        if args.worker_index == 0:  # workers > 0 serve no HTTP: their counters stay local
+        exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
+        if args.worker_index == 0:  # one /metrics, adding up every worker's
             root = Resource()
-            root.putChild(b"metrics", MetricsResource(metrics))
+            root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
-            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.host))  # type: ignore[attr-defined]
-        self.loops.append(every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep"))
+            self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
+        else:
+            publish = partial(_publish, exchange, args.worker_index, metrics)
+            self.every(1.0, publish, "metrics publication")
+        self.every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep")
+        self.every(60.0, lambda: _aio(directory.refresh_cache()), "the auth-code cache check")
         if args.worker_index == 0:
-            maintain = every(3600.0, lambda: _aio(self.maintain()), "partition maintenance")
-            self.loops.append(maintain)
+            self.every(3600.0, lambda: _aio(self.maintain()), "partition maintenance")
+            self.every(5.0, self.adopt_spools, "spool adoption", now=True)
         for port in self.ports:
             host = port.getHost()
             say(f"fleetwatch: listening on {host.host}:{host.port}")
@@ -286,14 +331,60 @@ class Server:
             out.append((name, url or f"{host.host}:{host.port}"))
         return out
 
+    def every(
+        self, seconds: float, call: Callable[[], object], name: str, now: bool = False
+    ) -> None:
+        """Run ``call`` every ``seconds`` until stop (``ingest.jobs.every``: a failure is
+        logged and the loop goes on)."""
+        from ingest.jobs import every
+
+        self.loops.append(every(seconds, call, name, now=now))
+
+    async def connect(self, *_: Any, **kwargs: Any) -> Any:
+        """A database connection to wherever the database is now (the pool's and writers')."""
+        import asyncpg
+
+        from store.cluster import ClusterError
+
+        try:
+            url = self.url()
+        except ClusterError as exc:  # the embedded cluster is down (being restarted)
+            raise ConnectionRefusedError(str(exc)) from None
+        return await asyncpg.connect(url, **kwargs)
+
+    def adopt_spools(self) -> None:
+        """Replay every spool under the data dir that no live worker owns (left by a run with
+        more workers, or by a worker that died): each gets a writer of its own, closed once
+        its spool is empty. Runs at start and every few seconds in worker 0."""
+        from store.spool import unowned_spools
+        from store.writer import PositionWriter
+
+        for writer in [w for w in self.adopted if w.spool.empty]:
+            self.adopted.remove(writer)
+            _aio(writer.close())
+        keep = frozenset(f"worker-{k}" for k in range(self.args.workers))
+        for spool in unowned_spools(self.args.data_dir / "spool", keep):
+            _logger().info("replaying {dir}, which no worker owns", dir=str(spool.directory))
+            writer = PositionWriter(self.connect, spool)
+            writer.start()
+            self.adopted.append(writer)
+
+    def database_restarted(self) -> None:
+        """The embedded cluster is back: drop dead pooled connections, replay at once."""
+        if self.pool is not None:
+            _aio(self.pool.expire_connections())
+        for writer in (self.writer, *self.adopted):
+            if writer is not None:
+                writer.retry_now()
+
     def listen(self, port: int, factory: Any) -> Any:
         from twisted.internet import reactor
 
         from ingest.listen import listen_shared
 
         if self.args.workers > 1:
-            return listen_shared(reactor, port, factory, self.args.host)
-        return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.host)  # type: ignore[attr-defined]
+            return listen_shared(reactor, port, factory, self.args.listen)
+        return reactor.listenTCP(port, factory, backlog=4096, interface=self.args.listen)  # type: ignore[attr-defined]
 
     async def maintain(self) -> None:
         """Partitions ahead of time, whole-partition retention, old command records."""
@@ -307,6 +398,8 @@ class Server:
             await commands.prune(conn, datetime.now(UTC) - COMMAND_RECORDS)
 
     async def stop(self) -> None:
+        import asyncio
+
         from twisted.internet.defer import gatherResults
 
         for loop in self.loops:
@@ -315,6 +408,8 @@ class Server:
         await _as_future(gatherResults([port.stopListening() for port in self.ports]))
         if self.writer is not None:
             await self.writer.close()  # acks for everything received go out before we close
+        for writer in self.adopted:
+            await writer.close()
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
         if self.gateway is not None:
@@ -323,7 +418,20 @@ class Server:
             for conn in list(self.service.connections):
                 conn.close("server shutting down")
         if self.pool is not None:
-            await self.pool.close()
+            try:  # lookups abandoned while the database froze may still hold connections
+                await asyncio.wait_for(self.pool.close(), 5.0)
+            except TimeoutError:
+                self.pool.terminate()
+
+
+def _publish(exchange: Any, index: int, metrics: Any) -> None:
+    exchange.publish(index, metrics.snapshot())
+
+
+def _logger() -> Any:
+    from twisted.logger import Logger
+
+    return Logger(namespace="fleetwatch.serve")
 
 
 def _accept_gate() -> Any:
@@ -384,9 +492,14 @@ def run(args: argparse.Namespace) -> int:
 
     from fleetwatch import console
     from fleetwatch.logs import say, start_logging
+    from fleetwatch.processes import ClusterWatch, ParentWatch, Workers, die_with_parent
+    from ingest.metrics_resource import MetricsExchange
     from store.cluster import EmbeddedCluster
 
     start_logging(args.log_format)
+    if args.worker_index > 0 and not die_with_parent(args.parent_pid):
+        say("fleetwatch: the serve process that started this worker is gone")
+        return 1
     try:
         console.prepare_data_dir(args.data_dir)
     except console.UsageProblem as exc:
@@ -404,17 +517,38 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
     cluster = None
-    db_url = args.db
-    if db_url is None:
+    if args.db is not None:
+
+        def url() -> str:
+            return str(args.db)
+    else:
         cluster = EmbeddedCluster.in_data_dir(args.data_dir)
-        try:
-            cluster.start()
-        except Exception as exc:
-            say(f"fleetwatch serve: error: {console.describe(exc)}", level=LogLevel.critical)
-            return 1
-        db_url = cluster.url
-    server = Server(args, db_url)
-    workers = _spawn_workers(args, db_url) if args.worker_index == 0 else []
+        if args.worker_index == 0:
+            try:
+                cluster.start()
+            except Exception as exc:
+                say(f"fleetwatch serve: error: {console.describe(exc)}", level=LogLevel.critical)
+                return 1
+
+        def url() -> str:
+            return cluster.url  # where it listens now (the socket may move on a restart)
+
+    server = Server(args, url)
+    workers = None
+    if args.worker_index == 0:
+        MetricsExchange(args.data_dir / "run" / "metrics", args.workers).clear()
+        workers = Workers(args.workers, partial(_worker_command, args))
+        workers.start()
+        reactor.callWhenRunning(server.every, 0.5, workers.check, "worker supervision")  # type: ignore[attr-defined]
+        if cluster is not None:
+            watch = ClusterWatch(cluster, server.database_restarted)
+            reactor.callWhenRunning(server.every, 1.0, watch.check, "the PostgreSQL watch")  # type: ignore[attr-defined]
+    else:
+        parent = ParentWatch(args.parent_pid, lambda: reactor.callLater(0, _stop_reactor, reactor))  # type: ignore[attr-defined]
+        reactor.callWhenRunning(server.every, 1.0, parent.check, "the parent watch")  # type: ignore[attr-defined]
+        if cluster is not None:  # worker 0 restarts it; this one only notices it is back
+            back = ClusterWatch(cluster, server.database_restarted, restart=False)
+            reactor.callWhenRunning(server.every, 1.0, back.check, "the PostgreSQL watch")  # type: ignore[attr-defined]
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
@@ -426,48 +560,43 @@ def run(args: argparse.Namespace) -> int:
 
     def started(_: object) -> None:
         if args.worker_index == 0:
-            console.announce(args.data_dir, db_url, cluster is not None, server.addresses())
+            console.announce(args.data_dir, url(), cluster is not None, server.addresses())
 
     reactor.callWhenRunning(lambda: _aio(server.start()).addCallbacks(started, started_failed))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("during", "shutdown", _stop_workers, workers)  # type: ignore[attr-defined]
+    if workers is not None:
+        reactor.addSystemEventTrigger("during", "shutdown", workers.stop)  # type: ignore[attr-defined]
     try:
         reactor.run()  # type: ignore[attr-defined]
     finally:
-        _stop_workers(workers)
-        if cluster is not None:
+        if workers is not None:
+            workers.stop()
+        if cluster is not None and args.worker_index == 0:
             cluster.stop()
     return status["code"]
 
 
-def _spawn_workers(args: argparse.Namespace, db_url: str) -> list[subprocess.Popen[bytes]]:
-    """Workers 1..N-1: the same server on the same ports (SO_REUSEPORT) and database."""
-    workers = []
-    for index in range(1, args.workers):
-        command = [
-            sys.executable, "-m", "fleetwatch.cli", "serve", "--db", db_url,
-            "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
-            "--nmea-port", str(args.nmea_port), "--host", args.host, "--policy", args.policy,
-            "--log-format", args.log_format, "--workers", str(args.workers),
-            "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
-            "--worker-index", str(index),
-            "--pre-auth-timeout", str(args.pre_auth_timeout),
-            "--max-per-address", str(args.max_per_address),
-            "--registration-rate", str(args.registration_rate),
-        ]  # fmt: skip
-        if args.rules_config:
-            command += ["--rules-config", args.rules_config]
-        workers.append(subprocess.Popen(command))
-    return workers
+def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
+    """Worker ``index``: the same server on the same ports (SO_REUSEPORT) and database."""
+    command = [
+        sys.executable, "-m", "fleetwatch.cli", "serve",
+        "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
+        "--nmea-port", str(args.nmea_port), "--listen", args.listen, "--policy", args.policy,
+        "--log-format", args.log_format, "--workers", str(args.workers),
+        "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
+        "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
+        "--parent-pid", str(os.getpid()),
+        "--pre-auth-timeout", str(args.pre_auth_timeout),
+        "--max-per-address", str(args.max_per_address),
+        "--registration-rate", str(args.registration_rate),
+    ]  # fmt: skip
+    if args.db:
+        command += ["--db", args.db]
+    if args.rules_config:
+        command += ["--rules-config", args.rules_config]
+    return command
 
 
-def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    """Ask the workers to stop (they flush their writers first) and wait for them."""
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()

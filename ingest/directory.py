@@ -12,6 +12,8 @@ replaces a code in use. ``fleetwatch vehicles unbind`` releases a vehicle for a 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from geo.plates import normalise_plate
+from ingest.auth_cache import AuthCache
 from protocols.jt808 import BEIJING, Register, TerminalProfile
 from protocols.jt808.platform import (
     REGISTER_NO_TERMINAL,
@@ -33,6 +36,10 @@ from store import vehicles as store_vehicles
 from store.vehicles import TerminalRegistration, bind_terminal
 
 POLICY_OPEN, POLICY_KNOWN = "open", "known"
+#: What a database that is away or stalled raises (or times out with).
+DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+log = logging.getLogger(__name__)
 
 _RESULTS = {
     store_vehicles.BOUND: REGISTER_OK,
@@ -86,11 +93,22 @@ _COLUMNS = "id, phone, plate, auth_code, forced_version, clock_tz, provisioned"
 class Directory:
     """Registration and authentication against the ``vehicles`` table."""
 
-    def __init__(self, pool: asyncpg.Pool, policy: str = POLICY_OPEN) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        policy: str = POLICY_OPEN,
+        *,
+        db_timeout: float = 1.0,
+        cache: AuthCache | None = None,
+    ) -> None:
         if policy not in (POLICY_OPEN, POLICY_KNOWN):
             raise ValueError(f"unknown registration policy {policy!r} (open or known)")
         self.pool = pool
         self.policy = policy
+        self.db_timeout = db_timeout
+        #: While the database is away (dead, restarting, stalled), terminals that authenticated
+        #: before still authenticate from here.
+        self.cache = cache if cache is not None else AuthCache()
 
     async def find(self, phone: str) -> Vehicle | None:
         row = await self.pool.fetchrow(
@@ -119,13 +137,54 @@ class Directory:
             outcome, code = await bind_terminal(
                 conn, registration, secrets.token_hex(8), create=self.policy == POLICY_OPEN
             )
+        if code:  # the old code must not work from the cache either
+            self.cache.new_code(registration.phone, code)
         return _RESULTS[outcome], code
 
     async def authenticate(self, phone: str, code: str) -> Vehicle | None:
-        """The vehicle whose terminal holds this auth code, or None."""
-        vehicle = await self.find(phone)
+        """The vehicle whose terminal holds this auth code, or None. When the database does not
+        answer within ``db_timeout``, a terminal that authenticated before is checked against
+        the code it used then (anything else re-raises: the terminal is not told "wrong code")."""
+        lookup = asyncio.ensure_future(self.find(phone))
+        try:
+            # Not wait_for: a cancelled pool query waits for its cancel request to reach the
+            # server before the connection is released, which a frozen server never answers.
+            await asyncio.wait([lookup], timeout=self.db_timeout)
+            if not lookup.done():
+                lookup.cancel()  # finishes in the background, whenever the server lets it
+                lookup.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise TimeoutError(f"no answer within {self.db_timeout} s")
+            vehicle = lookup.result()
+        except DB_UNAVAILABLE as exc:
+            vehicle = self.cache.get(phone_key(phone))
+            if vehicle is None:
+                raise
+            log.warning("database unavailable (%s); %s authenticated from the cache",
+                        type(exc).__name__, phone)  # fmt: skip
+        else:
+            cached = self.cache.peek(phone_key(phone))
+            if cached is not None and (vehicle is None or vehicle.auth_code != cached.auth_code):
+                self.cache.forget(phone_key(phone))  # the database says otherwise now
         if vehicle is None or not vehicle.auth_code:
             return None
         if not secrets.compare_digest(vehicle.auth_code.encode(), code.strip("\x00 ").encode()):
             return None
+        self.cache.remember(vehicle)
         return vehicle
+
+    async def refresh_cache(self) -> int:
+        """Forget cached codes the database no longer has (an operator unbound the terminal
+        with ``fleetwatch vehicles unbind``, from another process): run every minute or so,
+        so that such a terminal cannot authenticate from the cache in a later outage.
+        Returns how many were forgotten."""
+        keys = self.cache.keys()
+        if not keys:
+            return 0
+        rows = await self.pool.fetch(
+            "SELECT phone, auth_code FROM vehicles WHERE phone = ANY($1::text[])", keys
+        )
+        codes = {r["phone"]: r["auth_code"] for r in rows}
+        stale = [k for k in keys if (held := self.cache.peek(k)) and codes.get(k) != held.auth_code]
+        for key in stale:
+            self.cache.forget(key)
+        return len(stale)

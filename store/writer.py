@@ -246,7 +246,10 @@ class WriterStats:
     rows_written: int = 0  # committed to the database directly
     rows_spooled: int = 0
     rows_replayed: int = 0  # moved from the spool into the database
-    flushes: int = 0
+    rows_refused: int = 0  # neither committed nor spooled (spool full, bad values): not acked
+    rows_rejected: int = 0  # spooled (acked), then refused by the database: set aside
+    writer_flushes: int = 0
+    writer_flushes_diverted: int = 0  # no commit within ack_deadline: spooled instead
     db_failures: int = 0
     last_flush_s: float = 0.0
 
@@ -255,6 +258,19 @@ class WriterStats:
 #: from being so (then nothing may be acknowledged).
 Done = Callable[[str | BaseException], None]
 
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: What a flush that was not even tried (spool not empty, backoff, stuck) counts as.
+_NOT_TRIED = ConnectionError("the database was not tried")
+_BACKING_OFF = ConnectionError("backing off after a failure")
+
+
+def _refused(failure: BaseException | None) -> bool:
+    """The database answered, and refused the rows themselves: a value it cannot store
+    (SQLSTATE class 22, e.g. a NUL character in JSON) or a constraint (23). Trying the same
+    rows again cannot help; every other failure (connection, timeout, shutdown) can."""
+    sqlstate = getattr(failure, "sqlstate", None) or ""
+    return isinstance(failure, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
+
 
 class PositionWriter:
     """Collects positions, flushes them in batches, and tells each submitter when it is safe.
@@ -262,6 +278,16 @@ class PositionWriter:
     It runs as a task of the server's loop. (A writer thread with its own loop was tried: under
     load the two threads fought over the GIL and p99 ack latency got four times worse.) Several
     ingest processes (``serve --workers``) are how FleetWatch uses more than one core.
+
+    The database never holds an ack back for long: a flush that has not committed within
+    ``ack_deadline`` is spooled (fsynced) and acknowledged from there. Its statement may still
+    commit later; the spool replay then finds those rows already stored (the insert ignores
+    duplicates on vehicle, fix time and serial), so nothing is stored twice. Every database
+    operation runs under one lock on the writer's one connection; spool replay and last-position
+    updates run as background tasks, so neither a stalled nor a dead database ever blocks the
+    flush loop, which only ever waits for the deadline or an fsync. Failures back off
+    exponentially from ``retry_interval`` to ``max_retry_interval``; :meth:`retry_now` (after
+    the embedded cluster was restarted) cuts the wait short.
     """
 
     def __init__(
@@ -273,7 +299,9 @@ class PositionWriter:
         max_age: float = 0.02,
         last_interval: float = 1.0,
         db_timeout: float = 5.0,
-        retry_interval: float = 1.0,
+        ack_deadline: float = 0.15,
+        retry_interval: float = 0.25,
+        max_retry_interval: float = 2.0,
         high_water: int = 50_000,
         low_water: int = 10_000,
         on_pressure: Callable[[bool], None] | None = None,
@@ -286,7 +314,9 @@ class PositionWriter:
         self.max_age = max_age
         self.last_interval = last_interval
         self.db_timeout = db_timeout
+        self.ack_deadline = ack_deadline
         self.retry_interval = retry_interval
+        self.max_retry_interval = max(max_retry_interval, retry_interval)
         self.high_water = high_water
         self.low_water = low_water
         self.on_pressure = on_pressure
@@ -298,9 +328,17 @@ class PositionWriter:
         self._queued = 0  # rows written and not yet reported back
         self._oldest = 0.0
         self._wake: asyncio.Event | None = None
+        self._retry: asyncio.Event | None = None
+        self._db_lock: asyncio.Lock | None = None
+        self._op_since = 0.0  # when the running database operation started (0: none runs)
         self._closing = False
         self._pressed = False
+        self._failures = 0  # database failures in a row (for the backoff)
         self._next_db_try = 0.0
+        self._drain: asyncio.Task[None] | None = None
+        self._moving: asyncio.Task[bool] | None = None  # a last-position update
+        self._strays: set[asyncio.Task[BaseException | None]] = set()  # given up on, running
+        self._tail: asyncio.Future[None] | None = None  # done when the spool's tail is replayed
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
         self._latest_due = 0.0
@@ -311,11 +349,25 @@ class PositionWriter:
         return self._queued
 
     def start(self) -> None:
-        """Start the writer as a task of the running loop."""
+        """Start the writer as a task of the running loop; a spool left by an earlier run is
+        replayed at once (no new traffic needed)."""
         if self._task is not None:
             return
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
+        self._db_lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self.spool.empty:
+            self._wake.set()
+
+    def retry_now(self) -> None:
+        """The database is back (e.g. restarted): try it now instead of after the backoff."""
+        self._next_db_try = 0.0
+        self._failures = 0
+        if self._retry is not None:
+            self._retry.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def write(self, positions: Sequence[Position], done: Done) -> None:
         """Queue positions; ``done`` is called (in the caller's loop) once they are durable."""
@@ -355,9 +407,14 @@ class PositionWriter:
             if not self._closing:
                 self._closing = True
                 self._wake_up()
+                if self._retry is not None:
+                    self._retry.set()
             await asyncio.shield(self._task)
         if self._conn is not None:
-            await self._conn.close()
+            try:  # a frozen server never acknowledges a polite goodbye
+                await asyncio.wait_for(self._conn.close(), 2.0)
+            except _DB_ERRORS:
+                self._conn.terminate()
             self._conn = None
         self.spool.close()
 
@@ -392,7 +449,7 @@ class PositionWriter:
         assert self._wake is not None
         wake = self._wake
         while True:
-            if self._latest:  # sleep no longer than until the last positions are due
+            if self._latest and self._moving is None:  # wake up when last positions are due
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._latest_due - time.monotonic())
             else:
@@ -404,46 +461,181 @@ class PositionWriter:
                 wake.clear()
             while self._pending:
                 await self._flush()
-            if self._latest and (self._closing or time.monotonic() >= self._latest_due):
-                await self._write_latest()
             if self._closing:
-                while self._latest and await self._write_latest():
-                    pass  # all of them, a chunk at a time
-                await self._replay(force=True)
+                await self._finish()
                 if not self._pending:
                     return
                 continue
-            if not self.spool.empty:
-                await self._replay()
-                if not self.spool.empty and not self._pending:
-                    # Nothing new to write: keep trying to drain the spool in the background.
-                    await asyncio.sleep(self.retry_interval)
-                    wake.set()
+            if self._latest and self._moving is None and time.monotonic() >= self._latest_due:
+                self._moving = asyncio.get_running_loop().create_task(self._write_latest())
+                self._moving.add_done_callback(self._moved)
+            if not self.spool.empty and self._drain is None:
+                self._drain = asyncio.get_running_loop().create_task(self._drain_spool())
+
+    def _moved(self, task: asyncio.Task[bool]) -> None:
+        self._moving = None
+        if self._wake is not None:
+            self._wake.set()  # the next chunk may be due already
+
+    async def _finish(self) -> None:
+        """Closing: the running background work, every held last position, one more replay."""
+        if self._drain is not None:
+            await asyncio.wait([self._drain])
+        if self._moving is not None:
+            await asyncio.wait([self._moving])
+        self._next_db_try = 0.0  # one last try, whatever the backoff
+        while self._latest and await self._write_latest():
+            pass  # all of them, a chunk at a time
+        await self._replay()
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._pending_rows = 0
         rows = [position_row(p) for positions, _ in batch for p in positions]
         started = time.monotonic()
-        outcome: str | BaseException = "spool"
+        outcome: str | BaseException = RuntimeError("the flush was interrupted")
         try:
-            write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
-            if self.spool.empty and await self._try_db(write):
+            if self._tail is not None and not self.spool.empty and self._healthy(started):
+                # The drain is replaying the spool's last segment: wait for it (within the
+                # deadline) rather than append behind it and keep the spool from ever emptying.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._tail), self.ack_deadline)
+            left = started + self.ack_deadline - time.monotonic()
+            failure: BaseException | None = _NOT_TRIED
+            if left > 0 and self.spool.empty and self._healthy(time.monotonic()):
+                write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
+                failure = await self._db_within(write, left)
+            if failure is None:
                 outcome = "db"
                 self.stats.rows_written += len(rows)
                 self._hold_latest(rows)
+            elif _refused(failure):
+                outcome = "split"  # some submission's rows cannot be stored: find which
+                await self._refuse_or_split(batch, failure)
             else:
                 self.spool.append(rows)
                 self.stats.rows_spooled += len(rows)
-        except OSError as exc:  # the spool could not be written either: nothing is acked
+                outcome = "spool"
+        except OSError as exc:  # the spool is full or failing: nothing is acked
             log.error("spool write failed, %d rows not acknowledged: %s", len(rows), exc)
+            self.stats.rows_refused += len(rows)
+            outcome = exc
+        except Exception as exc:  # a bug: nothing is acked, and the writer goes on
+            log.exception("flush failed, %d rows not acknowledged", len(rows))
+            self.stats.rows_refused += len(rows)
             outcome = exc
         finally:
-            self.stats.flushes += 1
+            self.stats.writer_flushes += 1
             self.stats.last_flush_s = took = time.monotonic() - started
             if self.on_flush is not None:
                 self.on_flush(took)
+            if outcome != "split":
+                self._report(batch, outcome, len(rows))
+
+    async def _split(self, batch: list[tuple[Sequence[Position], Done]]) -> None:
+        """The database refused a flush for what is in it (a value it cannot store): store
+        each half on its own, down to single submissions, so that one terminal's bad report
+        is refused (not acknowledged; logged with its rows) and nobody else's is held back."""
+        rows = [position_row(p) for positions, _ in batch for p in positions]
+        failure = await self._db(partial(insert_rows, rows=rows, last=False,
+                                         known_late=self._behind(rows)))  # fmt: skip
+        if failure is None:
+            self.stats.rows_written += len(rows)
+            self._hold_latest(rows)
+            self._report(batch, "db", len(rows))
+        elif not _refused(failure):
+            outcome: str | BaseException = "spool"
+            try:
+                self.spool.append(rows)
+                self.stats.rows_spooled += len(rows)
+            except OSError as exc:
+                self.stats.rows_refused += len(rows)
+                outcome = exc
             self._report(batch, outcome, len(rows))
+        else:
+            await self._refuse_or_split(batch, failure)
+
+    async def _refuse_or_split(
+        self, batch: list[tuple[Sequence[Position], Done]], failure: BaseException
+    ) -> None:
+        if len(batch) == 1:
+            rows = [position_row(p) for p in batch[0][0]]
+            log.error("rows refused by the database, not acknowledged (%s): %s", failure, rows)
+            self.stats.rows_refused += len(rows)
+            self._report(batch, failure, len(rows))
+            return
+        middle = len(batch) // 2
+        await self._split(batch[:middle])
+        await self._split(batch[middle:])
+
+    def _healthy(self, now: float) -> bool:
+        """Whether the database looks worth trying: no backoff, no operation stuck past the
+        deadline. (A flush also needs an empty spool: older batches go in first.)"""
+        stuck = self._op_since and now - self._op_since > self.ack_deadline
+        return now >= self._next_db_try and not stuck
+
+    async def _db_within(
+        self, write: Callable[[asyncpg.Connection], Awaitable[None]], deadline: float
+    ) -> BaseException | None:
+        """:meth:`_db` if it finishes within ``deadline`` (else a TimeoutError). Past it, an
+        operation still waiting for the connection is cancelled (it never reached the
+        database); one already running is left to finish or time out on its own (see the
+        class docstring for why that is safe)."""
+        began: list[bool] = []
+        op = asyncio.get_running_loop().create_task(self._db(write, began))
+        try:
+            return await asyncio.wait_for(asyncio.shield(op), deadline)
+        except TimeoutError as exc:
+            self.stats.writer_flushes_diverted += 1
+            if began:
+                self._strays.add(op)
+                op.add_done_callback(self._strays.discard)
+            else:
+                op.cancel()
+            return exc
+
+    async def _db(
+        self,
+        write: Callable[[asyncpg.Connection], Awaitable[None]],
+        began: list[bool] | None = None,
+    ) -> BaseException | None:
+        """Run ``write`` on the writer's connection (connecting first if need be), one
+        operation at a time; None if it succeeded, else why not. On failure the connection is
+        dropped (a failed COPY may leave rows in its staging table) and, unless the database
+        refused the rows themselves (:func:`_refused`: it is answering), the writer backs off."""
+        assert self._db_lock is not None
+        async with self._db_lock:
+            if time.monotonic() < self._next_db_try:
+                return _BACKING_OFF
+            if began is not None:
+                began.append(True)
+            self._op_since = time.monotonic()
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncio.wait_for(self._connect(), self.db_timeout)
+                await asyncio.wait_for(write(self._conn), self.db_timeout)
+                self._failures = 0
+                return None
+            except _DB_ERRORS as exc:
+                self.stats.db_failures += 1
+                self._drop_connection()
+                if _refused(exc):
+                    return exc
+                self._failures += 1
+                wait = min(self.retry_interval * 2 ** (self._failures - 1), self.max_retry_interval)
+                self._next_db_try = time.monotonic() + wait
+                log.warning(
+                    "database write failed (%s: %s); spooling positions, next try in %.2f s",
+                    type(exc).__name__, exc, wait,
+                )  # fmt: skip
+                return exc
+            finally:
+                self._op_since = 0.0
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
 
     def _behind(self, rows: Sequence[Row]) -> list[bool] | None:
         """Which rows are behind a fix stored since the last positions were last moved."""
@@ -478,68 +670,85 @@ class PositionWriter:
             self._latest = {}
         else:
             rows = [latest.pop(vid) for vid in list(itertools.islice(latest, LAST_CHUNK))]
-        if await self._try_db(partial(upsert_last_positions, rows=rows)):
+        if await self._db(partial(upsert_last_positions, rows=rows)) is None:
             return True
         self._hold_latest(rows)
-        self._latest_due = self._next_db_try
+        self._latest_due = max(self._next_db_try, time.monotonic() + self.retry_interval)
         return False
 
-    async def _try_db(self, write: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
-        """Run ``write`` on the writer's connection (connecting first if need be); on failure,
-        drop the connection and stay away for ``retry_interval``."""
-        if time.monotonic() < self._next_db_try:
-            return False
+    async def _drain_spool(self) -> None:
+        """In the background: replay the spool until it is empty, waiting out each backoff
+        (or until :meth:`retry_now`); new batches keep going to the spool meanwhile."""
+        assert self._retry is not None
         try:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncio.wait_for(self._connect(), self.db_timeout)
-            await asyncio.wait_for(write(self._conn), self.db_timeout)
-            return True
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            self.stats.db_failures += 1
-            self._next_db_try = time.monotonic() + self.retry_interval
-            log.warning(
-                "database write failed (%s: %s); spooling positions, next try in %.1f s",
-                type(exc).__name__, exc, self.retry_interval,
-            )  # fmt: skip
-            await self._drop_connection()
-            return False
+            while not self.spool.empty and not self._closing:
+                wait = self._next_db_try - time.monotonic()
+                if wait > 0:
+                    self._retry.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._retry.wait(), wait)
+                    continue
+                await self._replay()
+        finally:
+            self._end_tail()
+            self._drain = None
+            if self._wake is not None:
+                self._wake.set()
 
-    async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
+    def _end_tail(self) -> None:
+        if self._tail is not None:
+            if not self._tail.done():
+                self._tail.set_result(None)
+            self._tail = None
 
-    async def _replay(self, force: bool = False) -> None:
-        """Move spooled batches into the database, oldest first; stop at the first failure,
-        or when new positions have waited long enough (they keep their place behind)."""
-        if not force and time.monotonic() < self._next_db_try:
-            return
-        current = None
-        index = 0
-        for segment, rows in self.spool.batches():
-            if segment != current:
-                if current is not None:
-                    self._done_batches.pop(current, None)
-                    self.spool.remove(current)
-                current, index = segment, 0
-            index += 1
-            if index <= self._done_batches.get(segment, 0):
-                continue  # replayed before (this process); the segment is still being drained
-            if (
-                not force
-                and self._pending
-                and (
-                    self._pending_rows >= self.batch_rows
-                    or time.monotonic() - self._oldest >= self.max_age
-                )
-            ):
-                return
-            revived = [_revive(r) for r in rows]
-            write = partial(insert_rows, rows=revived, known_late=self._behind(revived))
-            if not await self._try_db(write):
-                return
-            self._done_batches[segment] = index
+    async def _replay(self) -> bool:
+        """Move spooled batches into the database, oldest first, up to ``batch_rows`` rows per
+        statement (a spool holds many small flushes); stop at the first failure. Reads only
+        sealed segments; when those are done, seals the active one and goes on."""
+        while True:
+            sealed = self.spool.sealed()
+            if not sealed:
+                self._end_tail()
+                if self.spool.empty or not self.spool.seal():
+                    return True
+                self._tail = asyncio.get_running_loop().create_future()
+                continue
+            for segment in sealed:
+                done = self._done_batches.get(segment, 0)
+                group: list[Row] = []
+                index = 0
+                for rows in self.spool.read(segment):
+                    index += 1
+                    if index <= done:
+                        continue  # replayed before; the segment's later batches were not
+                    group.extend(_revive(r) for r in rows)
+                    if len(group) >= self.batch_rows:
+                        if not await self._replay_rows(group):
+                            return False
+                        self._done_batches[segment] = index
+                        group = []
+                if group and not await self._replay_rows(group):
+                    return False
+                self._done_batches.pop(segment, None)
+                self.spool.remove(segment)
+
+    async def _replay_rows(self, rows: list[Row]) -> bool:
+        """Replay ``rows``; False if the database is away. Rows it refuses (acknowledged long
+        ago, so they must not be lost either) are found by halving and set aside with
+        :meth:`Spool.reject`, so one bad row never blocks the spool behind it."""
+        write = partial(insert_rows, rows=rows, known_late=self._behind(rows))
+        failure = await self._db(write)
+        if failure is None:
             self.stats.rows_replayed += len(rows)
-        if current is not None:
-            self._done_batches.pop(current, None)
-            self.spool.remove(current)
+            return True
+        if not _refused(failure):
+            self._end_tail()  # flushes must not wait for a replay that failed
+            return False
+        if len(rows) == 1:
+            log.error("spooled row refused by the database, set aside in %s (%s): %s",
+                      self.spool.rejected, failure, rows[0])  # fmt: skip
+            self.spool.reject(rows[0])
+            self.stats.rows_rejected += 1
+            return True
+        middle = len(rows) // 2
+        return await self._replay_rows(rows[:middle]) and await self._replay_rows(rows[middle:])

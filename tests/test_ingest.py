@@ -65,7 +65,9 @@ async def test_register_authenticate_report(db_url: str, short_tmp: Path, versio
 
 @aio_test
 async def test_no_ack_before_the_row_exists(db_url: str, short_tmp: Path) -> None:
-    async with running_ingest(db_url, short_tmp, max_age=0.05, db_timeout=10) as ingest:
+    # ack_deadline 10 s: no diversion to the spool (test_store_writer covers that path)
+    async with running_ingest(db_url, short_tmp, max_age=0.05, db_timeout=10,
+                              ack_deadline=10) as ingest:  # fmt: skip
         terminal = await Terminal.connect(ingest.port, "13900000001")
         await terminal.login("沪A00001")
         blocker = await asyncpg.connect(db_url)

@@ -36,3 +36,20 @@ def test_metrics_render_counters_gauges_and_histograms() -> None:
     assert "# TYPE ack_seconds histogram" in text
     assert 'ack_seconds_bucket{le="0.5"} 4' in text
     assert "ack_seconds_count 4" in text
+
+
+def test_workers_metrics_add_up_and_counters_stay_counters() -> None:
+    from ingest.metrics import render_snapshots
+
+    one, two = Metrics(), Metrics()
+    for metrics, frames, rows in ((one, 3, 10), (two, 4, 5)):
+        metrics.inc("frames_total", frames, msg_id="0x0200")
+        metrics.counter("rows_written_total", "rows committed", lambda rows=rows: rows)
+        metrics.gauge("connections", "open connections", lambda frames=frames: frames)
+        metrics.histogram("ack_seconds", "ack latency", (0.5,)).observe(0.2, n=frames)
+    text = one.render([two.snapshot()])
+    assert 'frames_total{msg_id="0x0200"} 7' in text
+    assert "# TYPE rows_written_total counter\nrows_written_total 15" in text
+    assert "# TYPE connections gauge\nconnections 7" in text
+    assert 'ack_seconds_bucket{le="0.5"} 7' in text and "ack_seconds_count 7" in text
+    assert render_snapshots([one.snapshot()]) == one.render()

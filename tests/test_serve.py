@@ -61,15 +61,19 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
                 await terminal.send(report(i))
                 assert (await terminal.receive()).body.result == 0
             terminals.append(terminal)
+        await asyncio.sleep(1.5 * (workers - 1))  # the other workers publish their metrics
         metrics = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
         )
-        if workers == 1:
-            assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
-            assert "fleetwatch_terminals_authenticated 4" in metrics
-            assert 'fleetwatch_ack_seconds_bucket{le="+Inf"} 20' in metrics
-            assert "fleetwatch_ack_seconds_count 20" in metrics
-            assert "# TYPE fleetwatch_writer_flush_seconds histogram" in metrics
+        # every worker's, added up
+        assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
+        assert "fleetwatch_terminals_authenticated 4" in metrics
+        assert 'fleetwatch_ack_seconds_bucket{le="+Inf"} 20' in metrics
+        assert "fleetwatch_ack_seconds_count 20" in metrics
+        assert "# TYPE fleetwatch_writer_flush_seconds histogram" in metrics
+        assert "# TYPE fleetwatch_rows_written_total counter\nfleetwatch_rows_written_total 20" in (
+            metrics
+        )
         for terminal in terminals:
             await terminal.close()
     finally:

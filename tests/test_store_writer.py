@@ -4,6 +4,7 @@ defers and coalesces last-position updates, and a start-up refresh mends what a 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -242,4 +243,188 @@ async def test_writer_moves_last_positions_in_chunks(
         assert await conn.fetchval("SELECT count(*) FROM lp_writes") == 3  # 2 + 2 + 1
     finally:
         await writer.close()
+        await conn.close()
+
+
+async def _await_replayed(spool: Spool) -> None:
+    """Until the spool is empty (or 10 s)."""
+    deadline = time.monotonic() + 10
+    while not spool.empty and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+@aio_test
+async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A real stall (another transaction holds ``positions`` locked): every flush is acked from
+    the spool within the deadline; the first one's statement commits once the lock goes, and
+    the replay of its spooled copy stores nothing twice."""
+    conn = await asyncpg.connect(db_url)
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.001, ack_deadline=0.1, retry_interval=0.05)  # fmt: skip
+    writer.start()
+    locker = await asyncpg.connect(db_url)
+    try:
+        (a,) = await _vehicles(conn, 1)
+        assert await writer.submit([_fix(a, 0, 0)]) == "db"  # connected and warm
+        stall = locker.transaction()
+        await stall.start()
+        await locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+        took = []
+        for k in range(1, 21):
+            started = time.monotonic()
+            assert await writer.submit([_fix(a, k, k), _fix(a, k + 100, k + 100)]) == "spool"
+            took.append(time.monotonic() - started)
+        assert writer.stats.writer_flushes_diverted >= 1
+        assert max(took) < 0.1 + 0.4  # the deadline, plus an fsync on a busy machine
+        assert sorted(took)[len(took) // 2] < 0.05  # once stuck, flushes do not even wait
+        await stall.rollback()  # the stalled statement goes on and commits
+        await _await_replayed(writer.spool)
+        assert writer.spool.empty
+        rows = await conn.fetch("SELECT serial, count(*) AS n FROM positions GROUP BY serial")
+        assert sorted(r["serial"] for r in rows) == [0, *range(1, 21), *range(101, 121)]
+        assert {r["n"] for r in rows} == {1}
+        assert writer.stats.rows_replayed == 40  # all offered again; the first two were kept once
+    finally:
+        await writer.close()
+        await locker.close()
+        await conn.close()
+
+
+@aio_test
+async def test_spool_left_by_an_earlier_run_is_replayed_without_traffic(
+    db_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        (a,) = await _vehicles(conn, 1)
+        earlier = Spool(tmp_path / "spool")
+        for k in range(3):
+            earlier.append([position_row(_fix(a, 10 * k + j, 10 * k + j)) for j in range(10)])
+        earlier.append([position_row(_fix(a, 0, 0))])  # a retransmission: stored once
+        earlier.close()
+        writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"))
+        writer.start()
+        try:
+            await _await_replayed(writer.spool)
+            assert await conn.fetchval("SELECT count(DISTINCT serial) FROM positions") == 30
+            assert await conn.fetchval("SELECT count(*) FROM positions") == 30
+            assert await _await_last(conn, 1) == [(a, 29)]
+            assert list((tmp_path / "spool").glob("*.spool")) == []
+        finally:
+            await writer.close()
+    finally:
+        await conn.close()
+
+
+@aio_test
+async def test_full_spool_refuses_instead_of_acking(db_url: str, tmp_path: Path) -> None:
+    """The database is unreachable and the spool at its budget: the submission fails (so the
+    terminal is not acknowledged); what fitted is kept and replayed later."""
+    spool = Spool(tmp_path / "spool", budget_bytes=2_000)
+    url = {"now": "postgresql://nobody@127.0.0.1:9/none"}  # a port nobody listens on
+    writer = PositionWriter(lambda: asyncpg.connect(url["now"]), spool, max_age=0.001,
+                            retry_interval=0.05, max_retry_interval=0.1)  # fmt: skip
+    writer.start()
+    conn = await asyncpg.connect(db_url)
+    try:
+        (a,) = await _vehicles(conn, 1)
+        outcomes = []
+        for k in range(20):
+            try:
+                outcomes.append(await writer.submit([_fix(a, k, k)]))
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+        kept = outcomes.count("spool")
+        assert 3 <= kept < 20 and outcomes[kept:] == ["SpoolFull"] * (20 - kept), outcomes
+        assert spool.bytes <= 2_000 and writer.stats.rows_refused == 20 - kept
+        url["now"] = db_url
+        writer.retry_now()
+        await _await_replayed(spool)
+        assert await conn.fetchval("SELECT count(*) FROM positions") == kept
+        assert await writer.submit([_fix(a, 50, 50)]) == "db"
+    finally:
+        await writer.close()
+        await conn.close()
+
+
+def test_a_spool_has_one_owner(tmp_path: Path) -> None:
+    from store.spool import SpoolLocked, unowned_spools
+
+    first = Spool(tmp_path / "worker-0")
+    first.append([(1, "2026-01-01T00:00:00+00:00")])
+    with pytest.raises(SpoolLocked):
+        Spool(tmp_path / "worker-0")
+    orphan = Spool(tmp_path / "worker-3")
+    orphan.append([(2, "2026-01-01T00:00:00+00:00")])
+    orphan.close()
+    Spool(tmp_path / "worker-4").close()  # empty: nothing to adopt
+    adopted = list(unowned_spools(tmp_path))
+    assert [s.directory.name for s in adopted] == ["worker-3"]  # worker-0 is owned
+    first.close()
+    adopted += list(unowned_spools(tmp_path, frozenset({"worker-3"})))
+    assert [s.directory.name for s in adopted] == ["worker-3", "worker-0"]
+    for spool in adopted:
+        spool.close()
+
+
+@aio_test
+async def test_a_report_the_database_refuses_is_refused_alone(db_url: str, tmp_path: Path) -> None:
+    """One submission with a value PostgreSQL cannot store (a NUL character in JSON, as a
+    terminal's text field can carry) in a flush with others: only it is refused (not acked);
+    the others are stored, and the writer neither backs off nor spools."""
+    conn = await asyncpg.connect(db_url)
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.05)  # fmt: skip
+    writer.start()
+    try:
+        vehicles = await _vehicles(conn, 5)
+        bad = vehicles[3]
+        futures = [writer.submit([_fix(v, 1, 1, note="A\x00B" if v == bad else "ok")])
+                   for v in vehicles]  # fmt: skip
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert writer.stats.writer_flushes == 1  # one flush, split to find the bad one
+        assert [r == "db" for r in results] == [True, True, True, False, True], results
+        assert isinstance(results[3], asyncpg.PostgresError)
+        stored = await conn.fetch("SELECT vehicle_id FROM positions ORDER BY vehicle_id")
+        assert [r["vehicle_id"] for r in stored] == [v for v in vehicles if v != bad]
+        assert writer.stats.rows_refused == 1
+        assert await writer.submit([_fix(bad, 2, 2)]) == "db"  # no backoff
+        assert writer.spool.empty
+    finally:
+        await writer.close()
+        await conn.close()
+
+
+@aio_test
+async def test_a_spooled_row_the_database_refuses_is_set_aside(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Spooled rows were acknowledged: one the database refuses must neither block the
+    spool behind it nor be lost. It goes to rejected.jsonl; the rest is stored."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        a, b = await _vehicles(conn, 2)
+        earlier = Spool(tmp_path / "spool")
+        earlier.append([position_row(_fix(a, k, k)) for k in range(5)]
+                       + [position_row(_fix(b, 1, 1, note="A\x00B"))])  # fmt: skip
+        earlier.append([position_row(_fix(a, k, k)) for k in range(5, 10)])
+        earlier.close()
+        writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"))
+        writer.start()
+        try:
+            await _await_replayed(writer.spool)
+            assert writer.spool.empty
+            assert await conn.fetchval("SELECT count(*) FROM positions WHERE vehicle_id = $1",
+                                       a) == 10  # fmt: skip
+            assert await conn.fetchval("SELECT count(*) FROM positions WHERE vehicle_id = $1",
+                                       b) == 0  # fmt: skip
+            assert writer.stats.rows_rejected == 1
+            (line,) = writer.spool.rejected.read_text().splitlines()
+            row = json.loads(line)
+            assert row[0] == b and json.loads(row[-1]) == {"note": "A\x00B"}
+        finally:
+            await writer.close()
+    finally:
         await conn.close()
