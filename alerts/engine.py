@@ -41,7 +41,7 @@ from alerts.settings import Profile, RuleSettings
 from alerts.speeding import SpeedingRule
 from alerts.terminal_alarms import TerminalAlarmRule
 from alerts.watchlist import WatchlistRule
-from geo.flags import SPEED_IMPLAUSIBLE, time_untrusted
+from geo.flags import time_untrusted
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
@@ -112,8 +112,7 @@ class RulesEngine:
         if st is None or st.info is not vehicle:
             st = self._vehicle(vehicle)
         profile = st.profile
-        extras = position.extras
-        if extras and time_untrusted(extras):
+        if position.extras and time_untrusted(position.extras):
             # Its time (unset clock, 2099) cannot be placed: judged as a report without a fix
             # at its arrival, so it never becomes the newest fix and an alarm in it is live.
             position = replace(position, fix_time=position.received_time, valid=False)
@@ -164,8 +163,7 @@ class RulesEngine:
                 out += fence_events
                 if watchlist.plates:
                     out += watchlist.geofence_events(fix, fence_events)
-            if not (extras and extras.get(SPEED_IMPLAUSIBLE)):
-                self.speeding.step(fix, t, profile, behind, out)
+            self.speeding.step(fix, t, profile, behind, out)
         if behind:
             self.fatigue.feed_late(fix, t, profile)
         else:

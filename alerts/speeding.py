@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
 from geo.calendar import is_night
+from geo.flags import SPEED_IMPLAUSIBLE
 
 if TYPE_CHECKING:
     from geo.fences import Geofence
@@ -229,7 +230,11 @@ class SpeedingRule:
     def step(
         self, fix: Fix, t: float, profile: Profile, late_lane: bool, out: list[AlertEvent]
     ) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+        """:meth:`feed` appending to ``out`` (the engine's hot path). A speed flagged
+        implausible (``geo.flags``: 6553 km/h) is no evidence of speeding."""
+        extras = fix.position.extras
+        if extras and SPEED_IMPLAUSIBLE in extras:
+            return
         lanes = self._late if late_lane else self._live
         vid = fix.vehicle.id
         lane = lanes.get(vid)
