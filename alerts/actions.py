@@ -8,9 +8,15 @@ with a dict); a ``None`` entry switches a type off.
 
 Rules that matter here:
 
-* never for late events (found in a blind-area batch or behind the newest fix): the driver
-  would be told about something long over;
-* only when an episode opens (``phase == "open"``), not on its updates or close;
+* never for late events (found in a blind-area batch, behind the newest fix, or from a fix
+  that was already old when it arrived), and never when the event's fix time is more than
+  ``recent_s`` (120 s, the ``actions.recent_s`` setting) behind the wall clock when the text
+  would go out: the driver would be told about something long over. Old data still makes
+  stored alerts; only the words to the driver are held back. (A terminal whose clock lags
+  gets no automatic texts for that reason: per fix, a wrong clock and old data look alike.);
+* only when an alert opens or its incident reaches a new stage (a fatigue warning becoming
+  the alarm: an ``update`` of another type that the store reports as ``staged``), never on a
+  close; the caller plans only for those;
 * a cooldown per vehicle and type (by fix time), so a driver hovering around a speed limit
   is not read the same sentence every minute.
 
@@ -33,6 +39,7 @@ from alerts.model import (
     FATIGUE_DAILY,
     FATIGUE_ESCALATION,
     FATIGUE_WARNING,
+    FATIGUE_WEEKLY,
     FORBIDDEN_ZONE,
     NIGHT_DRIVING,
     SPEEDING,
@@ -56,6 +63,10 @@ DEFAULT_ACTIONS: dict[str, dict[str, Any] | None] = {
         "text": "您24小时内累计驾驶已超过{hours}小时，请在安全地带停车休息",
         "fallback": "您24小时内累计驾驶时间已超限，请在安全地带停车休息",
         "urgent": True,
+    },
+    FATIGUE_WEEKLY: {
+        "text": "您7日内累计驾驶已超过{hours}小时，请合理安排休息",
+        "fallback": "您7日内累计驾驶时间已超限，请合理安排休息",
     },
     NIGHT_DRIVING: {"text": "凌晨2时至5时客车禁止行驶，请在安全地带停车休息", "urgent": True},
     SPEEDING: {
@@ -184,17 +195,33 @@ def template_values(event: AlertEvent, plate: str | None = None) -> dict[str, An
     return values
 
 
+#: Default for how old (fix time vs wall clock) an alert may be and still get a text.
+RECENT_S = 120.0
+
+
 class Actions:
-    """Decides the automatic texts; remembers per vehicle and type when it last sent one."""
+    """Decides the automatic texts; remembers per vehicle and type when it last sent one.
+
+    ``config`` is per alert type (see :func:`parse_actions`) plus ``recent_s``."""
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        recent = config.pop("recent_s", RECENT_S)
+        if isinstance(recent, bool) or not isinstance(recent, int | float) or recent < 0:
+            raise ValueError(f"actions.recent_s: a number of seconds >= 0, not {recent!r}")
+        self.recent = timedelta(seconds=recent)
         self.by_type = parse_actions(config)
         self._last: dict[tuple[int, str], datetime] = {}
 
-    def plan(self, event: AlertEvent, plate: str | None = None) -> PlannedText | None:
-        """The text to send for this event, or None (no action, late, not an opening, or
-        within the cooldown). Planning a text starts its cooldown."""
-        if event.phase != "open" or event.late:
+    def plan(
+        self, event: AlertEvent, plate: str | None = None, now: datetime | None = None
+    ) -> PlannedText | None:
+        """The text to send for this event at wall-clock time ``now``, or None (no action,
+        late or too old, not an opening, or within the cooldown). Planning a text starts its
+        cooldown."""
+        if event.phase == "close" or event.late:
+            return None
+        if now is not None and now - (event.found or event.start) > self.recent:
             return None
         action = self.by_type.get(event.type)
         if action is None:

@@ -15,10 +15,13 @@ Events (``key`` is ``f"{type}:{fence_id}"``; details carry ``fence_id``, ``fence
 * GEOFENCE_ENTER / GEOFENCE_EXIT (severity LOW), for every kind except speed_limit (unless the
   fence is ``watched``): an *instant*, emitted as an ``open`` immediately followed by a
   ``close``, both with ``start == end`` = the first fix on the new side (or the estimated time
-  of a crossing), so the store needs no special case for them.
-* FORBIDDEN_ZONE (HIGH): an episode while the vehicle is inside a forbidden fence during its
-  active window: opens at the confirmed entry (or at the first fix in the window if the vehicle
-  was already inside), closes at the confirmed exit (or the first fix after the window).
+  of a crossing). They need no handling: the store records them closed
+  (:data:`~alerts.model.RECORD_ONLY`).
+* FORBIDDEN_ZONE (HIGH): one alert per passage through a forbidden fence during its active
+  window: opens at the confirmed entry (or at the first fix in the window if the vehicle was
+  already inside), closes at the confirmed exit (or the first fix after the window). Entering
+  and leaving a forbidden fence while it is active make no ENTER/EXIT of their own: the
+  passage is one incident to handle, not three.
 * ROUTE_DEVIATION (MEDIUM): opens when a vehicle that was inside a route fence leaves it
   (confirmed, during the window), closes when it is back (a vehicle that never was on the
   route has not deviated from it).
@@ -60,7 +63,8 @@ from alerts.model import (
     Fix,
     VehicleInfo,
 )
-from geo.fences import FORBIDDEN, ROUTE, SPEED_LIMIT, Geofence
+from alerts.state import at, dump_position, load_position, ts, when
+from geo.fences import FORBIDDEN, LIMIT_KINDS, ROUTE, Geofence
 from geo.index import FenceIndex
 from geo.position import Position
 
@@ -105,6 +109,7 @@ class _Lane:
     held: dict[str, AlertEvent] = field(default_factory=dict)  # replay: opens awaiting a close
     inherited: set[str] = field(default_factory=set)  # replay: keys the live timeline owns
     seen: datetime | None = None  # replay: received time of its last fix
+    last_t: float = -1e18  # fix time of ``last``, epoch seconds (the hot path compares floats)
 
     @property
     def last_time(self) -> datetime | None:
@@ -119,6 +124,7 @@ class _Lane:
             last_late=self.last_late,
             replay=replay,
             inherited={f"{kind}:{fid}:late" for fid, st in states.items() for kind in st.episodes},
+            last_t=self.last_t,
         )
 
 
@@ -140,6 +146,8 @@ class GeofenceRule:
     for this long (received time) is over; :meth:`tick` cuts its open episodes.
     """
 
+    name = "geofence"
+
     def __init__(
         self,
         index: FenceIndex,
@@ -157,35 +165,34 @@ class GeofenceRule:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(self, fix: Fix) -> list[AlertEvent]:
+    def step(self, fix: Fix, events: list[AlertEvent]) -> None:
         """The events one fix causes (usually none). Unusable fixes change nothing."""
         if not fix.usable:
-            return []
+            return
         pos = fix.position
         veh = self._vehicles.get(pos.vehicle_id)
         if veh is None:
             if not self.index.fences:
-                return []  # nothing to judge, nothing to end: no state until there are fences
+                return  # nothing to judge, nothing to end: no state until there are fences
             veh = self._vehicles[pos.vehicle_id] = _Vehicle(fix.vehicle)
-        events: list[AlertEvent] = []
         if veh.version != self.index.version or (
             veh.info is not fix.vehicle and veh.info != fix.vehicle
         ):
             self._refresh(veh, fix.vehicle, pos.fix_time, events)
         lane = veh.live
-        last_time = lane.last_time
-        if last_time is not None and pos.fix_time < last_time:
+        last_t = lane.last_t
+        if fix.t < last_t:
             lane = self._replay_lane(veh, pos.fix_time, events)
             lane.seen = pos.received_time
-        elif last_time is not None and (pos.fix_time - last_time).total_seconds() >= self.gap_s:
+        elif fix.t - last_t >= self.gap_s and lane.last is not None:
             veh.snapshot = lane.copy(replay=True)
         self._step(veh, lane, fix, events)
-        return events
 
-    def tick(self, now: datetime) -> list[AlertEvent]:
-        """Time-driven events: dwell limits passed by vehicles that report no more, and the
-        end of replays that went quiet."""
-        events: list[AlertEvent] = []
+    def tick(self, now: datetime, events: list[AlertEvent]) -> None:
+        """Wall-clock events: dwell limits passed by vehicles that report no more, and the
+        end of replays that went quiet. A silent vehicle's dwell is judged on its own fix
+        clock (its last fix time plus the wall time since that fix was received), so a
+        terminal whose clock lags, or a backlog, is not judged on our clock."""
         for vid, fid in list(self._dwell_watch):
             veh = self._vehicles.get(vid)
             st = veh.live.states.get(fid) if veh else None
@@ -193,7 +200,14 @@ class GeofenceRule:
             if veh is None or st is None or fence is None or not st.inside or not fence.max_dwell_s:
                 del self._dwell_watch[vid, fid]
                 continue
-            self._check_dwell(veh, veh.live, fence, st, now, veh.live.last_late, None, events)
+            last = veh.live.last
+            if last is None:
+                continue
+            silent = now - last.received_time
+            if silent.total_seconds() < self.gap_s:
+                continue  # still reporting: its fixes judge the dwell
+            clock = last.fix_time + silent
+            self._check_dwell(veh, veh.live, fence, st, clock, veh.live.last_late, None, events)
         for vid in list(self._replaying):
             veh = self._vehicles.get(vid)
             lane = veh.replay if veh else None
@@ -201,7 +215,45 @@ class GeofenceRule:
                 del self._replaying[vid]
             elif lane.seen is not None and (now - lane.seen).total_seconds() >= self.replay_idle_s:
                 self._end_replay(veh, events)
-        return events
+
+    def export(self, vehicle_id: int) -> dict | None:
+        """The live lane (a running replay of late fixes is not kept: see the engine)."""
+        veh = self._vehicles.get(vehicle_id)
+        if veh is None:
+            return None
+        lane = veh.live
+        return {
+            "states": [
+                [
+                    fid,
+                    st.inside,
+                    ts(st.since),
+                    ts(st.pending),
+                    [[kind, start.timestamp()] for kind, start in st.episodes.items()],
+                ]
+                for fid, st in lane.states.items()
+            ],
+            "last": dump_position(lane.last),
+            "fences": [[fid, v] for fid, v in lane.last_fences.items()],
+            "late": lane.last_late,
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        self.forget(vehicle_id)
+        if state is None:
+            return
+        veh = self._vehicles[vehicle_id] = _Vehicle(VehicleInfo(id=vehicle_id))
+        lane = veh.live
+        for fid, inside, since, pending, episodes in state["states"]:
+            lane.states[int(fid)] = _FenceState(
+                bool(inside), at(since), at(pending), {k: when(v) for k, v in episodes}
+            )
+            if inside:
+                self._dwell_watch[vehicle_id, int(fid)] = None  # tick drops what needs none
+        lane.last = load_position(state["last"])
+        lane.last_t = lane.last.fix_time.timestamp() if lane.last is not None else -1e18
+        lane.last_fences = {int(fid): int(v) for fid, v in state["fences"]}
+        lane.last_late = bool(state["late"])
 
     def forget(self, vehicle_id: int) -> None:
         """Drop a vehicle's state (deprovisioned)."""
@@ -289,7 +341,7 @@ class GeofenceRule:
         index_fences = self.index.fences
 
         prev = lane.last
-        if prev is not None and (t - prev.fix_time).total_seconds() <= self.max_crossing_gap_s:
+        if prev is not None and fix.t - lane.last_t <= self.max_crossing_gap_s:
             crossed = self.index.crossed_between(
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
@@ -324,6 +376,7 @@ class GeofenceRule:
                 if st.idle:
                     del states[fid]
         lane.last = pos
+        lane.last_t = fix.t
         lane.last_fences = fences
         lane.last_late = late
 
@@ -385,7 +438,8 @@ class GeofenceRule:
         driver: str | None,
         events: list[AlertEvent],
     ) -> None:
-        if _records(fence) and fence.active(start):
+        if _records(fence) and fence.active(start) and fence.kind != FORBIDDEN:
+            # (a forbidden zone's passage is its FORBIDDEN_ZONE alert, opened next)
             self._instant(lane, veh, GEOFENCE_ENTER, fence, start, late, driver, {}, events)
         if ROUTE_DEVIATION in st.episodes:
             self._close_episode(
@@ -405,7 +459,8 @@ class GeofenceRule:
         driver: str | None,
         events: list[AlertEvent],
     ) -> None:
-        if _records(fence) and fence.active(start):
+        passage = fence.kind == FORBIDDEN and FORBIDDEN_ZONE in st.episodes
+        if _records(fence) and fence.active(start) and not passage:
             self._instant(lane, veh, GEOFENCE_EXIT, fence, start, late, driver, {}, events)
         for kind in (FORBIDDEN_ZONE, GEOFENCE_DWELL):
             if kind in st.episodes:
@@ -465,11 +520,12 @@ class GeofenceRule:
             "to": pos.fix_time.isoformat(),
         }
         active = fence.active(t_in)
-        if _records(fence) and active:
+        passage = fence.kind == FORBIDDEN and active  # one FORBIDDEN_ZONE alert, no instants
+        if _records(fence) and active and not passage:
             self._instant(lane, veh, GEOFENCE_ENTER, fence, t_in, late, driver, details, events)
-        if _records(fence) and fence.active(t_out):
+        if _records(fence) and fence.active(t_out) and not passage:
             self._instant(lane, veh, GEOFENCE_EXIT, fence, t_out, late, driver, details, events)
-        if fence.kind == FORBIDDEN and active:
+        if passage:
             opened = self._event(
                 "open", FORBIDDEN_ZONE, veh, fence, t_in, None, late, driver, lane.replay
             )
@@ -601,9 +657,9 @@ class GeofenceRule:
 
 
 def _records(fence: Geofence) -> bool:
-    """Whether entering and leaving the fence are recorded (not for speed-limit areas, which
-    only set a limit, unless the fence is watched)."""
-    return fence.kind != SPEED_LIMIT or fence.watched
+    """Whether entering and leaving the fence are recorded (not for speed-limit and hazard
+    areas, which only set a limit, unless the fence is watched)."""
+    return fence.kind not in LIMIT_KINDS or fence.watched
 
 
 def _copy_event(event: AlertEvent, phase: Any, end: datetime) -> AlertEvent:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
-from alerts.model import LOW, MEDIUM, NO_FIX, OFFLINE, AlertEvent
+from alerts.model import LOW, MEDIUM, NO_FIX, OFFLINE, AlertEvent, Fix
+from alerts.state import at, ts
 
 
 class _Link:
@@ -34,30 +35,51 @@ class _Link:
 
 
 class OfflineRule:
+    name = "offline"
+
     def __init__(self, offline_s: float = 600.0, no_fix_s: float = 600.0) -> None:
         self.offline_s = offline_s
         self.no_fix_s = no_fix_s
         self._links: dict[int, _Link] = {}
         self._online: OrderedDict[int, _Link] = OrderedDict()  # oldest report first
+        self._unsorted = False  # restored links were added out of order
 
-    def feed(
-        self, vehicle_id: int, received: datetime, has_fix: bool | None, driver: str | None = None
-    ) -> list[AlertEvent]:
-        """A report arrived. ``has_fix``: a valid fix, not (0, 0); None for a late report (it
-        keeps the link alive but says nothing about the receiver)."""
-        out: list[AlertEvent] = []
-        self.step(vehicle_id, received, has_fix, driver, out)
-        return out
+    def export(self, vehicle_id: int) -> dict | None:
+        link = self._links.get(vehicle_id)
+        if link is None:
+            return None
+        return {
+            "last": ts(link.last_at),
+            "offline": link.offline,
+            "online": vehicle_id in self._online,
+            "lost": ts(link.fix_lost_at),
+            "no_fix": link.no_fix,
+            "driver": link.driver,
+        }
 
-    def step(
-        self,
-        vehicle_id: int,
-        received: datetime,
-        has_fix: bool | None,
-        driver: str | None,
-        out: list[AlertEvent],
-    ) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        self._online.pop(vehicle_id, None)
+        if state is None:
+            self._links.pop(vehicle_id, None)
+            return
+        link = self._links[vehicle_id] = _Link()
+        link.last_at = at(state["last"])
+        link.offline = bool(state["offline"])
+        link.fix_lost_at = at(state["lost"])
+        link.no_fix = bool(state["no_fix"])
+        link.driver = state["driver"]
+        if state["online"]:
+            self._online[vehicle_id] = link
+            self._unsorted = True
+
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """A report arrived (received time). Its fix counts for NO_FIX only when live: a
+        late report keeps the link alive but says nothing about the receiver now."""
+        p = fix.position
+        vehicle_id = p.vehicle_id
+        received = p.received_time
+        has_fix = None if fix.behind or p.batch else fix.has_fix
+        driver = fix.driver
         link = self._links.get(vehicle_id)
         if link is None:
             link = self._links[vehicle_id] = _Link()
@@ -97,22 +119,24 @@ class OfflineRule:
         self._online.pop(vehicle_id, None)
         return self._end_session(vehicle_id, link, at)
 
-    def tick(self, now: datetime) -> tuple[list[AlertEvent], list[int]]:
-        """(events, vehicles that just went offline)."""
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """Vehicles silent (received time) for ``offline_s`` go offline (their OFFLINE opens
+        in ``out`` tell later rules, the watchlist, that a session ended)."""
         cutoff = now - timedelta(seconds=self.offline_s)
-        out: list[AlertEvent] = []
-        gone: list[int] = []
         online = self._online
+        if self._unsorted:
+            self._unsorted = False
+            order = sorted(online.items(), key=lambda kv: ts(kv[1].last_at) or 0.0)
+            online.clear()
+            online.update(order)
         while online:
             vid, link = next(iter(online.items()))
             if link.last_at is not None and link.last_at > cutoff:
                 break
             del online[vid]
             link.offline = True
-            gone.append(vid)
             out.append(self._event("open", OFFLINE, vid, link.last_at, None, link))
             out += self._end_session(vid, link, link.last_at)
-        return out, gone
 
     def _end_session(self, vid: int, link: _Link, at: datetime | None) -> list[AlertEvent]:
         out = []

@@ -2,12 +2,14 @@
 
 Defaults (``../shared/docs/regulations.md`` 3.2 and 3.3):
 
-* speed: school bus and hazmat 80 km/h on expressways, 60 elsewhere; coach 100 on expressways
+* speed: school bus and hazmat 80 km/h on expressways, 60 elsewhere, a school bus 20 in hazard
+  fences (school gates, villages, level crossings); coach 100 on expressways
   (the general limit for "other motor vehicles"), no class limit elsewhere, and at night
   (22:00-06:00 Beijing) 80% of whatever its day limit is; heavy trucks and others 100 on
   expressways and only posted (zone) limits elsewhere; police exempt unless configured.
-* fatigue: 4 h continuous, a coach 2 h at night, 8 h in any 24 h, a rest is 20 min stopped,
-  pre-warning at 3.5 h, escalation 15 min after it; long-distance coaches stop 02:00-05:00.
+* fatigue: 4 h continuous, a coach 2 h at night, 8 h in any 24 h, a coach 44 h in any 7 days,
+  a rest is 20 min stopped, pre-warning at 3.5 h, escalation 15 min after it; long-distance
+  coaches stop 02:00-05:00.
 * offline and no-fix after 10 min; a jump implying over 250 km/h is not a fix.
 
 Everything can be overridden from a dict, per class or for all classes, from the platform's
@@ -41,6 +43,7 @@ class Profile:
     min_under_s: float = 10.0  # back under the limit this long before it ends
     prewarn_margin_kmh: float = 5.0  # SPEEDING_WARNING within this much below the limit
     speed_gap_s: float = 120.0  # a longer gap between fixes ends a speeding run
+    hazard_kmh: float | None = None  # class limit inside a hazard fence (school bus: 20)
     # --- fatigue
     fatigue: bool = True
     moving_kmh: float = 5.0  # faster than this is driving
@@ -48,6 +51,8 @@ class Profile:
     night_continuous_s: float | None = None  # coaches: 2 h when it is night
     daily_s: float = 8 * HOUR
     daily_window_s: float = 24 * HOUR
+    weekly_s: float | None = None  # coaches: 44 h of driving in any 7 days
+    weekly_window_s: float = 7 * 24 * HOUR
     rest_s: float = 20 * MINUTE
     prewarn_s: float = 3.5 * HOUR  # at night: night limit minus (continuous_s - prewarn_s)
     escalation_s: float = 15 * MINUTE
@@ -60,10 +65,14 @@ class Profile:
 _PROFILE_FIELDS = {f.name: f for f in fields(Profile)}
 
 DEFAULT_CLASSES: dict[str, Profile] = {
-    SCHOOL_BUS: Profile(expressway_kmh=80.0, elsewhere_kmh=60.0),
+    SCHOOL_BUS: Profile(expressway_kmh=80.0, elsewhere_kmh=60.0, hazard_kmh=20.0),
     HAZMAT: Profile(expressway_kmh=80.0, elsewhere_kmh=60.0),
     COACH: Profile(
-        expressway_kmh=100.0, night_factor=0.8, night_continuous_s=2 * HOUR, night_ban=True
+        expressway_kmh=100.0,
+        night_factor=0.8,
+        night_continuous_s=2 * HOUR,
+        night_ban=True,
+        weekly_s=44 * HOUR,
     ),
     HEAVY_TRUCK: Profile(),
     OTHER: Profile(),
@@ -113,6 +122,7 @@ class RuleSettings:
     jump_tolerance_m: float = 50.0  # GNSS scatter allowed on top of the implied speed
     jump_reanchor: int = 3  # this many consecutive fixes agreeing with each other end a jump
     late_idle_s: float = 30.0  # a late (blind-area) sequence idle this long is finished
+    recent_s: float = 120.0  # a fix received more than this after its fix time is found late
     classes: dict[str, Profile] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
 
     @classmethod

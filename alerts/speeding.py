@@ -3,7 +3,8 @@
 The limit at a fix is the lowest of
 
 * the ``speed_limit_kmh`` of every active, applicable fence the vehicle is in (any kind: a zone
-  or a route may carry a posted limit, as JT/T 808 areas do), and
+  or a route may carry a posted limit, as JT/T 808 areas do), and inside a hazard fence the
+  class's ``hazard_kmh`` (a school bus: 20 km/h at school gates, villages, level crossings),
 * the class limit: ``expressway_kmh`` inside an active expressway fence (kind ``speed_limit``
   with ``expressway`` set), ``elsewhere_kmh`` otherwise (None: posted limits only),
 
@@ -45,7 +46,9 @@ from typing import TYPE_CHECKING
 
 from alerts.model import CRITICAL, HIGH, LOW, MEDIUM, SPEEDING, SPEEDING_WARNING, AlertEvent, Fix
 from alerts.settings import Profile
+from alerts.state import at, when
 from geo.calendar import is_night
+from geo.fences import HAZARD
 from geo.flags import SPEED_IMPLAUSIBLE
 
 if TYPE_CHECKING:
@@ -141,8 +144,14 @@ class _Lane:
         return self.ep is None and self.over_t is None and self.near_t is None and not self.warned
 
 
+_LANE_TIMES = ("last_at", "over_at", "under_at", "near_at", "below_at", "warn_start")
+_DEFAULT = Profile()
+
+
 class SpeedingRule:
     """Speeding episodes per vehicle; fed usable fixes in fix-time order (per lane)."""
+
+    name = "speeding"
 
     def __init__(self, index: FenceIndex) -> None:
         self.index = index
@@ -171,6 +180,7 @@ class SpeedingRule:
             fence = known.get(fid)
             if fence is None or (
                 fence.speed_limit_kmh is None
+                and fence.kind != HAZARD
                 and not (fence.expressway and fence.kind == "speed_limit")
             ):
                 continue
@@ -210,6 +220,8 @@ class SpeedingRule:
             if fence.kind == "speed_limit" and fence.expressway:
                 express = True
             lim = fence.speed_limit_kmh
+            if fence.kind == HAZARD and profile.hazard_kmh is not None:
+                lim = profile.hazard_kmh if lim is None else min(lim, profile.hazard_kmh)
             if lim is not None and (posted is None or lim < posted):
                 posted = lim
         own = profile.expressway_kmh if express else profile.elsewhere_kmh
@@ -219,22 +231,17 @@ class SpeedingRule:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(
-        self, fix: Fix, t: float, profile: Profile, late_lane: bool = False
-    ) -> list[AlertEvent]:
-        """One usable fix (``t`` = its fix time in epoch seconds)."""
-        out: list[AlertEvent] = []
-        self.step(fix, t, profile, late_lane, out)
-        return out
-
-    def step(
-        self, fix: Fix, t: float, profile: Profile, late_lane: bool, out: list[AlertEvent]
-    ) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path). A speed flagged
-        implausible (``geo.flags``: 6553 km/h) is no evidence of speeding."""
+    def step(self, fix: Fix, out: list[AlertEvent]) -> None:
+        """One fix; only usable ones count (a fix behind the newest goes to the late lane). A
+        speed flagged implausible (``geo.flags``: 6553 km/h) is no evidence of speeding."""
+        if not fix.usable:
+            return
         extras = fix.position.extras
         if extras and SPEED_IMPLAUSIBLE in extras:
             return
+        t = fix.t
+        profile = fix.profile or _DEFAULT
+        late_lane = fix.behind
         lanes = self._late if late_lane else self._live
         vid = fix.vehicle.id
         lane = lanes.get(vid)
@@ -260,12 +267,53 @@ class SpeedingRule:
             return
         self._step(lane, fix, t, limit, express, profile, late_lane, out)
 
-    def end_lane(self, vehicle_id: int, late_lane: bool = True) -> list[AlertEvent]:
-        """Forget a lane, closing what it has open at its last fix (a late sequence is over)."""
-        lane = (self._late if late_lane else self._live).pop(vehicle_id, None)
+    def end_lane(self, vehicle_id: int, out: list[AlertEvent]) -> None:
+        """Forget the late lane, closing what it has open at its last fix (a late sequence
+        is over)."""
+        lane = self._late.pop(vehicle_id, None)
+        if lane is not None:
+            out += self._break(lane, vehicle_id, True, True)
+
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """Nothing runs on the wall clock here: an episode ends on fixes (or a fix-time gap)."""
+
+    def export(self, vehicle_id: int) -> dict | None:
+        lane = self._live.get(vehicle_id)
         if lane is None:
-            return []
-        return self._break(lane, vehicle_id, late_lane, late_lane)
+            return None
+        d: dict = {}
+        for name in _Lane.__slots__:
+            v = getattr(lane, name)
+            if name == "ep" and v is not None:
+                v = {k: getattr(v, k) for k in _Episode.__slots__}
+                v["start"] = v["start"].timestamp()
+            elif isinstance(v, datetime):
+                v = v.timestamp()
+            elif name == "inside":
+                v = [[fid, sure] for fid, sure in v.items()]
+            d[name] = v
+        return d
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._live.pop(vehicle_id, None)
+            return
+        lane = self._live[vehicle_id] = _Lane()
+        for name in _Lane.__slots__:
+            v = state[name]
+            if name in _LANE_TIMES:
+                v = at(v)
+            elif name == "inside":
+                v = {int(fid): bool(sure) for fid, sure in v}
+            elif name == "run_pos":
+                v = tuple(v)
+            elif name == "ep" and v is not None:
+                ep = _Episode()
+                for k in _Episode.__slots__:
+                    setattr(ep, k, v[k])
+                ep.start = when(v["start"])
+                v = ep
+            setattr(lane, name, v)
 
     def _break(self, lane: _Lane, vid: int, late: bool, late_lane: bool) -> list[AlertEvent]:
         """Close open episodes at the lane's last fix and reset its runs (a silence)."""

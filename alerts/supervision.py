@@ -5,10 +5,16 @@ enforcement.
 :class:`Supervision` is the ingest service's observer (``ingest.jt808_server.IngestObserver``).
 What runs where:
 
-* **On the ingest path** (cheap, no I/O): each durable position goes through
-  ``RulesEngine.feed`` with the vehicle's cached :class:`~alerts.model.VehicleInfo`; the events
-  it returns are appended to a list. A vehicle seen for the first time (or re-authenticated) has
-  its info loaded in the background; its positions wait, in order, until it is there.
+* **From the durable feed** (``PositionWriter.subscribe``, one loop turn after the acks; cheap,
+  no I/O): each durable position, JT/T 808 or NMEA, goes through ``RulesEngine.feed`` with the
+  vehicle's cached :class:`~alerts.model.VehicleInfo`; the events it returns are appended to a
+  list. A vehicle this worker has not judged yet (first sight, a terminal that moved here) is
+  claimed in the background, in batches: its info loaded, its rule state restored and the
+  track after the snapshot replayed (alerts/snapshots.py); its positions wait, in order.
+* **Every ``save_interval`` (5 s)**: the rule state of the vehicles that changed is saved;
+  **every ``poll_interval`` (1 s)**: vehicles another worker claimed are forgotten here. A
+  vehicle whose connection ends here is saved at once. Worker 0 restores at start-up every
+  snapshot an earlier run left.
 * **Every ``flush_interval`` (100 ms) while events wait**: one ``AlertStore.apply_results``
   round trip for all of them (the writer's collect-and-flush pattern, never a query per
   position); then the automatic actions of the alerts that batch *inserted* (a retried batch
@@ -36,12 +42,8 @@ Every command to a terminal (texts, confirmations, pushes) goes through the comm
 (:mod:`alerts.gateway`), in platform terms (:mod:`alerts.commands`); this module knows no
 protocol and no connection.
 
-Rule state is in memory, per worker: with ``serve --workers N`` a vehicle's rules run in the
-worker that holds its connection. A terminal reconnecting to another worker starts there with
-empty rule state (a running fatigue count or episode is lost; the store closes nothing by
-itself) - acceptable for now, and the architecture's plan (a durable log between ingest and
-rules, state rebuilt from the store) is what fixes it. The watchlist is reloaded with the
-fences.
+Rule state lives in the worker that judges the vehicle and survives a crash, a restart and a
+move to another worker (:mod:`alerts.snapshots`). The watchlist is reloaded with the fences.
 """
 
 from __future__ import annotations
@@ -67,13 +69,15 @@ from alerts.commands import (
 from alerts.enforcement import EnforcementConfig, plan_pushes
 from alerts.engine import RulesEngine
 from alerts.lifecycle import EscalationPolicy
+from alerts.model import OFFLINE as OFFLINE_ALERT  # its type and its key
 from alerts.model import TERMINAL_ALARM, AlertEvent, VehicleInfo
 from alerts.settings import RuleSettings
+from alerts.snapshots import StateKeeper
 from geo.index import FenceIndex
 from geo.position import Position
 from store import geofences, pushes
 from store.alerts import Alert, AlertStore
-from store.vehicles import vehicle_facts
+from store.vehicles import vehicle_facts, vehicles_facts
 
 if TYPE_CHECKING:
     import asyncpg
@@ -82,6 +86,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What :meth:`Supervision.push` says of an automatic text the alert already had.
+DUPLICATE = "duplicate"
 #: Events held while the database is away; beyond this the oldest are dropped (and counted).
 MAX_PENDING_EVENTS = 200_000
 
@@ -97,15 +103,6 @@ class Terminal(Protocol):
 
     @property
     def provisioned(self) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """A vehicle known only by id (the NMEA path)."""
-
-    id: int
-    plate: str | None = None
-    provisioned: bool = True
 
 
 class Metrics(Protocol):
@@ -146,11 +143,23 @@ class Supervision:
         confirm_interval: float = 1.0,
         fence_interval: float = 10.0,
         command_timeout: float = 30.0,
+        save_interval: float = 5.0,
+        poll_interval: float = 1.0,
+        generation: str | None = None,
+        restore_on_start: bool | None = None,
+        revive: Callable[[Position], Position] | None = None,
     ) -> None:
         config = dict(config or {})
-        unknown = set(config) - {"rules", "actions", "escalation", "enforcement"}
+        unknown = set(config) - {"rules", "actions", "escalation", "enforcement", "state"}
         if unknown:
             raise ValueError(f"supervision config: unknown key(s) {', '.join(sorted(unknown))}")
+        state = dict(config.get("state") or {})  # {"save_interval": s, "poll_interval": s}
+        if set(state) - {"save_interval", "poll_interval"}:
+            raise ValueError("supervision config: state takes save_interval and poll_interval")
+        save_interval = float(state.get("save_interval", save_interval))
+        poll_interval = float(state.get("poll_interval", poll_interval))
+        if save_interval <= 0 or poll_interval <= 0:
+            raise ValueError("supervision config: state intervals must be positive seconds")
         self.pool = pool
         self.gateway = gateway
         self.worker_index = worker_index
@@ -160,16 +169,27 @@ class Supervision:
         self.confirm_interval = confirm_interval
         self.fence_interval = fence_interval
         self.command_timeout = command_timeout
+        self.save_interval = save_interval
+        self.poll_interval = poll_interval
+        #: Restore what an earlier run left (default: worker 0 does, for every worker).
+        self.restore_on_start = worker_index == 0 if restore_on_start is None else restore_on_start
         self.settings = RuleSettings.from_dict(config.get("rules") or {})
         self.actions = Actions(config.get("actions"))
         self.escalation = EscalationPolicy.from_config(config.get("escalation") or {})
         self.enforcement = EnforcementConfig.from_config(config.get("enforcement") or {})
         self.index = FenceIndex([])
         self.engine = RulesEngine(self.index, self.settings)
+        self.keeper = StateKeeper(
+            pool, self.engine, generation=generation, worker=worker_index, on_lost=self._lost,
+            revive=revive,
+        )  # fmt: skip
         self.alerts = AlertStore(pool)
         self.stats = SupervisionStats()
         self.vehicles: dict[int, VehicleInfo] = {}
         self._held: dict[int, list[Position]] = {}  # vehicle id -> positions waiting for info
+        self._to_attach: set[int] = set()  # first seen here, not claimed yet
+        self._released: set[int] = set()  # connections ended here: save them now
+        self._attaching = False
         self._events: list[AlertEvent] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing = False
@@ -191,6 +211,12 @@ class Supervision:
                 f"fleetwatch_supervision_{name}", f"supervision: {name.replace('_', ' ')}",
                 lambda name=name: getattr(stats, name),  # type: ignore[misc]
             )  # fmt: skip
+        keeper = self.keeper.stats
+        for name in type(keeper).__dataclass_fields__:
+            metrics.gauge(
+                f"fleetwatch_rule_state_{name}", f"rule state: {name.replace('_', ' ')}",
+                lambda name=name: getattr(keeper, name),  # type: ignore[misc]
+            )  # fmt: skip
         metrics.gauge(
             "fleetwatch_supervision_events_waiting",
             "alert events not stored yet",
@@ -206,8 +232,13 @@ class Supervision:
             await self.reload_fences(force=True)
         except Exception:  # e.g. worker 0 has not migrated yet: the periodic job retries
             log.exception("loading geofences failed; retrying every %s s", self.fence_interval)
+        await self.keeper.start()
+        if self.restore_on_start:
+            await self._attach(set(), await self.keeper.claim_left())
         jobs: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
             (self.tick_interval, self._tick),
+            (self.save_interval, self.keeper.save),
+            (self.poll_interval, self.keeper.poll),
             (self.confirm_interval, self.confirm_acknowledged),
             (self.fence_interval, self.reload_fences),
         ]
@@ -237,6 +268,7 @@ class Supervision:
             await asyncio.sleep(0.01)
         if self._events:
             await self.flush()
+        await self.keeper.save()
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -262,61 +294,71 @@ class Supervision:
     # ------------------------------------------------------------------ ingest observer
 
     def authenticated(self, vehicle: Terminal) -> None:
-        """Refresh the vehicle's info (its class or overrides may have changed), then push
-        the enforcement template if it changed since the terminal last accepted it."""
+        """Claim a vehicle first seen here (its positions wait until its state is restored),
+        or refresh its info (its class or overrides may have changed); then push the
+        enforcement template if it changed since the terminal last accepted it."""
+        vid = vehicle.id
+        if vid not in self.vehicles and vid not in self._held:
+            self._held[vid] = []
+            self._attach_soon(vid)
         self._spawn(self._authenticated(vehicle))
 
     async def _authenticated(self, vehicle: Terminal) -> None:
-        await self._load_vehicle(vehicle)
+        if vehicle.id in self.vehicles:
+            # Back on this worker: save its state, which is refused if another worker took
+            # the vehicle over meanwhile (then it is forgotten here, and its next position
+            # restores it from that worker's snapshot and the positions since).
+            await self.keeper.save([vehicle.id])
+        if vehicle.id in self.vehicles:
+            await self._load_vehicle(vehicle)
         config = self.enforcement
         if config.on_authentication and (vehicle.provisioned or config.unprovisioned):
             await self.push_enforcement(vehicle.id)
 
-    def positions(self, vehicle: Terminal, positions: list[Position]) -> None:
-        """Durable positions of one terminal message, in the connection's order."""
-        held = self._held.get(vehicle.id)
-        if held is not None:  # its info is being loaded: keep the order
-            held.extend(positions)
-            return
-        info = self.vehicles.get(vehicle.id)
-        if info is None:
-            self._held[vehicle.id] = list(positions)
-            self._spawn(self._load_vehicle(vehicle))
-            return
-        self._feed(info, positions)
+    def released(self, vehicle: Terminal) -> None:
+        """The vehicle's connection here ended: save its state now, for the worker its
+        terminal may reconnect to (that worker also replays what this one judged since)."""
+        if vehicle.id in self.vehicles and not self._closed:  # stop() saves everything
+            if not self._released:  # a network blip drops thousands at once: one save
+                assert self._loop is not None
+                self._loop.call_soon(self._save_released)
+            self._released.add(vehicle.id)
 
-    def judging(
-        self, submit: Callable[[list[Position]], asyncio.Future[str]]
-    ) -> Callable[[list[Position]], asyncio.Future[str]]:
-        """``submit`` (the writer's) whose positions also reach the rules once durable: the
-        NMEA path, where one call carries one vehicle's fixes and nothing is acknowledged."""
+    def _save_released(self) -> None:
+        released, self._released = self._released, set()
+        self._spawn(self.keeper.save(released))
 
-        def judged(positions: list[Position]) -> asyncio.Future[str]:
-            future = submit(positions)
-            future.add_done_callback(lambda done: self._durable(done, positions))
-            return future
-
-        return judged
-
-    def _durable(self, done: asyncio.Future[str], positions: list[Position]) -> None:
-        if done.cancelled() or done.exception() is not None or not positions:
-            return  # not stored: the rules must not judge what the track will not show
-        vid = positions[0].vehicle_id
-        try:
-            self.positions(_Source(vid), positions)
-        except Exception:
-            log.exception("supervision of NMEA positions of vehicle %s failed", vid)
+    def durable(self, positions: list[Position]) -> None:
+        """The writer's durable feed: a batch of any vehicles, each in fix-time order."""
+        vehicles = self.vehicles
+        held = self._held
+        feed = self.engine.feed
+        events = self._events
+        for position in positions:
+            vid = position.vehicle_id
+            waiting = held.get(vid)
+            if waiting is not None:  # being claimed: keep the order
+                waiting.append(position)
+                continue
+            info = vehicles.get(vid)
+            if info is None:
+                held[vid] = [position]
+                self._attach_soon(vid)
+                continue
+            found = feed(position, info)
+            if found:
+                events.extend(found)
+        self.stats.positions += len(positions)
+        if events and self._flush_timer is None and not self._flushing:
+            self._schedule_flush(self.flush_interval)
 
     def _feed(self, info: VehicleInfo, positions: list[Position]) -> None:
-        if len(positions) > 1 and positions[0].batch:
-            positions = sorted(positions, key=_fix_time)  # a blind-area batch, in fix order
         feed = self.engine.feed
         events = self._events
         for position in positions:
             found = feed(position, info)
             if found:
                 events.extend(found)
-        self.stats.positions += len(positions)
         if events and self._flush_timer is None and not self._flushing:
             self._schedule_flush(self.flush_interval)
 
@@ -335,6 +377,74 @@ class Supervision:
                 self._schedule_flush(self.flush_interval)
 
     # ------------------------------------------------------------------ vehicles
+
+    def _attach_soon(self, vehicle_id: int) -> None:
+        self._to_attach.add(vehicle_id)
+        if not self._attaching:
+            self._attaching = True
+            self._spawn(self._attach_waiting())
+
+    async def _attach_waiting(self) -> None:
+        """Claim the vehicles first seen here, in batches (a fleet reconnecting after a
+        restart is a few statements, not one round trip per vehicle)."""
+        try:
+            while self._to_attach:
+                batch, self._to_attach = self._to_attach, set()
+                await self._attach(batch)
+        finally:
+            self._attaching = False
+
+    async def _attach(
+        self, vehicle_ids: set[int], starts: dict[int, datetime | None] | None = None
+    ) -> None:
+        """Claim ``vehicle_ids`` (or take ``starts``: vehicles claimed already), load their
+        info, restore their state, replay their track after it, then feed what waited."""
+        facts: dict[int, VehicleInfo] = {}
+        replay: dict[int, list[Position]] = {}
+        offline: dict[int, datetime] = {}
+        try:
+            if starts is None:  # seen here now: reporting, or just authenticated
+                starts = await self.keeper.claim(vehicle_ids)
+                offline = await self.alerts.running(vehicle_ids, OFFLINE_ALERT)
+            vehicle_ids = vehicle_ids | set(starts)
+            for row in await vehicles_facts(self.pool, list(vehicle_ids)):
+                facts[row["id"]] = vehicle_info(row)
+            replay = await self.keeper.replay(starts)
+        except Exception:
+            log.exception(
+                "restoring the rule state of %d vehicles failed; judging them afresh",
+                len(vehicle_ids),
+            )
+        for vid in vehicle_ids:
+            info = facts.get(vid) or self.vehicles.get(vid) or VehicleInfo(vid)
+            self.vehicles[vid] = info
+            track = replay.get(vid, [])
+            waited = self._held.pop(vid, [])
+            if track and waited:  # stored before the replay read them: judged already
+                last = track[-1].fix_time
+                waited = [p for p in waited if p.fix_time > last]
+            if track or waited:
+                self._feed(info, track + waited if track else waited)
+            since = offline.get(vid)
+            if since is not None:
+                self._back_online(vid, since, waited)
+
+    def _back_online(self, vehicle_id: int, since: datetime, waited: list[Position]) -> None:
+        """An OFFLINE alert the restored state does not know is running (its worker opened it
+        after its last snapshot, or crashed before saving it): a wall-clock episode, which no
+        replay of positions brings back. The vehicle reports again, so it ends, at its first
+        report since (or now, when it only authenticated); a rule that knew closes it the same
+        way, and the store ignores the second close."""
+        back = next((p.received_time for p in waited if p.received_time >= since), None)
+        end = back or datetime.now(UTC)
+        self._add([AlertEvent("close", OFFLINE_ALERT, vehicle_id, OFFLINE_ALERT, since, end=end)])
+
+    def _lost(self, vehicle_id: int) -> bool:
+        """Another process claimed the vehicle: forget it here (True if it was known)."""
+        if vehicle_id in self._held:
+            return False  # claimed here again meanwhile
+        self.vehicles.pop(vehicle_id, None)
+        return self.engine.forget(vehicle_id)
 
     async def _load_vehicle(self, vehicle: Terminal) -> None:
         """Fetch the vehicle's rule facts, then feed what waited for them (in order)."""
@@ -389,10 +499,11 @@ class Supervision:
             self.stats.flushes += 1
             self.stats.events_stored += len(events)
             for event, result in zip(events, applied, strict=True):
-                if result.outcome == "inserted":
+                if result.outcome in ("inserted", "staged"):  # a new alert, or a new stage
                     log.info(
-                        "alert %s opened: %s of vehicle %s (severity %s%s), key %s",
-                        result.alert_id, event.type, event.vehicle_id, event.severity,
+                        "alert %s %s: %s of vehicle %s (severity %s%s), key %s",
+                        result.alert_id, "opened" if result.outcome == "inserted" else "staged",
+                        event.type, event.vehicle_id, event.severity,
                         ", late" if event.late else "", event.key,
                     )  # fmt: skip
                     self._act(event, result.alert_id)
@@ -418,7 +529,7 @@ class Supervision:
 
     def _act(self, event: AlertEvent, alert_id: int) -> None:
         info = self.vehicles.get(event.vehicle_id)
-        planned = self.actions.plan(event, info.plate if info else None)
+        planned = self.actions.plan(event, info.plate if info else None, datetime.now(UTC))
         if planned is not None:
             self._spawn(self.send_text(planned, alert_id))
 
@@ -429,6 +540,9 @@ class Supervision:
         result, serial, push_id = await self.push(
             vehicle_id, f"text:{planned.event.type}", text, alert_id=alert_id
         )
+        if result == DUPLICATE:
+            log.info("alert %s already had its automatic text: not sent again", alert_id)
+            return result
         self.stats.texts += 1
         await self.alerts.record(
             alert_id, "auto_text",
@@ -529,14 +643,17 @@ class Supervision:
         *,
         alert_id: int | None = None,
         content: Any = None,
-    ) -> tuple[str, int | None, int]:
+    ) -> tuple[str, int | None, int | None]:
         """Record, send (through the gateway) and await one command: (result, serial, push
-        row id); the result is the terminal's answer or why there was none."""
+        row id); the result is the terminal's answer or why there was none, or ``DUPLICATE``
+        (no push row) for an automatic text the alert already had."""
         if content is None:
             content = command_to_json(command)
         push_id = await pushes.begin(
             self.pool, vehicle_id, command.KIND, item, content, alert_id=alert_id
         )
+        if push_id is None:
+            return DUPLICATE, None, None
         try:
             reply = await self.gateway.send(vehicle_id, command, timeout=self.command_timeout)
         except CommandFailed as failed:
@@ -564,10 +681,6 @@ class Supervision:
             self._watch_print = watch_print
             reloaded = True
         return reloaded
-
-
-def _fix_time(position: Position) -> datetime:
-    return position.fix_time
 
 
 def _confirmable(alert_type: str, details: Mapping[str, Any]) -> bool:

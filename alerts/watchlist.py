@@ -22,14 +22,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from alerts.model import (
+    FORBIDDEN_ZONE,
     GEOFENCE_ENTER,
     GEOFENCE_EXIT,
     HIGH,
+    OFFLINE,
     WATCHLIST,
     WATCHLIST_AREA,
     AlertEvent,
     Fix,
 )
+from alerts.state import when
 from geo.plates import normalise_plate
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ class _Seen:
 
 
 class WatchlistRule:
+    name = "watchlist"
+
     def __init__(self, index: FenceIndex | None = None) -> None:
         self.index = index
         self.plates: dict[str, str] = {}
@@ -65,19 +70,59 @@ class WatchlistRule:
                 out += self.end_session(vid, at or seen.last_at)
         return out
 
-    def feed(self, fix: Fix) -> list[AlertEvent]:
-        out: list[AlertEvent] = []
-        self.step(fix, out)
-        return out
-
     def step(self, fix: Fix, out: list[AlertEvent]) -> None:
-        """:meth:`feed` appending to ``out`` (the engine's hot path)."""
+        """A report of a vehicle: opens its session's episode if it is listed; turns the
+        geofence rule's events of this fix (already in ``out``: that rule runs first) about
+        watched fences into WATCHLIST_AREA episodes."""
         vehicle = fix.vehicle
         seen = self._seen.get(vehicle.id)
-        if seen is not None:
+        if seen is None:
+            if not self.plates:
+                return
+            known = self._plates.get(vehicle.id)
+            if known is not None and known[2] is None and known[0] is vehicle.plate:
+                return  # checked already: not listed
+        else:
             if fix.position.fix_time > seen.last_at:
                 seen.last_at = fix.position.fix_time
+            if out:
+                out += self.geofence_events(fix, out)
             return
+        self._first(fix, out)
+        if out and vehicle.id in self._seen:
+            out += self.geofence_events(fix, out)
+
+    def tick(self, now: datetime, out: list[AlertEvent]) -> None:
+        """A vehicle that went offline (the offline rule's OFFLINE opens, already in ``out``)
+        ends its session."""
+        if not self._seen:
+            return
+        for e in [e for e in out if e.type == OFFLINE and e.phase == "open"]:
+            out += self.end_session(e.vehicle_id, None)
+
+    def export(self, vehicle_id: int) -> dict | None:
+        seen = self._seen.get(vehicle_id)
+        if seen is None:
+            return None
+        return {
+            "plate": seen.plate,
+            "reason": seen.reason,
+            "start": seen.start.timestamp(),
+            "last": seen.last_at.timestamp(),
+            "areas": [[fid, start.timestamp()] for fid, start in seen.areas.items()],
+        }
+
+    def restore(self, vehicle_id: int, state: dict | None) -> None:
+        if state is None:
+            self._seen.pop(vehicle_id, None)
+            return
+        seen = _Seen(state["plate"], state["reason"], when(state["start"]))
+        seen.last_at = when(state["last"])
+        seen.areas = {int(fid): when(start) for fid, start in state["areas"]}
+        self._seen[vehicle_id] = seen
+
+    def _first(self, fix: Fix, out: list[AlertEvent]) -> None:
+        vehicle = fix.vehicle
         if not self.plates or not vehicle.plate:
             return
         known = self._plates.get(vehicle.id)
@@ -89,7 +134,7 @@ class WatchlistRule:
             return
         plate = known[1]
         p = fix.position
-        seen = self._seen[vehicle.id] = _Seen(plate, reason, p.fix_time)
+        self._seen[vehicle.id] = _Seen(plate, reason, p.fix_time)
         out.append(
             AlertEvent(
                 phase="open",
@@ -119,7 +164,7 @@ class WatchlistRule:
         out: list[AlertEvent] = []
         fences = self.index.fences
         for e in events:
-            if e.type not in (GEOFENCE_ENTER, GEOFENCE_EXIT):
+            if e.type not in (GEOFENCE_ENTER, GEOFENCE_EXIT, FORBIDDEN_ZONE):
                 continue
             fid = fence_id_of(e)
             fence = fences.get(fid) if fid is not None else None
@@ -127,14 +172,19 @@ class WatchlistRule:
                 continue
             # The geofence rule reports entering and leaving as instants (an open at once
             # followed by a close); the stay in between is ours.
-            if e.phase != "open":
+            if e.type == FORBIDDEN_ZONE:  # a passage: its open is the entry, its close the exit
+                entering = e.phase == "open"
+            elif e.phase == "open":
+                entering = e.type == GEOFENCE_ENTER
+            else:
                 continue
-            if e.type == GEOFENCE_ENTER and fid not in seen.areas:
+            if entering and fid not in seen.areas:
                 seen.areas[fid] = e.start
                 out.append(self._area_event("open", fix, seen, fid, fence, e.start, None, e.late))
-            elif e.type == GEOFENCE_EXIT and fid in seen.areas:
+            elif not entering and fid in seen.areas:
                 start = seen.areas.pop(fid)
-                out.append(self._area_event("close", fix, seen, fid, fence, start, e.start, e.late))
+                end = e.end if e.type == FORBIDDEN_ZONE and e.end is not None else e.start
+                out.append(self._area_event("close", fix, seen, fid, fence, start, end, e.late))
         return out
 
     def end_session(self, vehicle_id: int, at: datetime | None) -> list[AlertEvent]:

@@ -233,6 +233,8 @@ def _print_alert(alert: Alert, as_json: bool) -> None:
             value = f"{value} ({SEVERITY_NAMES.get(value, '?')})"
         elif name == "details":
             value = _details(value) or "{}"
+        elif name == "timeline":
+            value = "; ".join(f"{s['at']} {s['phase']} {s['type']}" for s in value) or "-"
         print(f"{name + ':':<18} {value}")
 
 

@@ -11,6 +11,7 @@ import argparse
 import fcntl
 import gc
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -142,6 +143,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    # The run all workers of one serve share (rule state: what an earlier run left is restored).
+    parser.add_argument("--generation", default=None, help=argparse.SUPPRESS)
     guard = parser.add_argument_group("limits (see docs/decisions.md)")
     guard.add_argument(
         "--pre-auth-timeout",
@@ -216,6 +219,7 @@ class Server:
         from ingest.media import MediaStore
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
+        from ingest.positions import revive
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
         from store.writer import PositionWriter, refresh_last_positions
@@ -257,9 +261,11 @@ class Server:
             )  # fmt: skip
         self.supervision = Supervision(
             self.pool, self.gateway, load_config(args.rules_config),
-            metrics=metrics, worker_index=args.worker_index,
+            metrics=metrics, worker_index=args.worker_index, generation=args.generation,
+            revive=revive,
         )  # fmt: skip
         self.service.observer = self.supervision
+        self.writer.subscribe(self.supervision.durable)
         await self.supervision.start()
         self.writer.start()
         writer = self.writer
@@ -288,9 +294,7 @@ class Server:
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
-            nmea = NmeaService(
-                lookup, self.supervision.judging(self.writer.submit), metrics, limits=limits
-            )
+            nmea = NmeaService(lookup, self.writer.submit, metrics, limits=limits)
             services.append(nmea)
             nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
@@ -533,6 +537,8 @@ def run(args: argparse.Namespace) -> int:
         def url() -> str:
             return cluster.url  # where it listens now (the socket may move on a restart)
 
+    if args.generation is None:
+        args.generation = secrets.token_hex(6)
     server = Server(args, url)
     workers = None
     if args.worker_index == 0:
@@ -585,7 +591,7 @@ def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
         "--log-format", args.log_format, "--workers", str(args.workers),
         "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
         "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
-        "--parent-pid", str(os.getpid()),
+        "--parent-pid", str(os.getpid()), "--generation", args.generation,
         "--pre-auth-timeout", str(args.pre_auth_timeout),
         "--max-per-address", str(args.max_per_address),
         "--registration-rate", str(args.registration_rate),

@@ -1,5 +1,12 @@
-"""Geofences: an area with a purpose (zone, forbidden zone, speed limit, route), when it is in
-force (time windows in Beijing time) and which vehicles it concerns.
+"""Geofences: an area with a purpose (zone, forbidden zone, speed limit, route, hazard), when it
+is in force (time windows in Beijing time) and which vehicles it concerns.
+
+A *hazard* fence marks a stretch where school buses must slow to a crawl (校车安全管理条例 Art.
+35: 20 km/h at school gates, through villages, over level crossings, on sharp curves and narrow
+bridges): the speeding rule applies the class's ``hazard_kmh`` there (20 for school buses, none
+for other classes) and the fence's own ``speed_limit_kmh`` to everyone it applies to. Like a
+speed-limit fence it only sets a limit: entering and leaving it are not recorded.
+``properties["hazard"]`` may say what the hazard is (school_gate, village, level_crossing, ...).
 
 Geometry is WGS-84 lon/lat: a Point plus ``radius_m`` for a circle, a Polygon for a rectangle
 (axis-aligned) or a polygon, a LineString plus ``width_m`` (the full width, half on each side)
@@ -21,8 +28,10 @@ from shapely.geometry import LineString, Point, Polygon
 
 from geo.calendar import BEIJING
 
-ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE = "zone", "forbidden", "speed_limit", "route"
-KINDS = (ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE)
+ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE, HAZARD = "zone", "forbidden", "speed_limit", "route", "hazard"
+KINDS = (ZONE, FORBIDDEN, SPEED_LIMIT, ROUTE, HAZARD)
+#: Kinds that only set a speed limit (no entry/exit records of their own).
+LIMIT_KINDS = (SPEED_LIMIT, HAZARD)
 CIRCLE, RECTANGLE, POLYGON, CORRIDOR = "circle", "rectangle", "polygon", "corridor"
 SHAPES = (CIRCLE, RECTANGLE, POLYGON, CORRIDOR)
 

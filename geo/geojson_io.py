@@ -8,7 +8,7 @@ A file is a FeatureCollection; each Feature is one fence:
   ``bbox`` member is the box (with that Polygon or a null geometry);
 * polygon: any other Polygon (holes allowed).
 
-Properties: ``name`` (required), ``kind`` (zone | forbidden | speed_limit | route; default
+Properties: ``name`` (required), ``kind`` (zone | forbidden | speed_limit | route | hazard; default
 zone), ``speed_limit`` (km/h), ``expressway``, ``windows`` (a list of ``{"days"?, "from":
 "HH:MM", "to": "HH:MM"}`` and/or ``{"start_date", "end_date"}``, Beijing time), ``applies_to``
 (``{"classes", "vehicles", "companies"}``: vehicle classes, vehicle ids, company ids),

@@ -96,14 +96,15 @@ def aio(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
 
 
 class IngestObserver(Protocol):
-    """What the supervision rules are told (``alerts.supervision``), in each connection's
-    order: positions only once durable (right after their ack, so never a fix the terminal
-    will send again as new), driver cards (0x0702) and logouts (0x0003). Calls must be cheap
-    and must not block: they run on the ingest path."""
+    """What the supervision rules are told besides positions (those come from the writer's
+    durable feed), in each connection's order: authentications, driver cards (0x0702),
+    logouts (0x0003), and the end of a terminal's session here (its connection closed, not
+    replaced by a newer one here). Calls must be cheap and must not block: they run on the
+    ingest path."""
 
     def authenticated(self, vehicle: Vehicle) -> None: ...
 
-    def positions(self, vehicle: Vehicle, positions: list[Position]) -> None: ...
+    def released(self, vehicle: Vehicle) -> None: ...
 
     def driver(self, vehicle: Vehicle, driver: str | None, at: datetime) -> None: ...
 
@@ -137,7 +138,6 @@ class IngestService:
         self.limits = limits
         self.media = media
         self.observer = observer
-        self._observed: list[tuple[Vehicle, list[Position]]] = []
         self.metrics = m = metrics or Metrics()
         self.frame_keys: dict[int, Any] = {}
         self.k_positions = {
@@ -179,24 +179,6 @@ class IngestService:
             lambda: len(self.sessions),
         )
 
-    def observe(self, vehicle: Vehicle, positions: list[Position]) -> None:
-        """Hand durable positions to the observer once the writer's whole flush has been
-        acknowledged (one loop turn later): the rules' work never delays another terminal's ack."""
-        if not self._observed:
-            asyncio.get_running_loop().call_soon(self._tell_observer)
-        self._observed.append((vehicle, positions))
-
-    def _tell_observer(self) -> None:
-        told, self._observed = self._observed, []
-        observer = self.observer
-        if observer is None:
-            return
-        for vehicle, positions in told:  # in the order they became durable
-            try:
-                observer.positions(vehicle, positions)
-            except Exception:
-                log.failure("supervision observer failed ({phone})", phone=vehicle.phone)
-
     def set_pressure(self, on: bool) -> None:
         """Writer backpressure: stop reading from every socket until it has caught up."""
         self.paused = on
@@ -219,6 +201,8 @@ class IngestService:
         self.connections.discard(conn)
         if conn.vehicle is not None and self.sessions.get(conn.vehicle.phone) is conn:
             del self.sessions[conn.vehicle.phone]
+            if self.observer is not None:
+                conn._observe(self.observer.released, conn.vehicle)
         if conn.vehicle is not None:
             self.terminals.unbound(conn)
 
@@ -599,7 +583,6 @@ class JT808Protocol(protocol.Protocol):
         header = message.header
         started = time.monotonic()
         service = self.service
-        vehicle = self.vehicle
 
         def durable(outcome: str | BaseException) -> None:
             if isinstance(outcome, BaseException):
@@ -611,8 +594,6 @@ class JT808Protocol(protocol.Protocol):
             service.ack_seconds.observe(time.monotonic() - started)
             for serial in message.part_serials or (header.serial,):
                 self.reply(header, RESULT_OK, serial)
-            if service.observer is not None:
-                service.observe(vehicle, positions)
 
         service.write(positions, durable)
 

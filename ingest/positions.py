@@ -1,6 +1,10 @@
 """Location messages (0x0200, 0x0201, 0x0500, 0x0704) → platform :class:`Position` values.
 
-The protocol edge: Beijing (or the terminal's) time becomes UTC here, extras become JSON values.
+The protocol edge: Beijing (or the terminal's) time becomes UTC here, extras become JSON values,
+the status word becomes ``valid`` and ``ignition`` (bit 0, ACC), the alarm word a set of alarm
+names. Past here no code reads a JT/T 808 bit: the words ride along only for the store's
+columns. Alarm words repeat (most are 0, the rest a handful of combinations), so their name
+sets are made once per distinct word and shared.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from geo.flags import TIME_INVALID
-from geo.position import SOURCE_JT808, Position
+from geo.position import NO_ALARMS, SOURCE_JT808, Position
 from protocols.jt808 import (
     BatchLocation,
     LocationQueryReply,
@@ -18,8 +22,32 @@ from protocols.jt808 import (
     Message,
     jsonable,
 )
+from protocols.jt808.location import alarm_names
 
+_ACC = 0x01
 _POSITIONED = 0x02
+_ALARM_SETS: dict[int, frozenset[str]] = {0: NO_ALARMS}
+_ALARM_SETS_MAX = 4096  # distinct words kept (a flood of odd words cannot grow it further)
+
+
+def alarm_set(word: int) -> frozenset[str]:
+    """The alarm names of an alarm word (shared frozensets, one per distinct word)."""
+    names = _ALARM_SETS.get(word)
+    if names is None:
+        names = frozenset(alarm_names(word))
+        if len(_ALARM_SETS) < _ALARM_SETS_MAX:
+            _ALARM_SETS[word] = names
+    return names
+
+
+def revive(position: Position) -> Position:
+    """A JT/T 808 position read back from the store, which keeps the raw words: its ignition
+    and alarms again, from them (for the rules' replay after a restore). Other sources carry
+    no words; they are returned as stored."""
+    if position.source == SOURCE_JT808:
+        position.ignition = bool(position.status_word & _ACC)
+        position.alarms = alarm_set(position.alarm_word)
+    return position
 
 
 def _plain(extras: dict[str, Any]) -> dict[str, Any]:
@@ -85,13 +113,15 @@ def to_position(
         speed_kmh=report.speed_kmh,
         heading=report.heading,
         altitude_m=report.altitude_m,
-        alarm=report.alarm,
-        status=report.status,
+        ignition=bool(report.status & _ACC),
+        alarms=alarm_set(report.alarm),
         valid=valid,
         serial=serial,
         batch=batch,
         source=SOURCE_JT808,
         extras=extras,
+        alarm_word=report.alarm,
+        status_word=report.status,
     )
 
 

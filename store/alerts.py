@@ -35,7 +35,7 @@ from alerts.lifecycle import (
     Transition,
     transition,
 )
-from alerts.model import AlertEvent
+from alerts.model import RECORD_ONLY, AlertEvent
 from geo.plates import normalise_plate
 
 if TYPE_CHECKING:
@@ -51,14 +51,15 @@ _COLUMNS = """
     a.id, a.vehicle_id, v.plate, a.type, a.key, a.severity, a.status, a.start_time, a.end_time,
     a.late, a.driver, a.details::text AS details, a.created_at, a.updated_at,
     a.acknowledged_by, a.acknowledged_at, a.handled_by, a.handled_at, a.handling_action,
-    a.handling_note, a.closed_by, a.closed_at, a.close_note, a.escalation_level, a.escalated_at
+    a.handling_note, a.closed_by, a.closed_at, a.close_note, a.escalation_level, a.escalated_at,
+    a.timeline::text AS timeline
 """
 _SELECT = f"SELECT {_COLUMNS} FROM alerts a LEFT JOIN vehicles v ON v.id = a.vehicle_id"
 
 _APPLY = """
 SELECT n, alert_id, outcome FROM alerts_apply(
     $1::text[], $2::text[], $3::integer[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-    $7::smallint[], $8::boolean[], $9::text[], $10::text[]
+    $7::smallint[], $8::boolean[], $9::text[], $10::text[], $11::timestamptz[], $12::boolean[]
 ) ORDER BY n
 """
 
@@ -129,6 +130,8 @@ class Alert:
     close_note: str | None = None
     escalation_level: int = 0
     escalated_at: datetime | None = None
+    #: The incident's steps, oldest first: {"at", "phase", "type", "severity"} (migration 0010).
+    timeline: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
     #: Set on what a lifecycle call returns when that call acknowledged the alert
     #: (``acknowledge``, or ``close`` of an open alert): answer a terminal alarm with 0x8203.
     newly_acknowledged: bool = field(default=False, compare=False)
@@ -137,6 +140,7 @@ class Alert:
     def from_row(cls, row: asyncpg.Record, newly_acknowledged: bool = False) -> Alert:
         values = dict(row.items())
         values["details"] = json.loads(values["details"]) if values["details"] else {}
+        values["timeline"] = json.loads(values["timeline"]) if values.get("timeline") else []
         return cls(**values, newly_acknowledged=newly_acknowledged)
 
     def to_json(self) -> dict[str, Any]:
@@ -177,8 +181,10 @@ class AuditEntry:
 class Applied:
     """What :meth:`AlertStore.apply_results` did with one event.
 
-    ``outcome``: ``inserted`` (a new alert), ``updated``, ``closed`` (its episode ended), or
-    ``ignored`` (a retry of an episode already ended: nothing changed).
+    ``outcome``: ``inserted`` (a new alert), ``staged`` (the incident moved to a new stage,
+    e.g. a fatigue warning became the alarm: act on it like on a new alert), ``updated``,
+    ``closed`` (its episode ended), or ``ignored`` (a retry of an episode already ended:
+    nothing changed).
     """
 
     alert_id: int
@@ -244,7 +250,7 @@ def _fold(events: Sequence[AlertEvent]) -> tuple[list[AlertEvent], list[tuple[in
         index = last.get(episode)
         if e.phase == "update" and index is not None:
             prior = sent[index]
-            if prior.start == e.start and e.severity >= prior.severity:
+            if prior.start == e.start and e.severity >= prior.severity and e.type == prior.type:
                 sent[index] = dataclasses.replace(
                     prior,
                     details={**prior.details, **e.details},
@@ -287,13 +293,14 @@ class AlertStore:
         if not events:
             return []
         sent, host = _fold(events)
-        columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(12))
         for e in sent:
             for column, value in zip(
                 columns,
                 (
                     e.phase, e.type, e.vehicle_id, e.key, e.start, e.end, e.severity, e.late,
-                    e.driver, _to_json(e.details) if e.details else None,
+                    e.driver, _to_json(e.details) if e.details else None, e.at,
+                    e.type in RECORD_ONLY,
                 ),
                 strict=True,
             ):  # fmt: skip
@@ -310,6 +317,17 @@ class AlertStore:
         return out
 
     # ------------------------------------------------------------------ reading
+
+    async def running(self, vehicle_ids: Iterable[int], key: str) -> dict[int, datetime]:
+        """The start of the running episode ``key`` of each of these vehicles that has one."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT vehicle_id, start_time FROM alerts"
+                " WHERE vehicle_id = ANY ($1::integer[]) AND key = $2 AND end_time IS NULL",
+                list(vehicle_ids),
+                key,
+            )
+        return {r["vehicle_id"]: r["start_time"] for r in rows}
 
     async def get(self, alert_id: int) -> Alert | None:
         async with self._conn() as conn:

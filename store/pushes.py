@@ -70,14 +70,16 @@ async def begin(
     content: Any,
     *,
     alert_id: int | None = None,
-) -> int:
-    """Record a command (its kind) about to be sent (result NULL); returns the row id."""
+) -> int | None:
+    """Record a command (its kind) about to be sent (result NULL); returns the row id, or
+    None for an automatic text (item ``text:...``) this alert already has: it is not to be
+    sent again (migration 0007: replays and retries must not repeat it)."""
     push_id = await pool.fetchval(
         "INSERT INTO terminal_pushes (vehicle_id, command, item, content_hash, content,"
-        " alert_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id",
+        " alert_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) ON CONFLICT DO NOTHING RETURNING id",
         vehicle_id, command, item, content_hash(content), _canonical(content), alert_id,
     )  # fmt: skip
-    return int(push_id)
+    return None if push_id is None else int(push_id)
 
 
 async def finish(

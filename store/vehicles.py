@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -340,12 +340,21 @@ async def vehicle_facts(
 ) -> dict[str, Any] | None:
     """What the rules need to know about a vehicle (id, plate, class, company_id, overrides
     as JSON text), or None if there is no such vehicle."""
-    row = await db.fetchrow(
-        "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides"
-        " FROM vehicles WHERE id = $1",
-        vehicle_id,
-    )
+    row = await db.fetchrow(f"{_FACTS} WHERE id = $1", vehicle_id)
     return dict(row) if row is not None else None
+
+
+async def vehicles_facts(
+    db: asyncpg.Pool | asyncpg.Connection, vehicle_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """:func:`vehicle_facts` of many vehicles in one query (those that exist)."""
+    rows = await db.fetch(f"{_FACTS} WHERE id = ANY ($1::integer[])", list(vehicle_ids))
+    return [dict(r) for r in rows]
+
+
+_FACTS = (
+    "SELECT id, plate, class::text AS class, company_id, overrides::text AS overrides FROM vehicles"
+)
 
 
 # ---------------------------------------------------------------------- terminal binding

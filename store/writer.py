@@ -18,6 +18,11 @@ sides); for a small batch that path costs PostgreSQL a third more: ``python -m
 loadtest.bench_flush``. Every submission is told ``"db"`` or ``"spool"`` once its rows survive a
 crash; only then may the terminal be acked.
 
+The durable feed: each flushed batch (committed or spooled) is published once to the
+subscribers (:meth:`PositionWriter.subscribe`: the rules, the live map), one loop turn after its
+submitters were told, so a subscriber's work never delays an ack; each vehicle's positions in
+fix-time order. Spooled rows are not published again when the spool is replayed.
+
 While the spool holds anything, new batches go to the spool too (so the database receives them
 in order) and the spool is replayed oldest first whenever the database answers again.
 """
@@ -35,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +167,7 @@ _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def position_row(p: Position) -> Row:
     return (
         p.vehicle_id, p.fix_time, p.received_time, p.lon, p.lat, p.speed_kmh, p.heading,
-        p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch, p.source,
+        p.altitude_m, p.alarm_word, p.status_word, p.valid, p.serial, p.batch, p.source,
         _to_json(p.extras) if p.extras else None,
     )  # fmt: skip
 
@@ -180,6 +186,25 @@ def _current(row: Row) -> bool:
             if hint in extras:
                 return moves_last(json.loads(extras))
     return True
+
+
+#: The stored columns :func:`stored_position` reads back (``p``: the positions table).
+STORED = (
+    "p.vehicle_id, p.fix_time, p.received_time, ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat,"
+    " p.speed_kmh, p.heading, p.altitude_m, p.alarm, p.status, p.valid, p.serial, p.batch,"
+    " p.source, p.extras::text AS extras"
+)
+
+
+def stored_position(r: Any) -> Position:
+    """A stored row (selected as :data:`STORED`) back as a Position. The table keeps the
+    source's raw words, not ``ignition`` and ``alarms``: the source's edge revives those
+    (``ingest.positions.revive`` for JT/T 808)."""
+    return Position(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], valid=r[10], serial=r[11],
+        batch=r[12], source=r[13], extras=json.loads(r[14]) if r[14] else {},
+        alarm_word=r[8], status_word=r[9],
+    )  # fmt: skip
 
 
 def _revive(row: list[Any]) -> Row:
@@ -257,6 +282,11 @@ class WriterStats:
 #: Called once the rows are durable ("db" or "spool"), or with the exception that kept them
 #: from being so (then nothing may be acknowledged).
 Done = Callable[[str | BaseException], None]
+#: A subscriber of the durable feed: each durable batch once, each vehicle's part in fix-time
+#: order. Called on the writer's loop; it must be quick and must not block.
+Subscriber = Callable[[list[Position]], None]
+
+_fix_time = attrgetter("fix_time")
 
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: What a flush that was not even tried (spool not empty, backoff, stuck) counts as.
@@ -342,6 +372,8 @@ class PositionWriter:
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
         self._latest_due = 0.0
+        self._subscribers: list[Subscriber] = []
+        self._unpublished: list[list[Position]] = []
 
     @property
     def queue_depth(self) -> int:
@@ -386,6 +418,14 @@ class PositionWriter:
             self._wake_up()
         self._check_pressure()
 
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Receive every durable batch from now on (the durable feed)."""
+        self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(subscriber)
+
     def submit(self, positions: Sequence[Position]) -> asyncio.Future[str]:
         """:meth:`write` as a future: it resolves to "db" or "spool" once the rows are durable."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -429,7 +469,29 @@ class PositionWriter:
         self._queued -= rows
         for _, done in batch:
             done(outcome)
+        if self._subscribers and not isinstance(outcome, BaseException):
+            self._publish(batch)  # the durable feed, after the acks
         self._check_pressure()
+
+    def _publish(self, batch: list[tuple[Sequence[Position], Done]]) -> None:
+        """Hand a durable batch to the subscribers on the next loop turn: the acks of this
+        flush are out by then, and a busy turn of rules work never sits between a flush and
+        its acks. Batches published in one turn are delivered in order."""
+        if not self._unpublished:
+            asyncio.get_running_loop().call_soon(self._deliver)
+        self._unpublished.append([p for positions, _ in batch for p in positions])
+
+    def _deliver(self) -> None:
+        batches, self._unpublished = self._unpublished, []
+        for positions in batches:
+            # A stable sort on fix time keeps each vehicle's part in fix-time order (0x0704
+            # batches, a retransmission behind newer fixes); nearly sorted input costs ~n.
+            positions.sort(key=_fix_time)
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber(positions)
+                except Exception:
+                    log.exception("durable-feed subscriber failed (%d positions)", len(positions))
 
     def _check_pressure(self) -> None:
         depth = self._queued

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from alerts.gateway import CommandGateway
 from alerts.supervision import Supervision
+from ingest.positions import revive
 from protocols.jt808 import BEIJING, LocationReport, Message, TerminalGeneralResponse
 from tests.ingest_harness import Ingest, running_ingest
 from tests.terminal_client import Terminal
@@ -38,13 +39,16 @@ async def running_supervision(
         gateway = CommandGateway(ingest.pool, db_url, ingest.service.terminals)
         await gateway.start()
         supervision = Supervision(
-            ingest.pool, gateway, config, metrics=ingest.metrics, **{**FAST, **options}
+            ingest.pool, gateway, config, metrics=ingest.metrics, revive=revive,
+            **{**FAST, **options},
         )
         ingest.service.observer = supervision
+        ingest.writer.subscribe(supervision.durable)
         await supervision.start()
         try:
             yield ingest, supervision
         finally:
+            ingest.writer.unsubscribe(supervision.durable)
             await supervision.stop()
             await gateway.stop()
 

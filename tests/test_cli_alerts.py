@@ -42,7 +42,7 @@ async def seed(url: str) -> list[int]:
                 AlertEvent("open", TERMINAL_ALARM, v1, "terminal_alarm:0",
                            T0 + timedelta(minutes=5), severity=CRITICAL,
                            details={"bit": 0, "name": "emergency", "serial": 99}),
-                AlertEvent("open", "geofence_enter", v2, "geofence_enter:3",
+                AlertEvent("open", "geofence_dwell", v2, "geofence_dwell:3",
                            T0 + timedelta(minutes=10), severity=4, late=True),
             ]
         )  # fmt: skip
@@ -61,7 +61,7 @@ async def test_alerts_list(capsys: pytest.CaptureFixture[str], db_url: str) -> N
     speeding, _, sos, fence = await seed(db_url)
     rows = await listed(capsys, db_url)
     assert [(r["id"], r["type"], r["plate"], r["status"]) for r in rows] == [
-        (fence, "geofence_enter", "沪C777", "open"),
+        (fence, "geofence_dwell", "沪C777", "open"),
         (sos, "terminal_alarm", "京A12345", "open"),
         (speeding, "speeding", "京A12345", "open"),
     ]

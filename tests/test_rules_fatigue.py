@@ -9,6 +9,7 @@ rest, and are closed when the rest is confirmed (20 min later).
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest.mock import ANY
 
 from alerts.engine import RulesEngine
 from alerts.model import (
@@ -43,40 +44,50 @@ def summary(events: list) -> list[tuple[str, str]]:
     return [(e.phase, e.type) for e in fatigue(events)]
 
 
+def when(e) -> object:
+    """The moment of an event: a stage's ``at``, else the episode's start."""
+    return e.at or e.start
+
+
+def stage(events: list, kind: str) -> list:
+    """The open or update that reached stage ``kind`` of a continuous-driving incident."""
+    return [e for e in events if e.type == kind and e.phase in ("open", "update")]
+
+
+#: One continuous-driving incident, as the rules report it: one alert in three stages.
+INCIDENT = [("open", FATIGUE_WARNING), ("update", FATIGUE_ESCALATION),
+            ("update", FATIGUE_CONTINUOUS)]  # fmt: skip
+
+
 def test_4h10_with_a_15_minute_stop_is_fatigue() -> None:
     """08:00-10:00 driving, 10:00-10:15 stopped (ACC off: too short to rest), 10:15-12:25
     driving (4 h 10 min in all), then stopped. Driving time reaches 3.5 h at 11:45 (warning),
     the truck is still driving at 12:00 (escalation), 4 h at 12:15 (alarm). The stop from 12:25
-    becomes a rest at 12:45: all three close with end 12:25."""
+    becomes a rest at 12:45: the incident (one alert, three stages) closes with end 12:25."""
     engine = RulesEngine(FenceIndex())
     truck = vehicle(1, HEAVY_TRUCK)
     t = Track(start=bj(6, 8))
     fixes = t.drive(2 * H, 60) + t.stop(15 * MIN) + t.drive(2 * H + 10 * MIN, 60)
     events = run(engine, truck, fixes)
-    assert summary(events) == [
-        ("open", FATIGUE_WARNING),
-        ("open", FATIGUE_ESCALATION),
-        ("open", FATIGUE_CONTINUOUS),
-    ]
+    assert summary(events) == INCIDENT
     warn, esc, cont = fatigue(events)
     assert (
-        near(warn.start, bj(6, 11, 45))
-        and near(esc.start, bj(6, 12))
-        and near(cont.start, bj(6, 12, 15))
+        near(when(warn), bj(6, 11, 45))
+        and near(when(esc), bj(6, 12))
+        and near(when(cont), bj(6, 12, 15))
     )
-    assert cont.key == f"fatigue_continuous:{int(cont.start.timestamp())}"
+    assert {(e.key, e.start) for e in (warn, esc, cont)} == {(warn.key, warn.start)}
+    assert warn.key == f"fatigue:{int(warn.start.timestamp())}"
     assert cont.details["limit_s"] == 4 * H and not cont.details["night"]
     assert all(e.driver is None and not e.late for e in fatigue(events))
     rest = run(engine, truck, t.stop(19 * MIN))
     assert fatigue(rest) == []  # not a rest yet
     rest = run(engine, truck, t.stop(2 * MIN))
-    assert summary(rest) == [
-        ("close", x) for x in (FATIGUE_WARNING, FATIGUE_ESCALATION, FATIGUE_CONTINUOUS)
-    ]
-    for opened, closed in zip(fatigue(events), fatigue(rest), strict=True):
-        assert (closed.key, closed.start) == (opened.key, opened.start)
-        assert near(closed.end, bj(6, 12, 25))
-    assert fatigue(rest)[2].details["driving_s"] == 4 * H + 10 * MIN
+    assert summary(rest) == [("close", FATIGUE_CONTINUOUS)]  # closed at the stage it reached
+    (closed,) = fatigue(rest)
+    assert (closed.key, closed.start) == (warn.key, warn.start)
+    assert near(closed.end, bj(6, 12, 25))
+    assert closed.details["driving_s"] == 4 * H + 10 * MIN
 
 
 def test_4h10_with_a_20_minute_stop_is_no_fatigue() -> None:
@@ -96,8 +107,8 @@ def test_idling_with_acc_on_is_no_rest() -> None:
         fixes.drive(2 * H, 60) + fixes.stop(30 * MIN, acc=True) + fixes.drive(2 * H + 10 * MIN, 60)
     )
     events = run(RulesEngine(FenceIndex()), vehicle(1), fixes_on)
-    cont = of(events, FATIGUE_CONTINUOUS)
-    assert len(cont) == 1 and near(cont[0].start, bj(6, 12, 30))
+    cont = stage(events, FATIGUE_CONTINUOUS)
+    assert len(cont) == 1 and near(when(cont[0]), bj(6, 12, 30))
     t = Track(start=bj(6, 8))
     no_acc = (
         t.drive(2 * H, 60, acc=False) + t.stop(20 * MIN) + t.drive(2 * H + 10 * MIN, 60, acc=False)
@@ -113,14 +124,11 @@ def test_coach_at_night_two_hours() -> None:
     t = Track(start=bj(6, 21))
     fixes = t.drive(3 * H, 80)
     events = run(RulesEngine(FenceIndex()), coach, fixes)
-    assert summary(events) == [
-        ("open", FATIGUE_WARNING),
-        ("open", FATIGUE_ESCALATION),
-        ("open", FATIGUE_CONTINUOUS),
-    ]
+    assert summary(events) == INCIDENT
     warn, esc, cont = fatigue(events)
-    assert near(warn.start, bj(6, 22, 30)) and near(esc.start, bj(6, 22, 45))
-    assert near(cont.start, bj(6, 23)) and cont.details == {"limit_s": 2 * H, "night": True}
+    assert near(when(warn), bj(6, 22, 30)) and near(when(esc), bj(6, 22, 45))
+    assert near(when(cont), bj(6, 23))
+    assert cont.details == {"limit_s": 2 * H, "night": True, "fatigue_continuous_at": ANY}
     assert fatigue(run(RulesEngine(FenceIndex()), vehicle(2, HEAVY_TRUCK), fixes)) == []
 
 
@@ -128,8 +136,8 @@ def test_coach_already_over_two_hours_when_night_falls() -> None:
     """A coach that has driven 2.5 h by 22:00 is over the night limit at 22:00 exactly."""
     t = Track(start=bj(6, 19, 30))
     events = run(RulesEngine(FenceIndex()), vehicle(1, COACH), t.drive(3 * H, 80))
-    cont = of(events, FATIGUE_CONTINUOUS)
-    assert len(cont) == 1 and near(cont[0].start, bj(6, 22))
+    cont = stage(events, FATIGUE_CONTINUOUS)
+    assert len(cont) == 1 and near(when(cont[0]), bj(6, 22))
 
 
 def test_long_distance_coach_between_2_and_5() -> None:
@@ -166,7 +174,7 @@ def test_daily_eight_hours_in_24() -> None:
     assert [e.phase for e in daily] == ["open", "close"]
     assert near(daily[0].start, bj(6, 15), 30) and near(daily[1].end, bj(6, 16), 30)
     assert daily[1].details["driving_s"] == 9 * H
-    assert of(events, FATIGUE_CONTINUOUS) == []
+    assert stage(events, FATIGUE_CONTINUOUS) == []
 
 
 def test_daily_window_rolls() -> None:
@@ -185,20 +193,34 @@ def test_daily_window_rolls() -> None:
     assert near(daily[0].start, bj(7, 3), 30)
 
 
-def test_rest_confirmed_by_tick_when_the_terminal_goes_quiet() -> None:
-    """4 h 10 of driving, one stopped fix at 12:10, then silence: tick confirms the rest at
-    12:30 (20 min after the stop began) and the episodes end at 12:10."""
+def test_silence_is_no_rest_and_the_wall_clock_confirms_none() -> None:
+    """4 h 10 of driving, one stopped fix (ACC off) at 12:10, then silence: ticks an hour
+    later close nothing (the wall clock decides no rest). The next report, stopped at 12:50,
+    shows the stop held: the rest is confirmed then, and the episodes end at 12:10."""
     engine = RulesEngine(FenceIndex())
     t = Track(start=bj(6, 8))
-    events = run(engine, vehicle(1), t.drive(4 * H + 10 * MIN, 60) + t.stop(10))
-    assert len(of(events, FATIGUE_CONTINUOUS, "open")) == 1
-    assert fatigue(engine.tick(bj(6, 12, 29))) == []
-    closed = fatigue(engine.tick(bj(6, 12, 31)))
-    assert [e.phase for e in closed] == ["close"] * 3
-    assert all(near(e.end, bj(6, 12, 10)) for e in closed)
-    assert fatigue(engine.tick(bj(6, 13))) == []
-    # later reports do not close anything again
+    events = run(engine, vehicle(1), t.drive(4 * H + 10 * MIN, 60) + t.stop(10, acc=False))
+    assert len(stage(events, FATIGUE_CONTINUOUS)) == 1
+    for now in (bj(6, 12, 31), bj(6, 13), bj(6, 14)):
+        assert fatigue(engine.tick(now)) == []
+    t.skip(40 * MIN)
+    closed = fatigue(run(engine, vehicle(1), t.stop(10, acc=False)))
+    assert [e.phase for e in closed] == ["close"]
+    assert near(closed[0].end, bj(6, 12, 10))
     assert fatigue(run(engine, vehicle(1), t.stop(10 * MIN))) == []
+
+
+def test_a_gap_after_driving_is_no_rest() -> None:
+    """Driving 08:00-11:00, 40 min without reports (the last one was driving), driving again
+    from 11:40: the silence is unknown, not a rest, so the driving before and after adds up
+    (3.5 h reached at 12:10; the silence is not counted as driving either)."""
+    engine = RulesEngine(FenceIndex())
+    t = Track(start=bj(6, 8))
+    events = run(engine, vehicle(1), t.drive(3 * H, 60))
+    t.skip(40 * MIN, 60)
+    events += run(engine, vehicle(1), t.drive(40 * MIN, 60))
+    warn = of(events, FATIGUE_WARNING)
+    assert [e.phase for e in warn] == ["open"] and near(warn[0].start, bj(6, 12, 10))
 
 
 def test_per_driver_count_follows_the_ic_card() -> None:
@@ -217,9 +239,9 @@ def test_per_driver_count_follows_the_ic_card() -> None:
     t2 = Track(2, start=bj(6, 11, 5), lat=30.1)
     events += run(engine, two, t2.drive(90 * MIN, 60))
     events += run(engine, one, t1.drive(90 * MIN, 60))
-    cont = of(events, FATIGUE_CONTINUOUS)
+    cont = stage(events, FATIGUE_CONTINUOUS)
     assert len(cont) == 1
-    assert cont[0].vehicle_id == 2 and cont[0].driver == "A" and near(cont[0].start, bj(6, 12, 5))
+    assert cont[0].vehicle_id == 2 and cont[0].driver == "A" and near(when(cont[0]), bj(6, 12, 5))
     assert {e.driver for e in fatigue(events)} == {"A"}
 
 
@@ -242,27 +264,19 @@ def test_late_blind_area_batch_is_merged() -> None:
     batch = b.drive(H, 60, batch=True, received=bj(6, 12, 30))
     assert fatigue(run(engine, truck, batch)) == []  # merged, results at the next live report
     after = run(engine, truck, t.stop(30 * MIN))
-    assert summary(after) == [
-        ("open", FATIGUE_WARNING),
-        ("open", FATIGUE_ESCALATION),
-        ("open", FATIGUE_CONTINUOUS),
-        ("close", FATIGUE_WARNING),
-        ("close", FATIGUE_ESCALATION),
-        ("close", FATIGUE_CONTINUOUS),
-    ]
+    assert summary(after) == [*INCIDENT, ("close", FATIGUE_CONTINUOUS)]
     ev = fatigue(after)
-    assert [e.late for e in ev] == [True] * 3 + [False] * 3
-    assert near(ev[0].start, bj(6, 11, 30)) and near(ev[1].start, bj(6, 11, 45))
-    assert near(ev[2].start, bj(6, 12))
-    assert all(near(e.end, bj(6, 12, 30)) for e in ev[3:])
-    assert [e.key for e in ev[:3]] == [e.key for e in ev[3:]]
+    assert [e.late for e in ev] == [True] * 3 + [False]
+    assert near(when(ev[0]), bj(6, 11, 30)) and near(when(ev[1]), bj(6, 11, 45))
+    assert near(when(ev[2]), bj(6, 12))
+    assert near(ev[3].end, bj(6, 12, 30))
+    assert {e.key for e in ev} == {ev[0].key}
 
 
-def test_late_data_continues_an_episode_a_gap_ended() -> None:
+def test_late_data_fills_a_gap_the_episode_stays_one() -> None:
     """Driving 08:00-12:30 live (alarm at 12:00), then 40 min of silence while driving on,
-    live again 13:10-13:20 and a rest. Live, the silence was a rest: the alarm closed at
-    12:30. The blind-area batch shows the driving went on: the replay records the
-    continuation (late) from 12:30, which closes at 13:20 with the real rest."""
+    live again 13:10-13:20 and a rest. The silence is no rest, so the alarm stays open; the
+    blind-area batch shows the driving went on; the episode closes once, at 13:20."""
     engine = RulesEngine(FenceIndex())
     truck = vehicle(1)
     t = Track(start=bj(6, 8))
@@ -271,15 +285,31 @@ def test_late_data_continues_an_episode_a_gap_ended() -> None:
     t.skip(40 * MIN, 60)
     events += run(engine, truck, t.drive(10 * MIN, 60))
     cont = of(events, FATIGUE_CONTINUOUS)
-    assert [e.phase for e in cont] == ["open", "close"]
-    assert near(cont[1].end, bj(6, 12, 30))
+    assert [e.phase for e in cont] == ["update"]
     b = Track(start=gap_start)
     run(engine, truck, b.drive(40 * MIN, 60, batch=True, received=bj(6, 13, 20)))
-    after = of(run(engine, truck, t.stop(25 * MIN)), FATIGUE_CONTINUOUS)
-    assert [(e.phase, e.late) for e in after] == [("open", True), ("close", False)]
-    assert near(after[0].start, bj(6, 12, 30)) and near(after[1].end, bj(6, 13, 20))
-    assert after[0].details["continues"] == cont[0].key
-    assert after[0].key != cont[0].key
+    after = of(run(engine, truck, t.stop(25 * MIN, acc=False)), FATIGUE_CONTINUOUS)
+    assert [(e.phase, e.late) for e in after] == [("close", False)]
+    assert after[0].key == cont[0].key and near(after[0].end, bj(6, 13, 20))
+
+
+def test_late_data_showing_a_rest_in_a_gap_closes_the_episode() -> None:
+    """Driving 08:00-12:10 (alarm at 12:00), silence, driving from 12:50: live, the episode
+    runs on. The blind-area batch shows the truck parked, ACC off, 12:10-12:50: that was a
+    rest, so the episode closes (late) at 12:10, and the count starts again."""
+    engine = RulesEngine(FenceIndex())
+    truck = vehicle(1)
+    t = Track(start=bj(6, 8))
+    events = run(engine, truck, t.drive(4 * H + 10 * MIN, 60))
+    gap_start = t.t
+    t.skip(40 * MIN)
+    events += run(engine, truck, t.drive(10 * MIN, 60))
+    assert [e.phase for e in of(events, FATIGUE_CONTINUOUS)] == ["update"]
+    b = Track(start=gap_start)
+    run(engine, truck, b.stop(40 * MIN, acc=False, batch=True, received=bj(6, 13)))
+    after = of(run(engine, truck, t.drive(10 * MIN, 60)), FATIGUE_CONTINUOUS)
+    assert [(e.phase, e.late) for e in after] == [("close", True)]
+    assert near(after[0].end, bj(6, 12, 10))
 
 
 def test_configurable_thresholds() -> None:
@@ -300,9 +330,5 @@ def test_vehicle_override_changes_the_limits_mid_stream() -> None:
     assert fatigue(run(engine, vehicle(1), t.drive(H, 60))) == []
     strict = vehicle(1, overrides={"continuous_s": 2 * H, "prewarn_s": 1.5 * H})
     events = run(engine, strict, t.drive(H + 10 * MIN, 60))
-    assert [e.type for e in fatigue(events)] == [
-        FATIGUE_WARNING,
-        FATIGUE_ESCALATION,
-        FATIGUE_CONTINUOUS,
-    ]
-    assert near(events[0].start, bj(6, 9, 30)) and near(events[2].start, bj(6, 10))
+    assert summary(events) == INCIDENT
+    assert near(when(events[0]), bj(6, 9, 30)) and near(when(events[2]), bj(6, 10))

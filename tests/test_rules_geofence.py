@@ -76,7 +76,15 @@ class Drive:
         vehicle = vehicle or self.vehicle
         position = Position(vehicle.id, t, t, lonlat[0], lonlat[1], speed_kmh=30.0)
         fences = self.index.classify(*lonlat) if usable else {}
-        return self.rule.feed(Fix(position, vehicle, late=late, usable=usable, fences=fences))
+        out: list[AlertEvent] = []
+        fix = Fix(position, vehicle, late=late, usable=usable, fences=fences, t=t.timestamp())
+        self.rule.step(fix, out)
+        return out
+
+    def tick(self, now: datetime) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        self.rule.tick(now, out)
+        return out
 
     def track(
         self, points: Iterable[tuple[datetime, tuple[float, float]]], **kw: object
@@ -241,13 +249,12 @@ def test_forbidden_zone_inside_its_window() -> None:
     start = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # 23:00 Beijing
     events = drive.track(through_square(start))
     enter, exit_ = start + timedelta(seconds=110), start + timedelta(seconds=310)
+    # one passage, one alert: no entry or exit instants of their own
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, enter),
         (FORBIDDEN_ZONE, "open", enter, None),
-        *instant(GEOFENCE_EXIT, exit_),
         (FORBIDDEN_ZONE, "close", enter, exit_),
     ]
-    opened = events[2]
+    opened = events[0]
     assert opened.severity == HIGH and opened.key == "forbidden_zone:2"
     assert opened.details == {"fence_id": 2, "fence_name": "old town", "kind": "forbidden"}
     assert events[-1].details["duration_s"] == 200.0
@@ -259,9 +266,7 @@ def test_forbidden_zone_outside_its_window_or_for_another_class() -> None:
     assert Drive([night_zone()]).track(through_square(noon)) == []
     evening = datetime(2026, 3, 2, 13, 58, 20, tzinfo=UTC)  # 21:58:20, in at 22:00:10
     events = Drive([night_zone()]).track(through_square(evening))
-    assert [e.type for e in events] == [GEOFENCE_ENTER] * 2 + [FORBIDDEN_ZONE] + [
-        GEOFENCE_EXIT
-    ] * 2 + [FORBIDDEN_ZONE]
+    assert [e.type for e in events] == [FORBIDDEN_ZONE] * 2
     night = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
     assert Drive([night_zone()], vehicle=BUS).track(through_square(night)) == []
 
@@ -275,7 +280,6 @@ def test_forbidden_zone_window_ending_while_inside() -> None:
     events = drive.track([(start - timedelta(seconds=60), offset(-3000, 0)), *track])
     six = datetime(2026, 3, 2, 22, 0, tzinfo=UTC)
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, start),
         (FORBIDDEN_ZONE, "open", start, None),
         (FORBIDDEN_ZONE, "close", start, six),
     ]
@@ -312,10 +316,10 @@ def test_dwell_too_long() -> None:
 def test_dwell_of_a_vehicle_that_stopped_reporting_comes_from_tick() -> None:
     drive = Drive([circle(max_dwell_s=600.0)])
     drive.track([(at(-60), east(-1000)), (at(0), east(0)), (at(30), east(0))])
-    assert drive.rule.tick(at(600)) == []
-    events = drive.rule.tick(at(601))
+    assert drive.tick(at(600)) == []
+    events = drive.tick(at(601))
     assert summary(events) == [(GEOFENCE_DWELL, "open", at(0), None)]
-    assert drive.rule.tick(at(700)) == []
+    assert drive.tick(at(700)) == []
 
 
 # ----------------------------------------------------------------------------- route
@@ -385,8 +389,6 @@ def test_blind_area_batch_replayed_after_live_data() -> None:
     batch = [(at(60 * k), east(-3000 if k < 20 or k >= 40 else 0)) for k in range(2, 59)]
     events = drive.track(batch, late=True)
     assert summary(events) == [
-        *instant(GEOFENCE_ENTER, at(1200)),
-        *instant(GEOFENCE_EXIT, at(2400)),
         (FORBIDDEN_ZONE, "open", at(1200), None),
         (FORBIDDEN_ZONE, "close", at(1200), at(2400)),
     ]
@@ -400,10 +402,10 @@ def test_replay_still_inside_is_cut_when_the_batch_goes_quiet() -> None:
     drive.track([(at(0), east(-3000)), (at(3600), east(-3000))])
     batch = [(at(600 + 60 * k), east(0)) for k in range(5)]  # inside from 600 s
     events = drive.track(batch, late=True)
-    assert summary(events) == instant(GEOFENCE_ENTER, at(600))  # the episode is held back
+    assert summary(events) == []  # the passage is held back
     # Received times equal fix times here: quiet for 120 s after the last one (840 s).
-    assert drive.rule.tick(at(900)) == []
-    events = drive.rule.tick(at(960))
+    assert drive.tick(at(900)) == []
+    events = drive.tick(at(960))
     assert summary(events) == [
         (FORBIDDEN_ZONE, "open", at(600), None),
         (FORBIDDEN_ZONE, "close", at(600), at(840)),
@@ -440,19 +442,11 @@ def test_replay_leaves_a_live_episode_alone() -> None:
     under ``:late`` keys, and never closes the live one."""
     drive = Drive([circle(radius=1000.0, kind="forbidden")])
     live = drive.track([(at(0), east(-3000)), (at(60), east(0)), (at(120), east(0))])
-    assert summary(live) == [
-        *instant(GEOFENCE_ENTER, at(60)),
-        (FORBIDDEN_ZONE, "open", at(60), None),
-    ]
+    assert summary(live) == [(FORBIDDEN_ZONE, "open", at(60), None)]
     assert drive.track([(at(180), east(0)), (at(3600), east(0))]) == []
     batch = [(at(60 * k), east(-3000 if 20 <= k < 30 else 0)) for k in range(4, 60)]
-    events = drive.track(batch, late=True)
-    assert summary(events) == [
-        *instant(GEOFENCE_EXIT, at(1200)),
-        *instant(GEOFENCE_ENTER, at(1800)),
-    ]
-    assert {e.key for e in events} == {"geofence_exit:1:late", "geofence_enter:1:late"}
-    events = drive.rule.tick(at(3540 + 120))
+    assert drive.track(batch, late=True) == []  # the live passage owns the exit; re-entry held
+    events = drive.tick(at(3540 + 120))
     assert summary(events) == [
         (FORBIDDEN_ZONE, "open", at(1800), None),
         (FORBIDDEN_ZONE, "close", at(1800), at(3540)),
@@ -460,7 +454,4 @@ def test_replay_leaves_a_live_episode_alone() -> None:
     assert {e.key for e in events} == {"forbidden_zone:1:late"}
     # The live timeline still has its violation open: leaving closes it, dated live.
     events = drive.track([(at(3700), east(-3000)), (at(3760), east(-3000))])
-    assert summary(events) == [
-        *instant(GEOFENCE_EXIT, at(3700)),
-        (FORBIDDEN_ZONE, "close", at(60), at(3700)),
-    ]
+    assert summary(events) == [(FORBIDDEN_ZONE, "close", at(60), at(3700))]

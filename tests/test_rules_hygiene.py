@@ -31,8 +31,7 @@ from geo.geodesy import metres_per_degree
 from geo.index import FenceIndex
 from geo.position import Position
 from protocols.jt808 import BEIJING
-
-ACC, POSITIONED = 1, 2
+from protocols.jt808.location import alarm_names
 
 
 def bj(day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:
@@ -79,9 +78,9 @@ class Track:
             lon=lon,
             lat=lat,
             speed_kmh=speed,
-            status=(ACC if acc else 0) | (POSITIONED if valid else 0),
+            ignition=acc,
             valid=valid,
-            alarm=alarm,
+            alarms=frozenset(alarm_names(alarm)),
             serial=self.serial,
             batch=batch,
         )

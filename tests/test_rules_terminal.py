@@ -12,7 +12,7 @@ SOS, OVERSPEED, COLLISION = 1 << 0, 1 << 1, 1 << 29
 
 
 def test_sos_set_and_cleared() -> None:
-    """The SOS bit on three reports, then clear: one episode from the first report with it to
+    """SOS on three reports, then clear: one episode from the first report with it to
     the first without, carrying the raising report's serial (for the 0x8203 answer)."""
     engine = RulesEngine(FenceIndex())
     t = Track(step=5)
@@ -21,11 +21,11 @@ def test_sos_set_and_cleared() -> None:
     sos = of(events, TERMINAL_ALARM)
     assert [e.phase for e in sos] == ["open", "close"]
     opened, closed = sos
-    assert opened.key == closed.key == "terminal_alarm:0"
+    assert opened.key == closed.key == "terminal_alarm:emergency"
     assert opened.start == closed.start == fixes[4].fix_time
     assert closed.end == fixes[7].fix_time
     assert opened.severity == CRITICAL
-    assert opened.details == {"bit": 0, "name": "emergency", "serial": fixes[4].serial}
+    assert opened.details == {"name": "emergency", "serial": fixes[4].serial}
     assert not opened.late
 
 
@@ -37,17 +37,17 @@ def test_sos_comes_first() -> None:
     t = Track(step=5)
     run(engine, bus, t.drive(10, 75))
     events = engine.feed(t.fix(75, alarm=SOS | COLLISION), bus)
-    assert [(e.type, e.details.get("bit")) for e in events] == [
-        (TERMINAL_ALARM, 0),
-        (TERMINAL_ALARM, 29),
+    assert [(e.type, e.details.get("name")) for e in events] == [
+        (TERMINAL_ALARM, "emergency"),
+        (TERMINAL_ALARM, "collision"),
         (SPEEDING, None),
     ]
     assert events[1].severity == HIGH
 
 
-def test_bits_are_independent_and_invalid_fixes_count() -> None:
-    """Overspeed set, then collision added, then overspeed cleared while collision stays, all
-    on invalid fixes (the alarm word does not depend on the fix), then both clear."""
+def test_alarms_are_independent_and_invalid_fixes_count() -> None:
+    """Overspeed raised, then collision added, then overspeed cleared while collision stays,
+    all on invalid fixes (alarms do not depend on the fix), then both clear."""
     engine = RulesEngine(FenceIndex())
     t = Track(step=5)
     a = t.fix(0, valid=False, alarm=OVERSPEED)
@@ -58,18 +58,19 @@ def test_bits_are_independent_and_invalid_fixes_count() -> None:
     t.skip(5)
     d = t.fix(0, valid=False)
     events = of(run(engine, vehicle(1), [a, b, c, d]), TERMINAL_ALARM)
-    assert [(e.phase, e.details["bit"], e.start, e.end) for e in events] == [
-        ("open", 1, a.fix_time, None),
-        ("open", 29, b.fix_time, None),
-        ("close", 1, a.fix_time, c.fix_time),
-        ("close", 29, b.fix_time, d.fix_time),
+    assert [(e.phase, e.details["name"], e.start, e.end) for e in events] == [
+        ("open", "overspeed", a.fix_time, None),
+        ("open", "collision", b.fix_time, None),
+        ("close", "overspeed", a.fix_time, c.fix_time),
+        ("close", "collision", b.fix_time, d.fix_time),
     ]
 
 
 def test_severities() -> None:
-    assert severity_of(0) == CRITICAL
-    assert severity_of(29) == severity_of(30) == severity_of(3) == HIGH
-    assert severity_of(1) == severity_of(11) == MEDIUM
+    assert severity_of("emergency") == CRITICAL
+    assert severity_of("collision") == severity_of("rollover") == HIGH
+    assert severity_of("dangerous_driving") == HIGH
+    assert severity_of("overspeed") == severity_of("camera_fault") == MEDIUM
 
 
 def test_late_sos_in_a_blind_area_batch() -> None:
@@ -90,15 +91,15 @@ def test_late_sos_in_a_blind_area_batch() -> None:
     batch += b.drive(600, 50, batch=True)
     late = of(run(engine, truck, batch), TERMINAL_ALARM)
     assert [(e.phase, e.key, e.late) for e in late] == [
-        ("open", "terminal_alarm:0:late", True),
-        ("close", "terminal_alarm:0:late", True),
+        ("open", "terminal_alarm:emergency:late", True),
+        ("close", "terminal_alarm:emergency:late", True),
     ]
     assert late[0].start == bj(6, 8, 15) and late[1].end == bj(6, 8, 20)
     assert of(engine.tick(bj(6, 8, 40)), TERMINAL_ALARM) == []
     # the live episode goes on and closes normally
     closed = of(run(engine, truck, t.drive(10, 50)), TERMINAL_ALARM)
     assert [(e.phase, e.key, e.start) for e in closed] == [
-        ("close", "terminal_alarm:0", bj(6, 8, 30))
+        ("close", "terminal_alarm:emergency", bj(6, 8, 30))
     ]
 
 
@@ -116,5 +117,20 @@ def test_late_lane_cut_when_the_batch_ends_with_the_bit_set() -> None:
     assert of(engine.tick(bj(6, 8, 12, 20)), TERMINAL_ALARM) == []  # not idle long enough
     cut = of(engine.tick(bj(6, 8, 13)), TERMINAL_ALARM)
     assert [(e.phase, e.key, e.end) for e in cut] == [
-        ("close", "terminal_alarm:0:late", batch[-1].fix_time)
+        ("close", "terminal_alarm:emergency:late", batch[-1].fix_time)
     ]
+
+
+def test_a_second_report_of_the_same_second_is_judged_a_redelivery_is_not() -> None:
+    """The SOS button pressed in the second of a periodic report: the terminal sends another
+    0x0200 of the same time (a new serial), which opens the alarm; the same report delivered
+    twice (same time and serial) changes nothing."""
+    engine = RulesEngine(FenceIndex())
+    t = Track(step=5)
+    periodic = t.fix(40)
+    sos = t.fix(40, alarm=SOS)  # same clock, next serial
+    assert sos.fix_time == periodic.fix_time and sos.serial != periodic.serial
+    assert engine.feed(periodic, vehicle(1)) == []
+    opened = of(engine.feed(sos, vehicle(1)), TERMINAL_ALARM)
+    assert [e.phase for e in opened] == ["open"]
+    assert engine.feed(sos, vehicle(1)) == []

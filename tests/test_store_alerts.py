@@ -207,7 +207,7 @@ async def test_update_or_close_without_open_records_the_episode(db_url: str) -> 
         results = await store.apply_results(
             [
                 ev("update", v1, "speeding", T0, details={"max_kmh": 90}),
-                ev("close", v1, "geofence_exit:7", T0, end=T0 - 5 * S, late=True, driver="李四"),
+                ev("close", v1, "route_deviation:7", T0, end=T0 - 5 * S, late=True, driver="李四"),
             ]
         )
         assert [a.outcome for a in results] == ["inserted", "inserted"]
@@ -284,7 +284,7 @@ async def test_lifecycle_with_audit(db_url: str) -> None:
 @aio_test
 async def test_closing_an_open_alert_acknowledges_it(db_url: str) -> None:
     async with database(db_url) as (_pool, store, (v1, _v2)):
-        (a,) = await store.apply([ev("open", v1, "geofence_enter:3", T0, severity=LOW)])
+        (a,) = await store.apply([ev("open", v1, "geofence_dwell:3", T0, severity=LOW)])
         closed = await store.close(a, "王调度", "GPS drift, vehicle parked", at=T0 + 30 * S)
         assert closed.newly_acknowledged is True
         assert (closed.acknowledged_by, closed.acknowledged_at) == ("王调度", T0 + 30 * S)
@@ -294,7 +294,7 @@ async def test_closing_an_open_alert_acknowledges_it(db_url: str) -> None:
             "close", "open", {"note": "GPS drift, vehicle parked", "acknowledged": True},
         )  # fmt: skip
         # The episode still ends later: the close event matches the closed alert's episode.
-        (same,) = await store.apply([ev("close", v1, "geofence_enter:3", T0, end=T0 + 99 * S)])
+        (same,) = await store.apply([ev("close", v1, "geofence_dwell:3", T0, end=T0 + 99 * S)])
         assert same == a
         after = await store.get(a)
         assert after is not None and after.end_time == T0 + 99 * S and after.status == "closed"
@@ -334,7 +334,7 @@ async def test_escalation_with_an_explicit_clock(db_url: str) -> None:
             [
                 ev("open", v1, "terminal_alarm:0", T0, type=TERMINAL_ALARM, severity=CRITICAL),
                 ev("open", v1, "speeding", T0, severity=HIGH),
-                ev("open", v2, "geofence_enter:1", T0, type="geofence_enter", severity=LOW),
+                ev("open", v2, "geofence_dwell:1", T0, type="geofence_dwell", severity=LOW),
                 ev("open", v2, "terminal_alarm:0", T0, type=TERMINAL_ALARM, severity=CRITICAL),
             ]
         )
@@ -513,3 +513,45 @@ async def test_watchlist(db_url: str) -> None:
         ):
             with pytest.raises(AlertError, match=message):
                 await store.watchlist_add(plate, reason, by)
+
+
+@aio_test
+async def test_an_incident_is_one_alert_through_its_stages(db_url: str) -> None:
+    """Fatigue warning -> escalation -> alarm under one key: one alert whose type follows the
+    stage, severity the most urgent, a timeline of every stage with its moment; 'staged' once
+    per stage (a retried batch says 'updated': no second text); instants are stored closed."""
+    key = f"fatigue:{int(T0.timestamp())}"
+    batch = [
+        ev("open", 1, key, T0, type="fatigue_warning", severity=LOW),
+        ev("update", 1, key, T0, type="fatigue_escalation", severity=HIGH, at=T0 + 900 * S,
+           details={"fatigue_escalation_at": "x"}),
+    ]  # fmt: skip
+    async with database(db_url) as (_pool, store, (v1, _v2)):
+        for e in batch:
+            e.vehicle_id = v1
+        first = await store.apply_results(batch)
+        assert [a.outcome for a in first] == ["inserted", "staged"]
+        again = await store.apply_results(batch)
+        assert [a.outcome for a in again] == ["updated", "updated"]
+        alarm = ev("update", v1, key, T0, type="fatigue_continuous", severity=HIGH,
+                   at=T0 + 1800 * S)  # fmt: skip
+        rest = ev("close", v1, key, T0, type="fatigue_continuous", severity=HIGH,
+                  end=T0 + 2400 * S)  # fmt: skip
+        assert [a.outcome for a in await store.apply_results([alarm, rest])] == [
+            "staged", "closed",
+        ]  # fmt: skip
+        alert = await store.get(first[0].alert_id)
+        assert alert is not None and alert.type == "fatigue_continuous"
+        assert alert.severity == HIGH and alert.end_time == T0 + 2400 * S
+        steps = [(s["phase"], s["type"], datetime.fromisoformat(s["at"])) for s in alert.timeline]
+        assert steps == [
+            ("open", "fatigue_warning", T0),
+            ("update", "fatigue_escalation", T0 + 900 * S),
+            ("update", "fatigue_continuous", T0 + 1800 * S),
+            ("close", "fatigue_continuous", T0 + 2400 * S),
+        ]
+        assert alert.status == "open" and len(await store.list()) == 1
+        (enter,) = await store.apply([ev("open", v1, "geofence_enter:3", T0, severity=LOW, end=T0)])
+        recorded = await store.get(enter)
+        assert recorded is not None and recorded.status == "closed"
+        assert [a.id for a in await store.list(status="active")] == [alert.id]
