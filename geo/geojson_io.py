@@ -12,8 +12,9 @@ Properties: ``name`` (required), ``kind`` (zone | forbidden | speed_limit | rout
 zone), ``speed_limit`` (km/h), ``expressway``, ``windows`` (a list of ``{"days"?, "from":
 "HH:MM", "to": "HH:MM"}`` and/or ``{"start_date", "end_date"}``, Beijing time), ``applies_to``
 (``{"classes", "vehicles", "companies"}``: vehicle classes, vehicle ids, company ids),
-``margin_m``, ``min_time_s``, ``max_dwell_s``, ``watched``. Kept and given back for people
-and other tools: ``description``, the simplestyle styling (``title``, ``stroke``, ``fill``,
+``margin_m``, ``min_time_s``, ``max_dwell_s``, ``watched``, ``hazard`` (what a hazard fence
+marks, read by the rules from the fence's properties). Kept and given back for people and
+other tools: ``description``, the simplestyle styling (``title``, ``stroke``, ``fill``,
 ...) and any property named ``x_...``. Any other property is refused, naming the known ones:
 a misspelt ``speedlimit`` silently dropped would switch a speed limit off. Coordinates are
 WGS-84, except that a (pre-RFC 7946) ``crs`` member naming EPSG:4490 / CGCS2000 declares
@@ -58,6 +59,8 @@ KNOWN_PROPERTIES = (
     "name", "kind", "shape", "radius", "width", "speed_limit", "expressway", "windows",
     "applies_to", "margin_m", "min_time_s", "max_dwell_s", "watched",
 )  # fmt: skip
+#: Properties the platform reads from ``Geofence.properties`` (kept there, not parsed here).
+PASSED_PROPERTIES = ("hazard",)
 #: Properties kept for people and other tools without being interpreted.
 FREE_PROPERTIES = (
     "description", "title", "stroke", "stroke-width", "stroke-opacity", "fill", "fill-opacity",
@@ -196,16 +199,18 @@ def fence_from_feature(feature: Any, fid: int, cgcs2000: bool = False) -> Geofen
 
 def _refuse_unknown(extra: Mapping[str, Any]) -> None:
     """ValueError for properties that are neither interpreted nor free (see the docstring)."""
-    unknown = [k for k in extra if k not in FREE_PROPERTIES and not str(k).startswith(FREE_PREFIX)]
+    kept = (*PASSED_PROPERTIES, *FREE_PROPERTIES)
+    unknown = [k for k in extra if k not in kept and not str(k).startswith(FREE_PREFIX)]
     if not unknown:
         return
+    known = (*KNOWN_PROPERTIES, *PASSED_PROPERTIES)
     words = []
     for key in unknown:
-        near = difflib.get_close_matches(str(key).lower(), KNOWN_PROPERTIES, n=1, cutoff=0.7)
+        near = difflib.get_close_matches(str(key).lower(), known, n=1, cutoff=0.7)
         words.append(f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key))
     raise ValueError(
         f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {', '.join(words)}: known "
-        f"properties are {', '.join(KNOWN_PROPERTIES)} (description, simplestyle styling and "
+        f"properties are {', '.join(known)} (description, simplestyle styling and "
         f"names starting with {FREE_PREFIX!r} are kept uninterpreted)"
     )
 
