@@ -16,6 +16,7 @@ import pytest
 from geo.plates import normalise_plate
 from ingest.nmea_server import find_vehicle_id
 from protocols.jt808 import Register
+from store.commands import vehicle_id_by_plate
 from store.migrations import available, migrate
 from tests.aio import aio_test
 from tests.ingest_harness import running_ingest
@@ -93,6 +94,7 @@ async def test_cli_plates_are_canonical_everywhere(db_url: str) -> None:
         assert await conn.fetchval("SELECT plate FROM watchlist") == "京A12345"
         vid = await conn.fetchval("SELECT id FROM vehicles WHERE plate = '京A12345'")
         assert await find_vehicle_id(conn, "京a·12345") == vid  # an NMEA unit's id
+        assert await vehicle_id_by_plate(conn, " 京a-12345") == vid  # fleetwatch send PLATE
     finally:
         await conn.close()
 
