@@ -147,6 +147,7 @@ class RulesEngine:
         self._pending: list[AlertEvent] = []  # for the next tick (watchlist changes)
         self._dirty: set[int] = set()
         self._recent_s = s.recent_s
+        self._jump = (s.jump_kmh, s.jump_tolerance_m, s.jump_reanchor)
 
     # ------------------------------------------------------------------ per position
 
@@ -198,9 +199,8 @@ class RulesEngine:
             st.newest_serial = position.serial
             jf = st.jump
 
-        s = self.settings
         previous = jf.anchor
-        verdict = jf.judge(position, t, s.jump_kmh, s.jump_tolerance_m, s.jump_reanchor)
+        verdict = jf.judge(position, t, *self._jump)
         usable = verdict > REJECTED
         if verdict == REANCHORED:
             previous = None  # no trustworthy segment to the old anchor

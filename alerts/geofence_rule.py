@@ -351,9 +351,13 @@ class GeofenceRule:
         states = lane.states
         if fences or states:
             fids = sorted(fences.keys() | states.keys()) if states else sorted(fences)
+            applies = veh.applies
             for fid in fids:
                 fence = index_fences.get(fid)
-                if fence is None or not self._applies(veh, fence):
+                if fence is None:
+                    continue
+                known = applies.get(fid)  # _applies' cache, read inline (most fixes stop here)
+                if not (self._applies(veh, fence) if known is None else known):
                     continue
                 value = fences.get(fid)
                 st = states.get(fid)

@@ -377,14 +377,9 @@ class FenceIndex:
             entries = self._block(ix1, iy1, ix2, iy2)
         if entries is not None and not entries:
             return []
-        k = 111_000.0
-        dx = (lon2 - lon1) * k * math.cos(math.radians(lat1))
-        dy = (lat2 - lat1) * k
-        length = math.sqrt(dx * dx + dy * dy) * 1.01  # generous: the test is only a shortcut
-        if length <= 2 * self._min_margin:
-            return []
         # Per candidate fence, its entries in the cells the segment lies in (none: from the
-        # STRtree, for a long segment), after cheap rejections.
+        # STRtree, for a long segment), after cheap rejections (the bounding box first: most
+        # pairs of fixes end here, before any trigonometry).
         found: dict[int, list[tuple[int, Any]]] = {}
         if entries is None:
             for fid in self._segment_candidates(lon1, lat1, lon2, lat2):
@@ -394,11 +389,9 @@ class FenceIndex:
             for fid, kind, data in entries:
                 if fid in before or fid in after:
                     continue
-                c = compiled[fid]
-                w, s, e, n = c.bounds
+                w, s, e, n = compiled[fid].bounds
                 if (
-                    length <= 2 * c.margin
-                    or (lon1 < w and lon2 < w)
+                    (lon1 < w and lon2 < w)
                     or (lon1 > e and lon2 > e)
                     or (lat1 < s and lat2 < s)
                     or (lat1 > n and lat2 > n)
@@ -409,6 +402,14 @@ class FenceIndex:
                     found[fid] = [(kind, data)]
                 else:
                     parts.append((kind, data))
+        if not found:
+            return []
+        k = 111_000.0
+        dx = (lon2 - lon1) * k * math.cos(math.radians(lat1))
+        dy = (lat2 - lat1) * k
+        length = math.sqrt(dx * dx + dy * dy) * 1.01  # generous: the test is only a shortcut
+        if length <= 2 * self._min_margin:
+            return []
         hits = []
         for fid, parts in found.items():
             c = compiled[fid]

@@ -27,6 +27,7 @@ import argparse
 import cProfile
 import gc
 import io
+import json
 import math
 import pstats
 import random
@@ -160,6 +161,27 @@ class _Nothing:
         pass
 
 
+def _time_state(engine: RulesEngine, vids: list[int]) -> None:
+    """Export every vehicle's rule state as JSON text and import it into a new engine: what a
+    snapshot of the whole fleet and a restore after a restart cost in the rules (the database
+    side is the store's)."""
+    t0 = time.perf_counter()
+    texts = {vid: json.dumps(engine.export_state(vid)) for vid in vids}
+    t1 = time.perf_counter()
+    other = RulesEngine(engine.index, engine.settings)
+    for vid, text in texts.items():
+        state = json.loads(text)
+        if state is not None:
+            other.import_state(vid, state)
+    t2 = time.perf_counter()
+    size = sum(len(t) for t in texts.values())
+    n = len(vids)
+    print(
+        f"state: export+JSON {n / (t1 - t0):,.0f} vehicles/s, JSON+import {n / (t2 - t1):,.0f} "
+        f"vehicles/s, {size / n:,.0f} bytes per vehicle"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vehicles", type=int, default=5000)
@@ -169,6 +191,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="warm passes; the best is reported")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--state",
+        action="store_true",
+        help="also time export_state -> JSON -> import_state of every vehicle after the run",
+    )
     ap.add_argument(
         "--without",
         action="append",
@@ -239,10 +266,18 @@ def main() -> None:
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()
-    passes = [run(new_engine()) for _ in range(1 if prof else max(1, args.repeat))]
+    passes_engine: list[RulesEngine] = []
+
+    def fresh() -> RulesEngine:
+        passes_engine[:] = [new_engine()]
+        return passes_engine[0]
+
+    passes = [run(fresh()) for _ in range(1 if prof else max(1, args.repeat))]
     if prof:
         prof.disable()
     warm = min(passes, key=lambda r: r[0])
+    if args.state:
+        _time_state(passes_engine[-1], list(infos))
     if len(passes) > 1:
         print("warm passes:", ", ".join(f"{r[0] / r[2] * 1e6:.1f}" for r in passes), "µs/position")
 
