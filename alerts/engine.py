@@ -41,6 +41,7 @@ machines like any fix and its events are flagged late.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,7 @@ from alerts.speeding import SpeedingRule
 from alerts.state import dump_position, load_position
 from alerts.terminal_alarms import TerminalAlarmRule
 from alerts.watchlist import WatchlistRule
+from geo.flags import time_untrusted
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
@@ -172,6 +174,10 @@ class RulesEngine:
         st = self._vehicles.get(vid)
         if st is None or st.info is not vehicle:
             st = self._vehicle(vehicle)
+        if position.extras and time_untrusted(position.extras):
+            # Its time (unset clock, 2099) cannot be placed: judged as a report without a fix
+            # at its arrival, so it never becomes the newest fix and an alarm in it is live.
+            position = replace(position, fix_time=position.received_time, valid=False)
         t = position.fix_time.timestamp()
         if t <= st.floor or (t == st.newest and position.serial == st.newest_serial):
             return []

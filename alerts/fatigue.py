@@ -79,6 +79,7 @@ from alerts.model import (
 from alerts.settings import Profile
 from geo.calendar import DAY_S
 from geo.calendar import day_start as bj_day_start
+from geo.flags import SPEED_IMPLAUSIBLE
 from geo.position import Position
 
 #: Report states; GAP (unknown) and HELD (a stop held across a silence) only label intervals.
@@ -124,8 +125,8 @@ def _dt(t: float) -> datetime:
 
 def motion(p: Position, profile: Profile) -> int:
     """DRIVE above the moving speed; else IDLE with the ignition on (when it counts), else
-    STOP."""
-    if p.speed_kmh > profile.moving_kmh:
+    STOP. An implausible speed (``geo.flags``) says nothing about motion: ignition decides."""
+    if p.speed_kmh > profile.moving_kmh and not (p.extras and SPEED_IMPLAUSIBLE in p.extras):
         return DRIVE
     if profile.use_acc and p.ignition:
         return IDLE

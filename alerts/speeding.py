@@ -49,6 +49,7 @@ from alerts.settings import Profile
 from alerts.state import at, when
 from geo.calendar import is_night
 from geo.fences import HAZARD
+from geo.flags import SPEED_IMPLAUSIBLE
 
 if TYPE_CHECKING:
     from geo.fences import Geofence
@@ -231,8 +232,12 @@ class SpeedingRule:
     # ------------------------------------------------------------------ feeding
 
     def step(self, fix: Fix, out: list[AlertEvent]) -> None:
-        """One fix; only usable ones count (a fix behind the newest goes to the late lane)."""
+        """One fix; only usable ones count (a fix behind the newest goes to the late lane). A
+        speed flagged implausible (``geo.flags``: 6553 km/h) is no evidence of speeding."""
         if not fix.usable:
+            return
+        extras = fix.position.extras
+        if extras and SPEED_IMPLAUSIBLE in extras:
             return
         t = fix.t
         profile = fix.profile or _DEFAULT

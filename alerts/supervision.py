@@ -500,6 +500,12 @@ class Supervision:
             self.stats.events_stored += len(events)
             for event, result in zip(events, applied, strict=True):
                 if result.outcome in ("inserted", "staged"):  # a new alert, or a new stage
+                    log.info(
+                        "alert %s %s: %s of vehicle %s (severity %s%s), key %s",
+                        result.alert_id, "opened" if result.outcome == "inserted" else "staged",
+                        event.type, event.vehicle_id, event.severity,
+                        ", late" if event.late else "", event.key,
+                    )  # fmt: skip
                     self._act(event, result.alert_id)
             return len(events)
         finally:

@@ -11,7 +11,7 @@
   hysteresis): it opens at its ``GEOFENCE_ENTER`` and closes at its ``GEOFENCE_EXIT`` (a
   crossing between two sparse fixes gives both at once), or when the session ends.
 
-Plates are compared upper-cased without spaces or dashes ("京a 12345" is "京A12345"), the form
+Plates are compared in their canonical form (``geo.plates``: "京a 12345" is "京A12345"), the form
 ``vehicles.plate`` and the ``watchlist`` table use. Late reports count (the vehicle was seen)
 and their events are flagged late.
 """
@@ -33,13 +33,10 @@ from alerts.model import (
     Fix,
 )
 from alerts.state import when
+from geo.plates import normalise_plate
 
 if TYPE_CHECKING:
     from geo.index import FenceIndex
-
-
-def normalise_plate(plate: str | None) -> str:
-    return "".join((plate or "").split()).replace("-", "").replace("·", "").upper()
 
 
 class _Seen:

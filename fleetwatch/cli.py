@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from fleetwatch import (
     alerts_cmd,
+    console,
     db_cmd,
     decode,
     geofences_cmd,
@@ -41,12 +42,21 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
 )
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (package metadata costs ~50 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"fleetwatch {console.version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser tree (also used by tests and docs to render ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="fleetwatch",
         description="FleetWatch: JT/T 808 vehicle monitoring platform.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in SUBCOMMANDS:
         register(subparsers)
@@ -54,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand and return its exit status (the console script exits with it)."""
+    """Run one subcommand and return its exit status (the console script exits with it).
+    Whatever a command did not handle becomes one line and status 1, never a traceback."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -74,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        prog = f"fleetwatch {_command_name(argv)}".rstrip()
+        return console.fail(prog, exc, getattr(args, "db", None))
+
+
+def _command_name(argv: list[str] | None) -> str:
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), "")
 
 
 if __name__ == "__main__":

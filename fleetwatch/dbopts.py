@@ -28,6 +28,11 @@ class CommandError(Exception):
     """A command cannot do its job for a reason the user can fix (printed without traceback)."""
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as an input file, in words."""
+    return f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}"
+
+
 def add_database_options(parser: argparse.ArgumentParser, url: bool = True) -> None:
     """Add ``--data-dir`` (and, unless ``url`` is False, the alternative ``--db``)."""
     group = parser.add_mutually_exclusive_group() if url else parser
@@ -122,16 +127,15 @@ def run(
     and exit status 1 instead of a traceback."""
     import asyncpg
 
-    from store.cluster import ClusterError
-    from store.migrations import MigrationError
+    from fleetwatch.console import describe
 
     try:
         return asyncio.run(command(args))
-    except (CommandError, ClusterError, MigrationError) as exc:
+    except CommandError as exc:
         message = str(exc)
-    except asyncpg.PostgresError as exc:
-        message = f"database: {type(exc).__name__}: {exc}"
-    except (OSError, asyncpg.InterfaceError) as exc:
-        message = f"cannot reach the database: {exc}"
+    except asyncpg.InterfaceError as exc:
+        message = f"cannot talk to the database: {exc}"
+    except Exception as exc:  # the user's kind (no database, port, file) or a bug: one line
+        message = describe(exc, getattr(args, "db", None))
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1

@@ -45,6 +45,8 @@ from protocols.jt808 import (
 from protocols.jt808.header import parse_header
 from protocols.jt808.location_items import ITEMS
 
+BAD_ESCAPE = "invalid escape sequence (0x7d not followed by 01 or 02)"
+
 #: Human names of the registered message ids (``--explain`` and error hints).
 MESSAGE_NAMES: dict[int, str] = {
     0x0001: "terminal general response",
@@ -131,7 +133,10 @@ output:
   "header" when the header was readable, and decoding goes on with the next frame.
 
 exit status:
-  0 if every frame decoded, 1 if any line or frame failed, 2 on a usage error.
+  0 if every frame decoded, 1 if any line or frame failed, 2 on a usage error. A frame with a
+  wrong check code or an invalid escape (0x7d not followed by 01 or 02; a lone 0x7d as the
+  last byte is a known terminal quirk and accepted) fails, unless --lenient is given: then it
+  is decoded, its problem listed, and it counts as decoded.
 
 examples:
   fleetwatch decode 7E00020000040021679287002B7D027E
@@ -198,8 +203,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--lenient",
         action="store_true",
-        help="decode frames with a wrong check code (reported as checksum_ok: false) "
-        "instead of rejecting them",
+        help="decode frames with a wrong check code (reported as checksum_ok: false) or an "
+        "invalid escape (listed in problems) instead of rejecting them",
     )
     parser.add_argument(
         "--version",
@@ -402,7 +407,14 @@ def describe_error(exc: JT808Error, profile: TerminalProfile) -> str:
 def decode_item(item: FrameInput, profile: TerminalProfile) -> dict[str, Any]:
     """A frame → its message as JSON, or an error object (never raises)."""
     try:
-        return decode_frame(item.wire, profile=profile).to_json()
+        message = decode_frame(item.wire, profile=profile)
+        if profile.strict and not unescape(item.wire[1:-1])[1]:
+            return {
+                "error": f"escape: {BAD_ESCAPE} (--lenient decodes it anyway)",
+                "hex": item.hex,
+                "header": message.header.to_json(),
+            }
+        return message.to_json()
     except JT808Error as exc:
         out: dict[str, Any] = {"error": describe_error(exc, profile), "hex": item.hex}
         if exc.header is not None:
@@ -777,9 +789,7 @@ def explain_frame(item: FrameInput, profile: TerminalProfile) -> tuple[list[str]
     if message is not None:
         problems = message.problems
     else:  # what the codec would have said had it got that far
-        escape_problem = (
-            [] if clean else ["invalid escape sequence (0x7d not followed by 01 or 02)"]
-        )
+        escape_problem = [] if clean else [BAD_ESCAPE]
         problems = [*escape_problem, *header_problems]
     lines.append(f"{pad}problems: {'none' if not problems else ''}".rstrip())
     lines.extend(f"{pad}  - {problem}" for problem in problems)
@@ -792,9 +802,11 @@ def explain_frame(item: FrameInput, profile: TerminalProfile) -> tuple[list[str]
         if body_failure is not None and body_failure not in result["error"]:
             lines.append(f"{pad}  also: {body_failure}")
         return lines, False
-    lenient_note = (
-        " (check code mismatch accepted by --lenient)" if not result["checksum_ok"] else ""
-    )
+    accepted = [
+        *(["check code mismatch"] if not result["checksum_ok"] else []),
+        *(["invalid escape"] if not clean else []),
+    ]
+    lenient_note = f" ({' and '.join(accepted)} accepted by --lenient)" if accepted else ""
     lines.append(f"{pad}result: decoded{lenient_note}")
     return lines, True
 

@@ -65,7 +65,7 @@ async def _import(args: argparse.Namespace) -> int:
     from store import geofences
 
     if not args.file.is_file():
-        raise dbopts.CommandError(f"{args.file}: no such file")
+        raise dbopts.CommandError(dbopts.not_a_file(args.file))
     try:
         fences = read_fences(args.file)
     except GeoJSONError as exc:

@@ -29,7 +29,8 @@ from typing import IO, TYPE_CHECKING, TextIO, cast
 
 from fleetwatch import dbopts
 from geo.position import SOURCE_IMPORT, Position
-from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack
+from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, parse_sentence
+from ingest.values import flag_values
 
 if TYPE_CHECKING:
     import asyncpg
@@ -45,6 +46,9 @@ The file holds NMEA 0183 sentences, one per line, any talker (GP, GN, BD, GB, GL
 needed (it has the date), GGA/GNS/GSA add altitude, satellites, HDOP and fix quality. Lines that
 are not checksum-valid sentences are reported and skipped. Safe to run again: fixes already
 stored are skipped (and counted as duplicates).
+
+exit status: 0 when the file held fixes (stored now or before), 1 when it holds no NMEA
+(empty, binary, CSV) or no fix at all, or on an error.
 """
 
 _COUNT = "SELECT count(*) FROM positions WHERE vehicle_id = $1 AND fix_time BETWEEN $2 AND $3"
@@ -275,6 +279,7 @@ async def import_file(
                     bad(number, f"{exc}: {text[:80]}")
                     continue
                 if fixes:
+                    flag_values(fixes)
                     pending.extend(fixes)
                     result.fixes += len(fixes)
                     if len(pending) >= batch:
@@ -282,6 +287,7 @@ async def import_file(
                 if progress is not None and number % 512 == 0:
                     progress.update(raw.tell(), result.stored)
             fixes = track.flush()
+            flag_values(fixes)
             pending.extend(fixes)
             result.fixes += len(fixes)
             await write()
@@ -291,6 +297,31 @@ async def import_file(
         if progress is not None:
             progress.finish(result.size, result.stored)
     return result
+
+
+#: How much of a file is read to decide whether it holds NMEA at all.
+SNIFF_BYTES = 256 * 1024
+
+
+def check_nmea(path: Path) -> None:
+    """Refuse, before any database work, a file that cannot be an NMEA log: empty, or no
+    checksum-valid sentence in its first :data:`SNIFF_BYTES` (a binary file, a CSV export)."""
+    raw, stream = _open(path)
+    with raw, stream:
+        head = stream.read(SNIFF_BYTES)
+    if not head.strip():
+        raise dbopts.CommandError(f"{path} is empty: nothing to import")
+    for line in head.splitlines():
+        if line.lstrip().startswith(b"$") and len(line) <= MAX_SENTENCE + 8:
+            try:
+                parse_sentence(line.decode("ascii", errors="replace"))
+                return
+            except NmeaError:
+                continue
+    raise dbopts.CommandError(
+        f"{path} holds no NMEA 0183 sentences (lines like $GPRMC,...*hh) in its first "
+        f"{SNIFF_BYTES // 1024} KiB: is it a binary or CSV file? Nothing imported"
+    )
 
 
 def summary(result: ImportResult, path: Path, label: str) -> str:
@@ -319,6 +350,10 @@ async def _command(args: argparse.Namespace) -> int:
             pass
     except OSError as exc:  # here, not later: dbopts.run would blame the database for it
         raise dbopts.CommandError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        check_nmea(path)
+    except (OSError, EOFError) as exc:  # a damaged .gz
+        raise dbopts.CommandError(f"{path}: cannot read it: {exc}") from None
     async with dbopts.connect(args) as conn:
         vehicle_id = await find_vehicle_id(conn, args.plate)
         if vehicle_id is None:
@@ -337,4 +372,7 @@ async def _command(args: argparse.Namespace) -> int:
             progress=progress,
         )
     print(summary(result, path, f"{args.plate} (id {vehicle_id})"))
+    if result.fixes == 0:
+        print(f"{PROG}: error: no fixes in {path}: nothing imported", file=sys.stderr)
+        return 1
     return 0

@@ -20,6 +20,34 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch.dbopts import DEFAULT_DATA_DIR
+from ingest.values import DEFAULT_LIMITS, ValueLimits
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0-65535)")
+    return value
+
+
+def _rules_config(path: str) -> str:
+    """The path, once it reads as a JSON object (a mistake shows at once, not after start-up)."""
+    from alerts.supervision import load_config
+
+    try:
+        load_config(path)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError too
+        raise argparse.ArgumentTypeError(f"{path}: not a JSON object ({exc})") from None
+    return path
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,10 +68,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="use this PostgreSQL server (postgresql://...) instead of the embedded one",
     )
-    parser.add_argument("--jt808-port", type=int, default=6808, help="JT/T 808 TCP port")
-    parser.add_argument("--nmea-port", type=int, default=0, help="NMEA 0183 TCP port (0 = off)")
+    parser.add_argument("--jt808-port", type=_port, default=6808, help="JT/T 808 TCP port")
+    parser.add_argument("--nmea-port", type=_port, default=0, help="NMEA 0183 TCP port (0 = off)")
     parser.add_argument(
-        "--http-port", type=int, default=8080, help="HTTP port: the dashboard, its API and /metrics"
+        "--http-port", type=_port, default=8080, help="HTTP port: the dashboard, its API, /metrics"
     )
     parser.add_argument(
         "--listen",
@@ -81,9 +109,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=190,
         help="days of track history to keep (at least 183)",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: classic lines; json: one flat object per line (ts, level, logger, msg, "
+        "fields) for log shippers",
+    )
+    parser.add_argument(
+        "--max-ahead",
+        type=_positive_float,
+        default=DEFAULT_LIMITS.max_ahead_s,
+        metavar="SECONDS",
+        help="a fix time further ahead of its arrival is stored flagged and never becomes the "
+        "vehicle's last position (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--max-speed",
+        type=_positive_float,
+        default=DEFAULT_LIMITS.max_speed_kmh,
+        metavar="KMH",
+        help="reported speeds above this are flagged as implausible (default: %(default)g)",
+    )
     parser.add_argument(
         "--rules-config",
+        type=_rules_config,
         metavar="FILE",
         help="JSON: supervision rules, automatic actions, escalation and enforcement "
         "(see alerts/supervision.py; default: the regulations' values)",
@@ -164,6 +214,7 @@ class Server:
         from alerts.gateway import STATS as GATEWAY_STATS
         from alerts.gateway import CommandGateway
         from alerts.supervision import Supervision, load_config
+        from fleetwatch.logs import say
         from ingest.auth_cache import AuthCache
         from ingest.directory import Directory
         from ingest.jt808_server import IngestService, JT808Factory
@@ -198,11 +249,12 @@ class Server:
         self.writer = PositionWriter(self.connect, spool, on_flush=flush_seconds.observe)
         codes = AuthCache(args.data_dir / "run" / "auth", args.worker_index, args.workers)
         directory = Directory(self.pool, args.policy, cache=codes)
+        limits = ValueLimits(args.max_ahead, args.max_speed)
         self.service = IngestService(
             directory, self.writer.write, metrics,
             media=MediaStore(args.data_dir / "media", self.pool),
             pre_auth_timeout=args.pre_auth_timeout, max_per_address=args.max_per_address,
-            registration_rate=args.registration_rate, gate=self.gate,
+            registration_rate=args.registration_rate, gate=self.gate, limits=limits,
         )  # fmt: skip
         self.gateway = gateway = CommandGateway(self.pool, self.url(), self.service.terminals)
         await gateway.start()
@@ -246,7 +298,7 @@ class Server:
             async def lookup(identifier: str) -> int | None:
                 return await find_vehicle_id(self.pool, identifier)
 
-            nmea = NmeaService(lookup, self.writer.submit, metrics)
+            nmea = NmeaService(lookup, self.writer.submit, metrics, limits=limits)
             services.append(nmea)
             nmea.gate = self.gate
             self.ports.append(self.listen(args.nmea_port, NmeaFactory(nmea)))
@@ -273,7 +325,7 @@ class Server:
             self.every(5.0, self.adopt_spools, "spool adoption", now=True)
         for port in self.ports:
             host = port.getHost()
-            print(f"fleetwatch: listening on {host.host}:{host.port}", file=sys.stderr, flush=True)
+            say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
 
     async def acknowledge(self, alert_id: int, by: str) -> Any:
@@ -281,6 +333,20 @@ class Server:
         confirmed to its terminal with 0x8203 at once)."""
         alert, _ = await self.supervision.acknowledge(alert_id, by)
         return alert
+
+    def addresses(self) -> list[tuple[str, str]]:
+        """(what, host:port) of every listening port, for the start-up banner."""
+        out = []
+        for port in self.ports:
+            host = port.getHost()
+            kind = type(port.factory).__name__.removesuffix("Factory").lower()
+            if kind == "site":  # the dashboard and /metrics share the HTTP port
+                out.append(("dashboard", f"http://{host.host}:{host.port}/"))
+                out.append(("metrics", f"http://{host.host}:{host.port}/metrics"))
+                continue
+            name = {"jt808": "JT/T 808", "nmea": "NMEA"}.get(kind, kind)
+            out.append((name, f"{host.host}:{host.port}"))
+        return out
 
     def every(
         self, seconds: float, call: Callable[[], object], name: str, now: bool = False
@@ -387,12 +453,13 @@ def _logger() -> Any:
 
 def _accept_gate() -> Any:
     """Raise the open-file limit as far as allowed and say how many terminals that holds."""
+    from fleetwatch.logs import say
     from ingest.limits import AcceptGate, connection_capacity, raise_descriptor_limit
 
     before, after = raise_descriptor_limit()
     gate = AcceptGate(connection_capacity())
-    print(f"fleetwatch: open-file limit {after} (was {before}): up to {gate.capacity} "
-          "terminal connections", file=sys.stderr, flush=True)  # fmt: skip
+    say(f"fleetwatch: open-file limit {after} (was {before}): up to {gate.capacity} "
+        "terminal connections", capacity=gate.capacity)  # fmt: skip
     return gate
 
 
@@ -438,31 +505,33 @@ def run(args: argparse.Namespace) -> int:
 
     asyncioreactor.install()
     from twisted.internet import reactor
-    from twisted.logger import (
-        globalLogBeginner,
-        jsonFileLogObserver,
-        textFileLogObserver,
-    )
+    from twisted.logger import LogLevel
 
+    from fleetwatch import console
+    from fleetwatch.logs import say, start_logging
     from fleetwatch.processes import ClusterWatch, ParentWatch, Workers, die_with_parent
     from ingest.metrics_resource import MetricsExchange
     from store.cluster import EmbeddedCluster
 
+    start_logging(args.log_format)
     if args.worker_index > 0 and not die_with_parent(args.parent_pid):
-        print("fleetwatch: the serve process that started this worker is gone", file=sys.stderr)
+        say("fleetwatch: the serve process that started this worker is gone")
         return 1
-
-    observer = (jsonFileLogObserver if args.log_format == "json" else textFileLogObserver)(
-        sys.stderr
-    )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        console.prepare_data_dir(args.data_dir)
+    except console.UsageProblem as exc:
+        say(f"fleetwatch serve: error: {exc}", level=LogLevel.critical)
+        return 1
     if args.worker_index == 0:
         lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"fleetwatch: another 'fleetwatch serve' uses {args.data_dir}", file=sys.stderr)
+            say(
+                f"fleetwatch serve: error: another 'fleetwatch serve' uses {args.data_dir}: "
+                "stop it first, or give this one its own --data-dir",
+                level=LogLevel.critical,
+            )
             return 1
     cluster = None
     if args.db is not None:
@@ -472,7 +541,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         cluster = EmbeddedCluster.in_data_dir(args.data_dir)
         if args.worker_index == 0:
-            cluster.start()
+            try:
+                cluster.start()
+            except Exception as exc:
+                say(f"fleetwatch serve: error: {console.describe(exc)}", level=LogLevel.critical)
+                return 1
 
         def url() -> str:
             return cluster.url  # where it listens now (the socket may move on a restart)
@@ -498,12 +571,17 @@ def run(args: argparse.Namespace) -> int:
     status = {"code": 0}
 
     def started_failed(failure: Any) -> None:
-        print(f"fleetwatch: could not start: {failure.getErrorMessage()}", file=sys.stderr)
-        failure.printTraceback(file=sys.stderr)
+        problem = console.describe(failure.value, args.db)
+        say(f"fleetwatch serve: error: {problem}", level=LogLevel.critical, error=problem)
+        console.debug_traceback(failure.value)
         status["code"] = 1
         reactor.stop()  # type: ignore[attr-defined]
 
-    reactor.callWhenRunning(lambda: _aio(server.start()).addErrback(started_failed))  # type: ignore[attr-defined]
+    def started(_: object) -> None:
+        if args.worker_index == 0:
+            console.announce(args.data_dir, url(), cluster is not None, server.addresses())
+
+    reactor.callWhenRunning(lambda: _aio(server.start()).addCallbacks(started, started_failed))  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _aio(server.stop()))  # type: ignore[attr-defined]
     if workers is not None:
         reactor.addSystemEventTrigger("during", "shutdown", workers.stop)  # type: ignore[attr-defined]
@@ -524,6 +602,7 @@ def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
         "--data-dir", str(args.data_dir), "--jt808-port", str(args.jt808_port),
         "--nmea-port", str(args.nmea_port), "--listen", args.listen, "--policy", args.policy,
         "--log-format", args.log_format, "--workers", str(args.workers),
+        "--max-ahead", str(args.max_ahead), "--max-speed", str(args.max_speed),
         "--spool-budget-mb", str(args.spool_budget_mb), "--worker-index", str(index),
         "--parent-pid", str(os.getpid()), "--generation", args.generation,
         "--pre-auth-timeout", str(args.pre_auth_timeout),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch import dbopts
+from geo.plates import normalise_plate
 from store.vehicles import PLATE_COLORS, VEHICLE_CLASSES
 
 PROG = "fleetwatch vehicles"
@@ -112,7 +113,7 @@ async def _import(args: argparse.Namespace) -> int:
     from store.vehicles import CsvImportError, import_csv
 
     if not args.file.is_file():
-        raise dbopts.CommandError(f"{args.file}: no such file")
+        raise dbopts.CommandError(dbopts.not_a_file(args.file))
     async with dbopts.connect(args) as conn:
         try:
             count = await import_csv(conn, args.file)
@@ -133,7 +134,7 @@ async def _unbind(args: argparse.Namespace) -> int:
         phone = normalise_phone(args.phone) if args.phone else None
     except VehicleError as exc:
         raise dbopts.CommandError(str(exc)) from None
-    plate = args.plate.strip().upper()
+    plate = normalise_plate(args.plate)
     async with dbopts.connect(args) as conn:
         try:
             row = await unbind_terminal(conn, plate, color, phone)

@@ -12,9 +12,13 @@ Properties: ``name`` (required), ``kind`` (zone | forbidden | speed_limit | rout
 zone), ``speed_limit`` (km/h), ``expressway``, ``windows`` (a list of ``{"days"?, "from":
 "HH:MM", "to": "HH:MM"}`` and/or ``{"start_date", "end_date"}``, Beijing time), ``applies_to``
 (``{"classes", "vehicles", "companies"}``: vehicle classes, vehicle ids, company ids),
-``margin_m``, ``min_time_s``, ``max_dwell_s``, ``watched``. Other properties are kept and given
-back. Coordinates are WGS-84, except that a (pre-RFC 7946) ``crs`` member naming EPSG:4490 /
-CGCS2000 declares CGCS2000 input, which is transformed. Output is always WGS-84 without ``crs``.
+``margin_m``, ``min_time_s``, ``max_dwell_s``, ``watched``, ``hazard`` (what a hazard fence
+marks, read by the rules from the fence's properties). Kept and given back for people and
+other tools: ``description``, the simplestyle styling (``title``, ``stroke``, ``fill``,
+...) and any property named ``x_...``. Any other property is refused, naming the known ones:
+a misspelt ``speedlimit`` silently dropped would switch a speed limit off. Coordinates are
+WGS-84, except that a (pre-RFC 7946) ``crs`` member naming EPSG:4490 / CGCS2000 declares
+CGCS2000 input, which is transformed. Output is always WGS-84 without ``crs``.
 
 Bad input raises :class:`GeoJSONError` (a ValueError) listing every problem with the index of
 its feature, so a file is fixed in one pass.
@@ -22,6 +26,7 @@ its feature, so a file is fixed in one pass.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +59,14 @@ KNOWN_PROPERTIES = (
     "name", "kind", "shape", "radius", "width", "speed_limit", "expressway", "windows",
     "applies_to", "margin_m", "min_time_s", "max_dwell_s", "watched",
 )  # fmt: skip
+#: Properties the platform reads from ``Geofence.properties`` (kept there, not parsed here).
+PASSED_PROPERTIES = ("hazard",)
+#: Properties kept for people and other tools without being interpreted.
+FREE_PROPERTIES = (
+    "description", "title", "stroke", "stroke-width", "stroke-opacity", "fill", "fill-opacity",
+    "marker-color", "marker-size", "marker-symbol",
+)  # fmt: skip
+FREE_PREFIX = "x_"
 _PRECISION = 7  # decimal places of output coordinates (~1 cm)
 
 
@@ -159,6 +172,7 @@ def fence_from_feature(feature: Any, fid: int, cgcs2000: bool = False) -> Geofen
         if kind not in KINDS:
             raise ValueError(f"kind {props.get('kind')!r}: one of {', '.join(KINDS)}")
         extra = {k: v for k, v in props.items() if k not in KNOWN_PROPERTIES}
+        _refuse_unknown(extra)
         return Geofence(
             id=fid,
             name=name.strip(),
@@ -181,6 +195,24 @@ def fence_from_feature(feature: Any, fid: int, cgcs2000: bool = False) -> Geofen
         message = str(exc)
         prefix = f"geofence {fid} ({name.strip()!r}): "
         raise ValueError(where + message.removeprefix(prefix)) from None
+
+
+def _refuse_unknown(extra: Mapping[str, Any]) -> None:
+    """ValueError for properties that are neither interpreted nor free (see the docstring)."""
+    kept = (*PASSED_PROPERTIES, *FREE_PROPERTIES)
+    unknown = [k for k in extra if k not in kept and not str(k).startswith(FREE_PREFIX)]
+    if not unknown:
+        return
+    known = (*KNOWN_PROPERTIES, *PASSED_PROPERTIES)
+    words = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key).lower(), known, n=1, cutoff=0.7)
+        words.append(f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key))
+    raise ValueError(
+        f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {', '.join(words)}: known "
+        f"properties are {', '.join(known)} (description, simplestyle styling and "
+        f"names starting with {FREE_PREFIX!r} are kept uninterpreted)"
+    )
 
 
 def _geometry(feature: Mapping[str, Any], props: Mapping[str, Any]) -> tuple[Any, str]:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from geo.plates import normalise_plate
 from ingest.auth_cache import AuthCache
 from protocols.jt808 import BEIJING, Register, TerminalProfile
 from protocols.jt808.platform import (
@@ -128,8 +129,9 @@ class Directory:
             return REGISTER_NO_TERMINAL, ""
         registration = TerminalRegistration(
             phone=phone_key(phone), manufacturer=manufacturer, model=model,
-            terminal_id=terminal_id, plate=plate or None, plate_color=reg.plate_color,
-            province=reg.province, city=reg.city, protocol_version=version,
+            terminal_id=terminal_id, plate=normalise_plate(plate) or None,
+            plate_color=reg.plate_color, province=reg.province, city=reg.city,
+            protocol_version=version,
         )  # fmt: skip
         async with self.pool.acquire() as conn:
             outcome, code = await bind_terminal(

@@ -35,6 +35,7 @@ from ingest.media import MediaStore
 from ingest.metrics import Metrics
 from ingest.nmea import gnss_detail
 from ingest.positions import positions_of
+from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
 from protocols.jt808 import (
     REGISTRY,
     Authenticate,
@@ -131,8 +132,10 @@ class IngestService:
         gate: AcceptGate | None = None,
         media: MediaStore | None = None,
         observer: IngestObserver | None = None,
+        limits: ValueLimits = DEFAULT_LIMITS,
     ) -> None:
         self.directory = directory
+        self.limits = limits
         self.media = media
         self.observer = observer
         self.metrics = m = metrics or Metrics()
@@ -290,6 +293,7 @@ class JT808Protocol(protocol.Protocol):
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.service.connections.add(self)
         self.metrics.inc("fleetwatch_connections_total")
+        log.info("connection from {peer}", peer=self.peer)
         if self.service.gate is not None:
             self.service.gate.opened()
         if self.service.paused:
@@ -499,8 +503,11 @@ class JT808Protocol(protocol.Protocol):
     def _answer_register(self, message: Message, result: int, auth_code: str) -> None:
         self.metrics.inc("fleetwatch_registrations_total", result=str(result))
         if result:
-            log.info("registration of {phone} from {peer} refused (0x8100 result {result})",
+            log.warn("registration of {phone} from {peer} refused (0x8100 result {result})",
                      phone=message.phone, peer=self.peer, result=result)  # fmt: skip
+        else:
+            log.info("terminal {phone} registered from {peer} (plate {plate})", phone=message.phone,
+                     peer=self.peer, plate=getattr(message.body, "plate", None))  # fmt: skip
         self.send(RegisterResponse(reply_serial=message.serial, result=result, auth_code=auth_code))
 
     def on_authenticate(self, message: Message) -> None:
@@ -523,6 +530,8 @@ class JT808Protocol(protocol.Protocol):
                     self.close("too many failed authentications")
                 return
             self.vehicle = vehicle
+            log.info("terminal {phone} authenticated from {peer}: vehicle {vehicle_id}",
+                     phone=message.phone, peer=self.peer, vehicle_id=vehicle.id)  # fmt: skip
             self.phone = vehicle.phone
             self.profile = vehicle.profile
             self.service.bind(self)
@@ -563,6 +572,7 @@ class JT808Protocol(protocol.Protocol):
     def on_location(self, message: Message) -> None:
         assert self.vehicle is not None
         positions = positions_of(message, self.vehicle.id, datetime.now(UTC))
+        flag_values(positions, self.service.limits)
         if self.gnss and time.monotonic() - self.gnss_at < GNSS_FRESH_S:
             for position in positions:
                 if not position.batch:

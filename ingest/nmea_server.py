@@ -44,11 +44,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from geo.plates import normalise_plate
 from geo.position import Position
 from ingest.directory import phone_key
 from ingest.limits import AcceptGate
 from ingest.metrics import Metrics
 from ingest.nmea import MAX_SENTENCE, NmeaError, NmeaTrack, checksum
+from ingest.values import DEFAULT_LIMITS, ValueLimits, flag_values
 
 if TYPE_CHECKING:
     import asyncpg
@@ -101,8 +103,9 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
     """The vehicle an NMEA unit names: by terminal phone (digits), else by plate.
 
     Phones compare without leading zeros (as the JT/T 808 directory stores them); plates
-    compare upper-cased without spaces. A plate that exists in several colours matches
-    nothing (logged), since guessing could file one vehicle's track under another.
+    compare in their canonical form (``geo.plates``, as ``vehicles.plate`` holds them). A plate
+    that exists in several colours matches nothing (logged), since guessing could file one
+    vehicle's track under another.
     """
     ident = identifier.strip()
     digits = re.sub(r"[\s-]", "", ident)
@@ -110,10 +113,8 @@ async def find_vehicle_id(pool: asyncpg.Pool | asyncpg.Connection, identifier: s
         found = await pool.fetchval("SELECT id FROM vehicles WHERE phone = $1", phone_key(digits))
         if found is not None:
             return int(found)
-    plate = re.sub(r"\s", "", ident).upper()
-    rows = await pool.fetch(
-        "SELECT id FROM vehicles WHERE upper(replace(plate, ' ', '')) = $1 ORDER BY id", plate
-    )
+    plate = normalise_plate(ident)
+    rows = await pool.fetch("SELECT id FROM vehicles WHERE plate = $1 ORDER BY id", plate)
     if len(rows) > 1:
         ids = [r["id"] for r in rows]
         log.warn("NMEA id {ident!r} is ambiguous: plate of vehicles {ids}", ident=ident, ids=ids)
@@ -135,8 +136,10 @@ class NmeaService:
         idle_timeout: float = 300.0,
         hold: float = 2.0,
         log_bad_lines: int = 20,
+        limits: ValueLimits = DEFAULT_LIMITS,
     ) -> None:
         self.lookup = lookup
+        self.limits = limits
         self.submit = submit
         self.metrics = metrics or Metrics()
         self.max_line = max_line
@@ -416,6 +419,7 @@ class NmeaProtocol(LineReceiver, TimeoutMixin):
     def _submit(self, positions: list[Position]) -> None:
         if not positions:
             return
+        flag_values(positions, self.service.limits)
         try:
             future = self.service.submit(positions)
         except Exception:  # a broken writer must not take the connection down with it

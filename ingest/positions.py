@@ -9,9 +9,11 @@ sets are made once per distinct word and shared.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from geo.flags import TIME_INVALID
 from geo.position import NO_ALARMS, SOURCE_JT808, Position
 from protocols.jt808 import (
     BatchLocation,
@@ -49,21 +51,55 @@ def revive(position: Position) -> Position:
 
 
 def _plain(extras: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready extras; numbers and text (nearly all of them) pass through untouched."""
-    return {k: v if isinstance(v, int | float | str) else jsonable(v) for k, v in extras.items()}
+    """JSON-ready extras; numbers (nearly all of them) pass through untouched. Text loses NUL
+    characters: PostgreSQL stores none in text or jsonb, and one inside a vendor's fixed-width
+    field (an active-safety alarm's terminal id) made the whole report unstorable."""
+    return {
+        k: v if isinstance(v, int | float) else _no_nul(v if isinstance(v, str) else jsonable(v))
+        for k, v in extras.items()
+    }
+
+
+def _no_nul(value: Any) -> Any:
+    """``value`` (JSON-ready) with NUL characters taken out of every string in it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nul(v) for v in value]
+    return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def untimed_key(report: LocationReport) -> datetime:
+    """The stored fix time of a report whose time is not a time: a point before 1980 (no GNSS
+    time is that old) derived from the report's content, never from when it arrived. A
+    retransmission (same serial, same content) so maps to the same (vehicle, fix time, serial)
+    row and the dedupe index drops it; distinct reports differ in content, so a serial that
+    comes round again after 65,536 messages is not taken for a repeat. 48 bits of BLAKE2b as
+    microseconds: 1970-01-01 to 1978-12."""
+    content = repr((report.alarm, report.status, report.latitude, report.longitude,
+                    report.altitude_m, report.speed_kmh, report.heading, report.items,
+                    report.tail))  # fmt: skip
+    digest = hashlib.blake2b(content.encode(), digest_size=6).digest()
+    return _EPOCH + timedelta(microseconds=int.from_bytes(digest, "big"))
 
 
 def to_position(
     report: LocationReport, vehicle_id: int, serial: int, received: datetime, batch: bool = False
 ) -> Position:
-    """One report as a Position. A report without a valid time is kept with the receive time
-    and marked invalid, so the fix is stored but never trusted by the rules."""
+    """One report as a Position. A report without a valid time is kept, invalid and flagged
+    ``time_invalid``, at a stable stand-in time (:func:`untimed_key`); the rules judge it at
+    its receive time (``geo.flags``)."""
     extras = _plain(report.extras()) if report.items else {}
     valid = bool(report.status & _POSITIONED)
     if report.time is None:
-        fix_time = received
+        fix_time = untimed_key(report)
         valid = False
-        extras["time_invalid"] = True
+        extras[TIME_INVALID] = True
     else:
         fix_time = report.time.astimezone(UTC)
     if report.tail:

@@ -36,6 +36,7 @@ from alerts.lifecycle import (
     transition,
 )
 from alerts.model import RECORD_ONLY, AlertEvent
+from geo.plates import normalise_plate
 
 if TYPE_CHECKING:
     import asyncpg
@@ -210,9 +211,9 @@ class WatchEntry:
         }  # fmt: skip
 
 
-def normalise_plate(plate: str) -> str:
-    """Plates as ``vehicles.plate`` holds them: trimmed, upper-case."""
-    plate_n = plate.strip().upper()
+def required_plate(plate: str) -> str:
+    """Plates as ``vehicles.plate`` holds them (``geo.plates``); an empty one is refused."""
+    plate_n = normalise_plate(plate)
     if not plate_n:
         raise AlertError("plate: required")
     return plate_n
@@ -357,7 +358,7 @@ class AlertStore:
                 ORDER BY a.start_time DESC, a.id DESC
                 LIMIT $6""",
                 _statuses(status),
-                normalise_plate(plate) if plate is not None else None,
+                required_plate(plate) if plate is not None else None,
                 type,
                 since,
                 vehicle_id,
@@ -592,7 +593,7 @@ class AlertStore:
                     active = true, removed_by = NULL, removed_at = NULL
                 RETURNING *
                 """,
-                normalise_plate(plate),
+                required_plate(plate),
                 reason_n,
                 by_n,
             )
@@ -600,7 +601,7 @@ class AlertStore:
 
     async def watchlist_remove(self, plate: str, by: str) -> WatchEntry:
         """Take a plate off the watchlist (kept as inactive, with who and when)."""
-        plate_n = normalise_plate(plate)
+        plate_n = required_plate(plate)
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 """

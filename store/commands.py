@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from geo.plates import normalise_plate
+
 log = logging.getLogger(__name__)
 
 Db = asyncpg.Pool | asyncpg.Connection
@@ -166,10 +168,9 @@ async def holder(db: Db, vehicle_id: int) -> str | None:
 
 
 async def vehicle_id_by_plate(db: Db, plate: str) -> int | None:
-    """The vehicle with this plate (case and spaces as stored; any plate colour)."""
+    """The vehicle with this plate (in its canonical form, ``geo.plates``; any plate colour)."""
     value = await db.fetchval(
-        "SELECT id FROM vehicles WHERE upper(plate) = upper($1) ORDER BY id LIMIT 1",
-        plate.strip(),
+        "SELECT id FROM vehicles WHERE plate = $1 ORDER BY id LIMIT 1", normalise_plate(plate)
     )
     return int(value) if value is not None else None
 

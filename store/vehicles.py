@@ -2,7 +2,8 @@
 
 Input is normalised the way terminals report it, so provisioned vehicles match registrations:
 the phone loses its leading zeros (a 2013 terminal sends ``013912345678``, a 2019 one
-``00000000013912345678``, both mean ``13912345678``), plates are upper-cased, VINs checked.
+``00000000013912345678``, both mean ``13912345678``), plates take their canonical form
+(``geo.plates``), VINs are checked.
 A CSV import is all or nothing: every row is checked first (fields, duplicates inside the file
 and against the database) and every problem is reported with its line number, so an operator
 fixes the whole file in one pass instead of one error per attempt.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from geo.classes import VEHICLE_CLASSES
+from geo.plates import normalise_plate
 
 if TYPE_CHECKING:  # imported where used: the CLI imports this module to build its --help
     import asyncpg
@@ -103,7 +105,7 @@ def new_vehicle(
     vin: str | None = None,
 ) -> NewVehicle:
     """Validate and normalise one vehicle (raises :class:`VehicleError` naming the field)."""
-    plate_n = plate.strip().upper()
+    plate_n = normalise_plate(plate)
     if not plate_n:
         raise VehicleError("plate: required")
     if len(plate_n) > 16:

@@ -61,7 +61,7 @@ async def test_alerts_list(capsys: pytest.CaptureFixture[str], db_url: str) -> N
     speeding, _, sos, fence = await seed(db_url)
     rows = await listed(capsys, db_url)
     assert [(r["id"], r["type"], r["plate"], r["status"]) for r in rows] == [
-        (fence, "geofence_dwell", "沪C 777", "open"),
+        (fence, "geofence_dwell", "沪C777", "open"),
         (sos, "terminal_alarm", "京A12345", "open"),
         (speeding, "speeding", "京A12345", "open"),
     ]
@@ -91,7 +91,7 @@ async def test_alerts_list(capsys: pytest.CaptureFixture[str], db_url: str) -> N
         str(speeding), "open", "high", "speeding", "京A12345", "2025-03-01", "08:00:00Z",
         "2025-03-01", "08:00:40Z", '{"max_kmh":75.5,"limit_kmh":60,"duration_s":40}',
     ]  # fmt: skip
-    assert lines[1].split()[4:10] == ["沪C", "777", "2025-03-01", "08:10:00Z", "-", "late"]
+    assert lines[1].split()[4:9] == ["沪C777", "2025-03-01", "08:10:00Z", "-", "late"]
 
     status, out, err = await cli(capsys, "alerts", "list", "--type", "sos", "--db", db_url)
     assert status == 2 and "invalid choice: 'sos'" in err
@@ -201,7 +201,7 @@ async def test_watchlist_commands(capsys: pytest.CaptureFixture[str], db_url: st
     assert status == 0, err
     rows = json.loads(out)
     assert [(r["plate"], r["reason"], r["active"]) for r in rows] == [
-        ("京A12345", "涉嫌套牌", True), ("沪C 777", "逾期未检", True),
+        ("京A12345", "涉嫌套牌", True), ("沪C777", "逾期未检", True),
     ]  # fmt: skip
     assert rows[0]["added_by"] == "公安 李" and rows[1]["added_by"]  # the login name
 
@@ -212,10 +212,10 @@ async def test_watchlist_commands(capsys: pytest.CaptureFixture[str], db_url: st
         1, "fleetwatch watchlist: error: plate 京A12345 is not on the watchlist",
     )  # fmt: skip
     status, out, err = await cli(capsys, "watchlist", "list", "--db", db_url)
-    assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["沪C"]
+    assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["沪C777"]
     status, out, err = await cli(capsys, "watchlist", "list", "--all", "--json", "--db", db_url)
     assert [(r["plate"], r["active"]) for r in json.loads(out)] == [
-        ("京A12345", False), ("沪C 777", True),
+        ("京A12345", False), ("沪C777", True),
     ]  # fmt: skip
     status, out, err = await cli(capsys, "watchlist", "add", "京B1", "--db", db_url)
     assert status == 2 and "--reason" in err

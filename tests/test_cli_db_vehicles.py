@@ -227,7 +227,7 @@ async def test_vehicles_import(
     assert [(r["plate"], r["plate_color"], r["class"], r["company"], r["phone"]) for r in rows] == [
         ("京A12345", 2, "coach", "北京客运", "13912345678"),
         ("京B00001", 2, "school_bus", "北京客运", "13912345679"),
-        ("沪C 777", 1, "hazmat", "Shanghai Hazmat, Ltd", "13600000001"),
+        ("沪C777", 1, "hazmat", "Shanghai Hazmat, Ltd", "13600000001"),
     ]
 
     bad = short_tmp / "bad.csv"

@@ -23,7 +23,9 @@ FILE: dict[str, Any] = {
         {
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [121.5, 31.2]},
-            "properties": {"name": "校区", "radius": 300, "max_dwell_s": 1800, "note": "gate 2"},
+            "properties": {
+                "name": "校区", "radius": 300, "max_dwell_s": 1800, "description": "gate 2",
+            },
         },
         {
             "type": "Feature",
@@ -85,7 +87,7 @@ async def test_import_list_reimport_replace(
     assert by_name["夜间禁行"]["properties"]["windows"] == [
         {"days": [1, 2, 3, 4, 5], "from": "22:00", "to": "06:00"}
     ]
-    assert by_name["校区"]["properties"]["note"] == "gate 2"
+    assert by_name["校区"]["properties"]["description"] == "gate 2"
     assert by_name["G60"]["properties"]["expressway"] is True
     # What list prints imports again, unchanged.
     again = write(tmp_path / "listed.geojson", listed)

@@ -3,8 +3,10 @@
 vehicles as labelled markers, acknowledges an alarm and sees it leave the list.
 
 Synchronisation is by DOM state only (``body[data-state]``, ``#map[data-vehicles]``, the alarm
-item detached), with generous timeouts for a loaded 2-core machine; no sleeps. The browser runs
-in a worker thread because the server runs on the test's own event loop.
+item detached, locator assertions), with generous timeouts for a loaded 2-core machine; no
+sleeps. No ``wait_for_function`` with a string: the page's CSP forbids the eval it needs once it
+has to poll (a failure only when the page is slow, i.e. a flake). The browser runs in a worker
+thread because the server runs on the test's own event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Seeded, dashboard
@@ -63,7 +65,8 @@ def _dispatcher_session(url: str, seeded: Seeded, shot: Path) -> dict[str, objec
             item = page.locator(f"#alerts li[data-alert-id='{target}']")
             item.locator("button.ack").click()
             item.wait_for(state="detached")
-            page.wait_for_function("document.querySelector('#alert-count').textContent === '1'")
+            # a locator assertion, not wait_for_function: the page's CSP forbids eval
+            expect(page.locator("#alert-count")).to_have_text("1", timeout=TIMEOUT_MS)
             alarms_after = sorted(int(x) for x in _attr_all(items, "data-alert-id"))
             notice = page.inner_text("#basemap-notice")
             page.screenshot(path=str(shot), full_page=True)

@@ -284,3 +284,74 @@ def test_a_worker_stops_once_its_parent_is_not_the_one_that_started_it() -> None
     check = "import os, sys; from fleetwatch.processes import die_with_parent as d; " \
         "sys.exit(10 * d(os.getppid()) + d(os.getppid() + 1_000_000))"
     assert subprocess.run([sys.executable, "-c", check], cwd=REPO).returncode == 10
+
+
+@aio_test
+async def test_a_2099_fix_and_an_untimed_report_retransmitted_across_a_kill_9(data: Path) -> None:
+    """Issue 11 item 6 under a crash: a fix dated 2099 does not hold the last position (not
+    even through the start-up catch-up), and a report without a valid time, acknowledged, then
+    sent again with its serial after kill -9 and a restart, is stored once (its key does not
+    depend on when it arrived, nor on the process that received it)."""
+    from datetime import UTC, datetime, timedelta
+
+    import asyncpg
+
+    from protocols.jt808 import BEIJING
+    from tests.terminal_client import report
+
+    now = datetime.now(UTC).astimezone(BEIJING).replace(microsecond=0)
+    acked: list[int] = []
+
+    async def send(terminal: Terminal, body: object, serial: int | None = None) -> int:
+        serial = await terminal.send(body, serial)  # type: ignore[arg-type]
+        ack = await terminal.receive()
+        assert (ack.msg_id, ack.body.reply_serial, ack.body.result) == (0x8001, serial, 0)
+        acked.append(serial)
+        return serial
+
+    normal, future, untimed, later = report(0), report(1), report(2), report(3)
+    normal.time, later.time = now - timedelta(seconds=30), now - timedelta(seconds=5)
+    future.time, future.alarm = datetime(2099, 1, 1, 8, tzinfo=BEIJING), 1
+    untimed.time = None
+    serve = Serve(data).start()
+    try:
+        await serve.ready()
+        terminal = await Terminal.connect(serve.port, "13955500001")
+        await terminal.login("京F20990")
+        await send(terminal, normal)
+        await send(terminal, future)
+        untimed_serial = await send(terminal, untimed)
+        serve.kill()  # the ack was sent; say the terminal never saw it
+        serve = Serve(data, port=serve.port, http=serve.http).start()
+        await serve.ready()
+        terminal = await Terminal.connect(serve.port, "13955500001")
+        await terminal.login("京F20990")  # the same terminal, registering again
+        await send(terminal, untimed, untimed_serial)
+        await send(terminal, later)
+        conn = await asyncpg.connect(_url(data))
+        try:
+            rows = await conn.fetch(
+                "SELECT p.fix_time, p.extras FROM positions p JOIN vehicles v"
+                " ON v.id = p.vehicle_id WHERE v.phone = '13955500001' ORDER BY p.fix_time"
+            )
+            assert len(acked) == 5 and len(rows) == 4, [r["fix_time"] for r in rows]
+            flags = [set(json.loads(r["extras"] or "{}")) & {"time_invalid", "time_ahead"}
+                     for r in rows]  # fmt: skip
+            assert flags == [{"time_invalid"}, set(), set(), {"time_ahead"}]
+
+            async def last() -> datetime | None:
+                return await conn.fetchval(  # type: ignore[no-any-return]
+                    "SELECT lp.fix_time FROM last_positions lp JOIN vehicles v"
+                    " ON v.id = lp.vehicle_id WHERE v.phone = '13955500001'"
+                )
+
+            for _ in range(60):
+                if await last() == later.time:
+                    break
+                await asyncio.sleep(0.1)
+            assert await last() == later.time
+        finally:
+            await conn.close()
+    finally:
+        if serve.proc and serve.proc.poll() is None:
+            assert await serve.stop() == 0, serve.tail()

@@ -139,7 +139,7 @@ SAMPLE: dict[str, Any] = {
         {
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [121.5, 31.2]},
-            "properties": {"name": "校区", "radius": 300, "max_dwell_s": 1800, "color": "red"},
+            "properties": {"name": "校区", "radius": 300, "max_dwell_s": 1800, "x_color": "red"},
         },
         {
             "type": "Feature",
@@ -196,7 +196,7 @@ def test_parse_every_shape() -> None:
         300,
         1800,
     )
-    assert circle.properties == {"color": "red"}
+    assert circle.properties == {"x_color": "red"}
     assert (rect.id, rect.shape, rect.kind) == (40, "rectangle", "forbidden")
     assert rect.geometry.bounds == (121.40, 31.10, 121.45, 31.15)
     assert rect.windows == (TimeWindow(start=time(22), end=time(6)),)

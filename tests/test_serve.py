@@ -105,8 +105,9 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
         await conn.close()
     finally:
         await asyncio.to_thread(cluster.stop)
-    assert any(json.loads(line).get("log_namespace") for line in stderr.decode().splitlines()
-               if line.startswith("{"))
+    events = [json.loads(line) for line in stderr.decode().splitlines()]  # every line is JSON
+    assert all({"ts", "level", "logger", "msg"} <= set(e) for e in events)
+    assert sum("authenticated from" in e["msg"] for e in events) == 4
 
 
 def _cli(*args: str) -> str:

@@ -491,14 +491,14 @@ async def test_watchlist(db_url: str) -> None:
             "京A12345", "涉嫌套牌", "公安 李", True,
         )  # fmt: skip
         await store.watchlist_add("沪C 777", "逾期未检验", "王调度")
-        assert await store.watchlist_reasons() == {"京A12345": "涉嫌套牌", "沪C 777": "逾期未检验"}
+        assert await store.watchlist_reasons() == {"京A12345": "涉嫌套牌", "沪C777": "逾期未检验"}
 
         removed = await store.watchlist_remove("京A12345", "公安 李")
         assert removed.active is False and removed.removed_by == "公安 李"
         assert removed.removed_at is not None
-        assert [e.plate for e in await store.watchlist_list()] == ["沪C 777"]
+        assert [e.plate for e in await store.watchlist_list()] == ["沪C777"]
         assert [e.plate for e in await store.watchlist_list(include_removed=True)] == [
-            "京A12345", "沪C 777",
+            "京A12345", "沪C777",
         ]  # fmt: skip
         with pytest.raises(AlertError, match="plate 京A12345 is not on the watchlist"):
             await store.watchlist_remove("京a12345", "x")
