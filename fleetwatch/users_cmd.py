@@ -12,11 +12,14 @@ import argparse
 import getpass
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fleetwatch import dbopts
 from store.users import ROLES, User
 
 PROG = "fleetwatch users"
+T = TypeVar("T")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,16 +81,12 @@ def _password_hash(args: argparse.Namespace) -> str:
 
 
 async def _add(args: argparse.Namespace) -> int:
-    from store.users import UserError, add_user
+    from store.users import add_user
 
     if args.role == "dispatcher" and not args.company:
         raise dbopts.CommandError("a dispatcher needs --company NAME")
     hashed = _password_hash(args)
-    async with dbopts.connect(args) as conn:
-        try:
-            user = await add_user(conn, args.username, args.role, hashed, args.company)
-        except UserError as exc:
-            raise dbopts.CommandError(str(exc)) from None
+    user = await _change(args, add_user, args.username, args.role, hashed, args.company)
     print(f"added user {user.id}: {_describe(user)}")
     return 0
 
@@ -110,28 +109,30 @@ async def _list(args: argparse.Namespace) -> int:
 
 
 async def _passwd(args: argparse.Namespace) -> int:
-    from store.users import UserError, set_password
+    from store.users import set_password
 
-    hashed = _password_hash(args)
-    async with dbopts.connect(args) as conn:
-        try:
-            await set_password(conn, args.username, hashed)
-        except UserError as exc:
-            raise dbopts.CommandError(str(exc)) from None
+    await _change(args, set_password, args.username, _password_hash(args))
     print(f"password of {args.username} changed; its sessions ended")
     return 0
 
 
 async def _disable(args: argparse.Namespace) -> int:
-    from store.users import UserError, disable_user
+    from store.users import disable_user
+
+    await _change(args, disable_user, args.username)
+    print(f"user {args.username} disabled; its sessions ended")
+    return 0
+
+
+async def _change(args: argparse.Namespace, change: Callable[..., Awaitable[T]], *values: Any) -> T:
+    """Run one store.users change on the command's database; its UserError is the message."""
+    from store.users import UserError
 
     async with dbopts.connect(args) as conn:
         try:
-            await disable_user(conn, args.username)
+            return await change(conn, *values)
         except UserError as exc:
             raise dbopts.CommandError(str(exc)) from None
-    print(f"user {args.username} disabled; its sessions ended")
-    return 0
 
 
 def _describe(user: User) -> str:

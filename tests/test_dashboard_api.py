@@ -17,7 +17,7 @@ from fleetwatch.cli import main
 from maps.api import Api
 from maps.limits import LoginLimiter
 from tests.aio import aio_test
-from tests.dashboard_harness import PASSWORD, dashboard
+from tests.dashboard_harness import PASSWORD, Client, dashboard
 
 ENDPOINTS = [
     ("GET", "/api/vehicles"),
@@ -25,6 +25,13 @@ ENDPOINTS = [
     ("POST", "/api/alerts/1/ack"),
     ("POST", "/api/logout"),
 ]
+
+
+async def _refused_queries(client: Client, path: str, cases: list[tuple[str, str]]) -> None:
+    """Each query string is answered 400 with a message containing its words."""
+    for query, words in cases:
+        reply = await client.get(f"{path}?{query}")
+        assert reply.status == 400 and words in reply.body["error"], (query, reply.body)
 
 
 def _plates(collection: dict) -> set[str]:
@@ -193,14 +200,12 @@ async def test_vehicles_are_scoped_geojson_and_paginated(db_url: str) -> None:
         assert len(page2["features"]) == 2 and page2["next_after"] is None
         assert not {f["id"] for f in page1["features"]} & {f["id"] for f in page2["features"]}
 
-        for query, words in [
+        await _refused_queries(admin, "/api/vehicles", [
             ("limit=0", "between 1 and"),
             ("limit=abc", "not an integer"),
             ("after=-1", "between 0 and"),
             ("limit=99999", "between 1 and"),
-        ]:
-            reply = await admin.get(f"/api/vehicles?{query}")
-            assert reply.status == 400 and words in reply.body["error"], (query, reply.body)
+        ])  # fmt: skip
 
 
 @aio_test
@@ -221,13 +226,11 @@ async def test_alerts_are_scoped_filtered_and_paginated(db_url: str) -> None:
         assert len(rest["alerts"]) == 1 and rest["alerts"][0]["id"] < page["next_before"]
         assert (await a.get("/api/alerts?status=closed")).body["alerts"] == []
 
-        for query, words in [
+        await _refused_queries(a, "/api/alerts", [
             ("status=gone", "status 'gone'"),
             ("limit=x", "not an integer"),
             ("before=0", "between 1 and"),
-        ]:
-            reply = await a.get(f"/api/alerts?{query}")
-            assert reply.status == 400 and words in reply.body["error"], (query, reply.body)
+        ])  # fmt: skip
 
 
 @aio_test
@@ -301,68 +304,24 @@ def _cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
 @aio_test
 async def test_users_cli(db_url: str) -> None:
     conn = await asyncpg.connect(db_url)
+
+    async def users(command: str, stdin: str = "long enough pw\n") -> tuple[int, str, str]:
+        """``fleetwatch users COMMAND --db URL`` (words split on spaces)."""
+        return await asyncio.to_thread(_cli, "users", *command.split(), "--db", db_url, stdin=stdin)
+
     try:
         await conn.execute("INSERT INTO companies (name) VALUES ('公司A')")
-        db = ("--db", db_url)
-        run = asyncio.to_thread
-        code, _, err = await run(
-            _cli, "users", "add", "d1", "--role", "dispatcher", *db, stdin="long enough pw\n"
-        )
+        code, _, err = await users("add d1 --role dispatcher --password-stdin")
         assert code == 1 and "needs --company" in err
-        code, _, err = await run(
-            _cli,
-            "users",
-            "add",
-            "d1",
-            "--role",
-            "dispatcher",
-            "--company",
-            "公司A",
-            "--password-stdin",
-            *db,
-            stdin="short\n",
-        )
+        add_d1 = "add d1 --role dispatcher --company 公司A --password-stdin"
+        code, _, err = await users(add_d1, stdin="short\n")
         assert code == 1 and "at least 8 characters" in err
-        code, out, err = await run(
-            _cli,
-            "users",
-            "add",
-            "d1",
-            "--role",
-            "dispatcher",
-            "--company",
-            "公司A",
-            "--password-stdin",
-            *db,
-            stdin="long enough pw\n",
-        )
+        code, out, err = await users(add_d1)
         assert code == 0, err
         assert "d1, dispatcher, company 公司A" in out
-        code, _, err = await run(
-            _cli,
-            "users",
-            "add",
-            "d1",
-            "--role",
-            "admin",
-            "--password-stdin",
-            *db,
-            stdin="long enough pw\n",
-        )
+        code, _, err = await users("add d1 --role admin --password-stdin")
         assert code == 1 and "exists already" in err
-        code, _, err = await run(
-            _cli,
-            "users",
-            "add",
-            "x",
-            "--role",
-            "dispatcher",
-            "--company",
-            "nope",
-            "--password-stdin",
-            *db,
-            stdin="long enough pw\n",
-        )
+        code, _, err = await users("add x --role dispatcher --company nope --password-stdin")
         assert code == 1 and "no company 'nope'" in err
         stored = await conn.fetchval("SELECT password_hash FROM users WHERE username = 'd1'")
         assert stored.startswith("$argon2id$") and "long enough pw" not in stored
@@ -373,17 +332,15 @@ async def test_users_cli(db_url: str) -> None:
             " VALUES ('\\x01', $1, 'c', now() + interval '1 hour')",
             user_id,
         )
-        code, out, err = await run(
-            _cli, "users", "passwd", "d1", "--password-stdin", *db, stdin="another long one\n"
-        )
+        code, out, err = await users("passwd d1 --password-stdin", stdin="another long one\n")
         assert code == 0, err
         assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
         assert await conn.fetchval("SELECT password_hash FROM users") != stored
-        code, _, err = await run(_cli, "users", "disable", "ghost", *db)
+        code, _, err = await users("disable ghost")
         assert code == 1 and "no user 'ghost'" in err
-        code, _, err = await run(_cli, "users", "disable", "d1", *db)
+        code, _, err = await users("disable d1")
         assert code == 0, err
-        code, out, _ = await run(_cli, "users", "list", *db)
+        code, out, _ = await users("list")
         assert code == 0 and "d1, dispatcher, company 公司A, DISABLED" in out
     finally:
         await conn.close()
