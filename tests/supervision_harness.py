@@ -113,8 +113,10 @@ class Vehicle:
                 assert message.body.result == 0, message
                 return serial
 
-    async def commands(self, msg_id: int, count: int = 1, timeout: float = 5.0) -> list[Message]:
-        """Wait until ``count`` commands ``msg_id`` have arrived (answering them); all of them."""
+    async def commands(self, msg_id: int, count: int = 1, timeout: float = 10.0) -> list[Message]:
+        """Wait until ``count`` commands ``msg_id`` have arrived (answering them); all of them.
+        The timeout is generous: on a loaded 2-core machine a push after authentication was
+        seen to take over 5 s (it waits for the state save and the enforcement plan)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while len(found := [m for m in self.received if m.msg_id == msg_id]) < count:
             left = deadline - asyncio.get_running_loop().time()
@@ -123,7 +125,11 @@ class Vehicle:
                     f"{len(found)} of {count} 0x{msg_id:04X} within {timeout} s; got "
                     f"{[hex(m.msg_id) for m in self.received]}"
                 )
-            await self._handle(await self.terminal.receive(left))
+            try:
+                message = await self.terminal.receive(left)
+            except TimeoutError:
+                continue  # the assertion above says what did arrive
+            await self._handle(message)
         return found
 
     async def quiet(self, seconds: float) -> list[Message]:

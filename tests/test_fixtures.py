@@ -1,7 +1,8 @@
-"""The codec against the shared JT/T 808 fixture corpus (``shared/data/jt808-fixtures.json``).
+"""The codec against the JT/T 808 fixture corpus (``tests/data/jt808-fixtures.json``).
 
-For every frame of the corpus (public test suites of SmallChi/JT808, yezhihao/jt808-server,
-go-jt808 and xtream-codec; see ``shared/docs/jt808-reference.md`` §12):
+For every frame of the corpus (frames from the public test suites of SmallChi/JT808,
+yezhihao/jt808-server, go-jt808 and xtream-codec; each record names its source file, line and
+commit):
 
 * it decodes leniently, and its JSON view serialises;
 * strict decoding rejects exactly the frames whose check code is wrong;
@@ -51,12 +52,7 @@ from protocols.jt808.location_items import AREA_TYPES, ITEMS
 from protocols.jt808.params import PARAM, Param
 from protocols.jt808.wire import Writer
 
-FIXTURES_PATH = Path(__file__).resolve().parents[2] / "shared/data/jt808-fixtures.json"
-if not FIXTURES_PATH.is_file():
-    pytest.skip(
-        f"JT/T 808 fixture corpus not found at {FIXTURES_PATH} (it lives in the shared checkout)",
-        allow_module_level=True,
-    )
+FIXTURES_PATH = Path(__file__).resolve().parent / "data" / "jt808-fixtures.json"
 
 Fixture = dict[str, Any]
 FIXTURES: list[Fixture] = json.loads(FIXTURES_PATH.read_text(encoding="utf-8"))
