@@ -68,6 +68,15 @@ _TYPES = (
 ARRAY_ROWS = 300
 #: Last positions written per statement (the rest wait for the writer's next turn).
 LAST_CHUNK = 250
+#: Spooled rows replayed per statement: small enough that a flush waiting behind one keeps its
+#: ack deadline while the drain and live traffic share the connection.
+REPLAY_ROWS = 500
+#: A replay statement makes flushes skip the database only once it has run this long (a
+#: stall); a shorter one is just a turn the flush waits for.
+REPLAY_PATIENCE = 1.0
+#: What a flush may take per row on top of the ack deadline before it is spooled instead
+#: (PostgreSQL spends ~20-40 µs a row on a durable COPY, ``loadtest.bench_flush``).
+ROW_SECONDS = 50e-6
 
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS positions_in (
@@ -361,6 +370,7 @@ class PositionWriter:
         self._retry: asyncio.Event | None = None
         self._db_lock: asyncio.Lock | None = None
         self._op_since = 0.0  # when the running database operation started (0: none runs)
+        self._op_patience = ack_deadline  # how long the running operation may take unsuspected
         self._closing = False
         self._pressed = False
         self._failures = 0  # database failures in a row (for the backoff)
@@ -368,7 +378,6 @@ class PositionWriter:
         self._drain: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[bool] | None = None  # a last-position update
         self._strays: set[asyncio.Task[BaseException | None]] = set()  # given up on, running
-        self._tail: asyncio.Future[None] | None = None  # done when the spool's tail is replayed
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
         self._latest_due = 0.0
@@ -557,16 +566,21 @@ class PositionWriter:
         started = time.monotonic()
         outcome: str | BaseException = RuntimeError("the flush was interrupted")
         try:
-            if self._tail is not None and not self.spool.empty and self._healthy(started):
-                # The drain is replaying the spool's last segment: wait for it (within the
-                # deadline) rather than append behind it and keep the spool from ever emptying.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._tail), self.ack_deadline)
-            left = started + self.ack_deadline - time.monotonic()
+            # A healthy database takes new rows even while the drain replays older spooled
+            # ones (their statements interleave on the one connection): sending every flush
+            # behind a non-empty spool kept a writer under steady load in spool mode for good
+            # (2 workers at 18k/s: all 1.6M positions acked from the spool, replay minutes
+            # behind, and the disk budget would eventually refuse reports).
+            # The deadline grows with the batch: under saturation group commit makes batches
+            # of thousands of rows that a healthy database needs more than 150 ms for, and
+            # diverting those sent the whole stream to the spool (a stall still diverts a
+            # small batch within ~150 ms).
+            deadline = self.ack_deadline + len(rows) * ROW_SECONDS
+            left = started + deadline - time.monotonic()
             failure: BaseException | None = _NOT_TRIED
-            if left > 0 and self.spool.empty and self._healthy(time.monotonic()):
+            if left > 0 and self._healthy(time.monotonic()):
                 write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
-                failure = await self._db_within(write, left)
+                failure = await self._db_within(write, left, patience=deadline)
             if failure is None:
                 outcome = "db"
                 self.stats.rows_written += len(rows)
@@ -632,19 +646,22 @@ class PositionWriter:
 
     def _healthy(self, now: float) -> bool:
         """Whether the database looks worth trying: no backoff, no operation stuck past the
-        deadline. (A flush also needs an empty spool: older batches go in first.)"""
-        stuck = self._op_since and now - self._op_since > self.ack_deadline
+        deadline."""
+        stuck = self._op_since and now - self._op_since > self._op_patience
         return now >= self._next_db_try and not stuck
 
     async def _db_within(
-        self, write: Callable[[asyncpg.Connection], Awaitable[None]], deadline: float
+        self,
+        write: Callable[[asyncpg.Connection], Awaitable[None]],
+        deadline: float,
+        patience: float | None = None,
     ) -> BaseException | None:
         """:meth:`_db` if it finishes within ``deadline`` (else a TimeoutError). Past it, an
         operation still waiting for the connection is cancelled (it never reached the
         database); one already running is left to finish or time out on its own (see the
         class docstring for why that is safe)."""
         began: list[bool] = []
-        op = asyncio.get_running_loop().create_task(self._db(write, began))
+        op = asyncio.get_running_loop().create_task(self._db(write, began, patience))
         try:
             return await asyncio.wait_for(asyncio.shield(op), deadline)
         except TimeoutError as exc:
@@ -660,9 +677,12 @@ class PositionWriter:
         self,
         write: Callable[[asyncpg.Connection], Awaitable[None]],
         began: list[bool] | None = None,
+        patience: float | None = None,
     ) -> BaseException | None:
         """Run ``write`` on the writer's connection (connecting first if need be), one
-        operation at a time; None if it succeeded, else why not. On failure the connection is
+        operation at a time; None if it succeeded, else why not. Until ``patience`` (default
+        the ack deadline) has passed, a running operation does not make flushes skip the
+        database (:meth:`_healthy`). On failure the connection is
         dropped (a failed COPY may leave rows in its staging table) and, unless the database
         refused the rows themselves (:func:`_refused`: it is answering), the writer backs off."""
         assert self._db_lock is not None
@@ -672,6 +692,7 @@ class PositionWriter:
             if began is not None:
                 began.append(True)
             self._op_since = time.monotonic()
+            self._op_patience = self.ack_deadline if patience is None else patience
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncio.wait_for(self._connect(), self.db_timeout)
@@ -752,28 +773,19 @@ class PositionWriter:
                     continue
                 await self._replay()
         finally:
-            self._end_tail()
             self._drain = None
             if self._wake is not None:
                 self._wake.set()
 
-    def _end_tail(self) -> None:
-        if self._tail is not None:
-            if not self._tail.done():
-                self._tail.set_result(None)
-            self._tail = None
-
     async def _replay(self) -> bool:
-        """Move spooled batches into the database, oldest first, up to ``batch_rows`` rows per
+        """Move spooled batches into the database, oldest first, up to ``REPLAY_ROWS`` rows per
         statement (a spool holds many small flushes); stop at the first failure. Reads only
         sealed segments; when those are done, seals the active one and goes on."""
         while True:
             sealed = self.spool.sealed()
             if not sealed:
-                self._end_tail()
                 if self.spool.empty or not self.spool.seal():
                     return True
-                self._tail = asyncio.get_running_loop().create_future()
                 continue
             for segment in sealed:
                 done = self._done_batches.get(segment, 0)
@@ -784,7 +796,7 @@ class PositionWriter:
                     if index <= done:
                         continue  # replayed before; the segment's later batches were not
                     group.extend(_revive(r) for r in rows)
-                    if len(group) >= self.batch_rows:
+                    if len(group) >= REPLAY_ROWS:
                         if not await self._replay_rows(group):
                             return False
                         self._done_batches[segment] = index
@@ -799,12 +811,11 @@ class PositionWriter:
         ago, so they must not be lost either) are found by halving and set aside with
         :meth:`Spool.reject`, so one bad row never blocks the spool behind it."""
         write = partial(insert_rows, rows=rows, known_late=self._behind(rows))
-        failure = await self._db(write)
+        failure = await self._db(write, patience=REPLAY_PATIENCE)
         if failure is None:
             self.stats.rows_replayed += len(rows)
             return True
         if not _refused(failure):
-            self._end_tail()  # flushes must not wait for a replay that failed
             return False
         if len(rows) == 1:
             log.error("spooled row refused by the database, set aside in %s (%s): %s",
