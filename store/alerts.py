@@ -54,7 +54,7 @@ _COLUMNS = """
     a.handling_note, a.closed_by, a.closed_at, a.close_note, a.escalation_level, a.escalated_at,
     a.timeline::text AS timeline
 """
-_SELECT = f"SELECT {_COLUMNS} FROM alerts a LEFT JOIN vehicles v ON v.id = a.vehicle_id"
+ALERT_SELECT = f"SELECT {_COLUMNS} FROM alerts a LEFT JOIN vehicles v ON v.id = a.vehicle_id"
 
 _APPLY = """
 SELECT n, alert_id, outcome FROM alerts_apply(
@@ -219,7 +219,7 @@ def required_plate(plate: str) -> str:
     return plate_n
 
 
-def _statuses(status: str | Iterable[str] | None) -> list[str] | None:
+def statuses(status: str | Iterable[str] | None) -> list[str] | None:
     if status is None:
         return None
     wanted = [status] if isinstance(status, str) else list(status)
@@ -331,7 +331,7 @@ class AlertStore:
 
     async def get(self, alert_id: int) -> Alert | None:
         async with self._conn() as conn:
-            row = await conn.fetchrow(f"{_SELECT} WHERE a.id = $1", alert_id)
+            row = await conn.fetchrow(f"{ALERT_SELECT} WHERE a.id = $1", alert_id)
         return Alert.from_row(row) if row else None
 
     async def list(
@@ -349,7 +349,7 @@ class AlertStore:
             raise AlertError(f"limit {limit}: at least 1")
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"""{_SELECT}
+                f"""{ALERT_SELECT}
                 WHERE ($1::text[] IS NULL OR a.status = ANY ($1))
                   AND ($2::text IS NULL OR v.plate = $2)
                   AND ($3::text IS NULL OR a.type = $3)
@@ -357,7 +357,7 @@ class AlertStore:
                   AND ($5::integer IS NULL OR a.vehicle_id = $5)
                 ORDER BY a.start_time DESC, a.id DESC
                 LIMIT $6""",
-                _statuses(status),
+                statuses(status),
                 required_plate(plate) if plate is not None else None,
                 type,
                 since,
@@ -458,7 +458,7 @@ class AlertStore:
                 alert_id,
             )
             await self._audit(conn, alert_id, step)
-            row = await conn.fetchrow(f"{_SELECT} WHERE a.id = $1", alert_id)
+            row = await conn.fetchrow(f"{ALERT_SELECT} WHERE a.id = $1", alert_id)
         assert row is not None  # updated above, in this transaction
         return Alert.from_row(row, newly_acknowledged=step.acknowledges)
 
@@ -541,7 +541,7 @@ class AlertStore:
                 now,
                 SYSTEM,
             )
-            found = await conn.fetch(f"{_SELECT} WHERE a.id = ANY ($1) ORDER BY a.id", ids)
+            found = await conn.fetch(f"{ALERT_SELECT} WHERE a.id = ANY ($1) ORDER BY a.id", ids)
         return [Alert.from_row(r) for r in found]
 
     # ------------------------------------------------------------------ retention

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from store.alerts import _SELECT as ALERT_SELECT
-from store.alerts import Alert, _statuses
+from store.alerts import ALERT_SELECT, Alert, statuses
 from store.users import Scope, scope_sql
 
 #: A vehicle is online while a worker's command gateway holds its terminal (migration 0008).
@@ -47,7 +46,7 @@ async def alerts(
           AND ($4::bigint IS NULL OR a.id < $4)
         ORDER BY a.id DESC
         LIMIT $5""",
-        *scope.params, _statuses(status), before, limit,
+        *scope.params, statuses(status), before, limit,
     )  # fmt: skip
     return [Alert.from_row(r) for r in rows]
 
