@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web.server import Request
 
@@ -30,6 +30,15 @@ CSRF_COOKIE = b"fw_csrf"
 CSRF_HEADER = b"x-csrf-token"
 SESSION_LIFETIME = timedelta(hours=12)  # a control-room shift and then some
 MAX_PAGE = 2000
+
+Routes = dict[tuple[str, tuple[str, ...]], Handler]
+
+
+class Feature(Protocol):
+    """A group of endpoints in a module of its own; it authenticates through :meth:`Api.user`."""
+
+    def routes(self) -> Routes: ...
+
 
 #: Acknowledge alert ``id`` as ``by`` (serve passes the supervision service's, which also
 #: confirms a terminal alarm to its terminal with 0x8203).
@@ -51,8 +60,9 @@ class Api:
         self.clock = clock
         self.secure = secure_cookies
 
-    def resource(self) -> JsonResource:
-        routes: dict[tuple[str, tuple[str, ...]], Handler] = {
+    def resource(self, *features: Feature) -> JsonResource:
+        """The ``/api`` resource: these endpoints and each feature's (tracks, geofences, ...)."""
+        routes: Routes = {
             ("GET", ("session",)): self.get_session,
             ("POST", ("login",)): self.login,
             ("POST", ("logout",)): self.logout,
@@ -60,6 +70,8 @@ class Api:
             ("GET", ("alerts",)): self.list_alerts,
             ("POST", ("alerts", "{}", "ack")): self.ack,
         }
+        for feature in features:
+            routes.update(feature.routes())
         return JsonResource(routes)
 
     # ------------------------------------------------------------------ plumbing
@@ -77,7 +89,7 @@ class Api:
         async with self.pool.acquire() as conn:
             return await users.session(conn, token.decode("ascii", "replace"))
 
-    async def _user(self, request: Request, change: bool = False) -> users.Session:
+    async def user(self, request: Request, change: bool = False) -> users.Session:
         """The logged-in session (401 if none); for a change, the CSRF token checked (403)."""
         found = await self._session(request)
         if found is None:
@@ -142,9 +154,9 @@ class Api:
         return 200, {"user": session.user.to_json(), "csrf": csrf}
 
     async def logout(self, request: Request, _: list[str]) -> tuple[int, Any]:
-        await self._user(request, change=True)
+        await self.user(request, change=True)
         token = request.getCookie(SESSION_COOKIE)
-        assert token is not None  # _user found its session
+        assert token is not None  # user() found its session
         async with self.pool.acquire() as conn:
             await users.close_session(conn, token.decode("ascii", "replace"))
         self._cookie(request, SESSION_COOKIE, "", True, 0)
@@ -155,7 +167,7 @@ class Api:
     async def vehicles(self, request: Request, _: list[str]) -> tuple[int, Any]:
         """Vehicles in scope as an RFC 7946 FeatureCollection (Point of the last fix, or a
         null geometry before the first); ``next_after`` is the ``after`` of the next page."""
-        session = await self._user(request)
+        session = await self.user(request)
         limit = int_arg(request, "limit", 500, 1, MAX_PAGE)
         after = int_arg(request, "after", 0, 0, 2**31 - 1)
         assert limit is not None and after is not None
@@ -169,7 +181,7 @@ class Api:
         }
 
     async def list_alerts(self, request: Request, _: list[str]) -> tuple[int, Any]:
-        session = await self._user(request)
+        session = await self.user(request)
         limit = int_arg(request, "limit", 100, 1, MAX_PAGE)
         before = int_arg(request, "before", None, 1, 2**63 - 1)
         status = str_arg(request, "status")
@@ -187,7 +199,7 @@ class Api:
     # ------------------------------------------------------------------ changes
 
     async def ack(self, request: Request, args: list[str]) -> tuple[int, Any]:
-        session = await self._user(request, change=True)
+        session = await self.user(request, change=True)
         try:
             alert_id = int(args[0])
         except ValueError:
