@@ -311,7 +311,10 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            root = dashboard_root(Api(self.pool, self.acknowledge).resource())
+            from ingest.positions import ignition_of
+
+            api = Api(self.pool, self.acknowledge, ignition=ignition_of)
+            root = dashboard_root(api.resource())
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]

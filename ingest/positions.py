@@ -40,6 +40,11 @@ def alarm_set(word: int) -> frozenset[str]:
     return names
 
 
+def ignition_of(status_word: int) -> bool:
+    """The engine (ACC) on, from a JT/T 808 status word as stored (for the dashboard)."""
+    return bool(status_word & _ACC)
+
+
 def revive(position: Position) -> Position:
     """A JT/T 808 position read back from the store, which keeps the raw words: its ignition
     and alarms again, from them (for the rules' replay after a restore). Other sources carry

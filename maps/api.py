@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from alerts.lifecycle import LifecycleError
 from maps.limits import LoginLimiter
+from maps.vehicle_state import vehicle_state
 from maps.web import ApiError, Handler, JsonResource, in_thread, int_arg, json_body, str_arg
 from store import dashboard, users
 from store.alerts import AlertError, AlertNotFound, AlertStore
@@ -43,6 +44,9 @@ class Feature(Protocol):
 #: Acknowledge alert ``id`` as ``by`` (serve passes the supervision service's, which also
 #: confirms a terminal alarm to its terminal with 0x8203).
 Acknowledge = Callable[[int, str], Awaitable[Any]]
+#: The engine (ACC) on or off from a stored status word: the protocol edge's reading (serve
+#: passes ingest's), since the web layer reads no protocol bits; None: ignition unknown.
+Ignition = Callable[[int], "bool | None"]
 
 
 class Api:
@@ -51,7 +55,7 @@ class Api:
     def __init__(
         self, pool: Any, acknowledge: Acknowledge | None = None,
         limiter: LoginLimiter | None = None, clock: Callable[[], float] = time.monotonic,
-        secure_cookies: bool = False,
+        secure_cookies: bool = False, ignition: Ignition | None = None,
     ) -> None:  # fmt: skip
         self.pool = pool
         self.alerts = AlertStore(pool)
@@ -59,6 +63,7 @@ class Api:
         self.limiter = limiter or LoginLimiter()
         self.clock = clock
         self.secure = secure_cookies
+        self.ignition = ignition
 
     def resource(self, *features: Feature) -> JsonResource:
         """The ``/api`` resource: these endpoints and each feature's (tracks, geofences, ...)."""
@@ -173,7 +178,7 @@ class Api:
         assert limit is not None and after is not None
         async with self.pool.acquire() as conn:
             rows = await dashboard.vehicles(conn, session.user.scope, after, limit)
-        features = [_feature(row) for row in rows]
+        features = [_feature(row, self.ignition) for row in rows]
         return 200, {
             "type": "FeatureCollection",
             "features": features,
@@ -221,13 +226,24 @@ class Api:
         return 200, {"alert": alert.to_json()}
 
 
-def _feature(row: dict[str, Any]) -> dict[str, Any]:
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _feature(row: dict[str, Any], ignition: Ignition | None = None) -> dict[str, Any]:
+    """A vehicle row of store.dashboard as a GeoJSON Feature with its map state."""
     geometry = (
         {"type": "Point", "coordinates": [row["lon"], row["lat"]]}
         if row["lon"] is not None
         else None
     )
-    fix = row["fix_time"]
+    status = row.get("status")
+    acc = ignition(status) if ignition is not None and status is not None else None
+    in_alarm = bool(row.get("in_alarm"))
+    state = vehicle_state(
+        online=row["online"], has_fix=geometry is not None and bool(row["valid"]),
+        speed_kmh=row["speed_kmh"], ignition=acc, in_alarm=in_alarm,
+    )  # fmt: skip
     return {
         "type": "Feature",
         "id": row["id"],
@@ -239,9 +255,13 @@ def _feature(row: dict[str, Any]) -> dict[str, Any]:
             "company_id": row["company_id"],
             "company": row["company"],
             "online": row["online"],
-            "fix_time": fix.isoformat() if fix is not None else None,
+            "fix_time": _iso(row["fix_time"]),
+            "received_time": _iso(row.get("received_time")),
             "speed_kmh": row["speed_kmh"],
             "heading": row["heading"],
             "valid": row["valid"],
+            "ignition": acc,
+            "in_alarm": in_alarm,
+            "state": state,
         },
     }

@@ -14,10 +14,16 @@ from store.alerts import ALERT_SELECT, Alert, statuses
 from store.users import Scope, scope_sql
 
 #: A vehicle is online while a worker's command gateway holds its terminal (migration 0008).
+#: ``in_alarm``: an alert of it is still open (unacknowledged); the set of such vehicles is
+#: read once per statement from the partial index of active alerts, not probed per vehicle.
+#: ``status`` is the raw status word of the last fix (the web layer has it decoded by the
+#: protocol's edge: the store does not read protocol bits).
 _VEHICLES = f"""
 SELECT v.id, v.plate, v.plate_color, v.class::text AS class, v.company_id,
        c.name AS company, h.vehicle_id IS NOT NULL AS online,
-       ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat, p.fix_time, p.speed_kmh, p.heading, p.valid
+       ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat, p.fix_time, p.received_time, p.speed_kmh,
+       p.heading, p.valid, p.status,
+       v.id IN (SELECT vehicle_id FROM alerts WHERE status = 'open') AS in_alarm
 FROM vehicles v
 LEFT JOIN companies c ON c.id = v.company_id
 LEFT JOIN last_positions p ON p.vehicle_id = v.id

@@ -20,6 +20,7 @@ import asyncpg
 from twisted.internet import reactor
 from twisted.web.server import Site
 
+from ingest.positions import ignition_of
 from maps.api import Api
 from maps.limits import LoginLimiter
 from maps.web import dashboard_root
@@ -198,7 +199,7 @@ async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIt
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
-        api = Api(pool, limiter=limiter)
+        api = Api(pool, limiter=limiter, ignition=ignition_of)
         port = reactor.listenTCP(0, Site(dashboard_root(api.resource())), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
