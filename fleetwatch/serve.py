@@ -144,6 +144,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=1,
         help="ingest processes sharing the TCP ports (one Python process uses one core)",
     )
+    parser.add_argument(
+        "--tiles",
+        metavar="URL|FILE.mbtiles",
+        help="real map tiles under the offline base map: an XYZ template "
+        "(https://host/{z}/{x}/{y}.png, fetched by the browser) or a raster MBTiles file "
+        "(served at /tiles/{z}/{x}/{y}); default: the offline base map only",
+    )
+    parser.add_argument(
+        "--tiles-gcj02",
+        action="store_true",
+        help="the --tiles are drawn in GCJ-02 (Chinese providers): the map shifts markers and "
+        "overlays WGS-84 -> GCJ-02 for display",
+    )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     # The run all workers of one serve share (rule state: what an earlier run left is restored).
@@ -205,6 +218,7 @@ class Server:
         self.supervision: Any = None
         self.gateway: Any = None
         self.gate = _accept_gate()
+        self.tiles: Any = getattr(args, "tile_source", None)  # checked by run()
 
     async def start(self) -> None:
         import asyncpg
@@ -312,9 +326,15 @@ class Server:
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
             from ingest.positions import ignition_of
+            from maps.tiles import BaseMapApi, MBTilesResource
 
             api = Api(self.pool, self.acknowledge, ignition=ignition_of)
-            root = dashboard_root(api.resource())
+            tiles = self.tiles
+            root = dashboard_root(
+                api.resource(BaseMapApi(api, tiles)), tile_origin=tiles.origin if tiles else None
+            )
+            if tiles is not None and tiles.file is not None:
+                root.putChild(b"tiles", MBTilesResource(tiles))
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
@@ -524,6 +544,18 @@ def run(args: argparse.Namespace) -> int:
         console.prepare_data_dir(args.data_dir)
     except console.UsageProblem as exc:
         say(f"fleetwatch serve: error: {exc}", level=LogLevel.critical)
+        return 1
+    args.tile_source = None
+    if args.tiles and args.worker_index == 0:
+        from maps.tiles import TilesError, tile_source
+
+        try:
+            args.tile_source = tile_source(args.tiles, args.tiles_gcj02)
+        except TilesError as exc:
+            say(f"fleetwatch serve: error: --tiles {exc}", level=LogLevel.critical)
+            return 1
+    elif args.tiles_gcj02 and not args.tiles:
+        say("fleetwatch serve: error: --tiles-gcj02 needs --tiles", level=LogLevel.critical)
         return 1
     if args.worker_index == 0:
         lock = open(args.data_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit

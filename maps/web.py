@@ -159,20 +159,36 @@ PAGE_HEADERS = {
 
 
 class StaticFiles(File):
-    """maps/static without directory listings, with :data:`PAGE_HEADERS`."""
+    """maps/static without directory listings, with :data:`PAGE_HEADERS` (``headers``: those
+    with the tile server's origin allowed for images, when tiles come from elsewhere)."""
+
+    headers = PAGE_HEADERS
 
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
-        for name, value in PAGE_HEADERS.items():
+        for name, value in self.headers.items():
             request.setHeader(name, value)
         return super().render(request)
+
+    def createSimilarFile(self, path: Any) -> File:
+        child = super().createSimilarFile(path)
+        child.headers = self.headers  # type: ignore[attr-defined]
+        return child
 
     def directoryListing(self) -> IResource:
         return notFound("Not Found", "No directory listings here.")
 
 
-def dashboard_root(api: Resource, static_dir: Path = STATIC_DIR) -> Resource:
-    """``/`` (index.html and the app's files) with ``/api`` under it."""
+def dashboard_root(
+    api: Resource, static_dir: Path = STATIC_DIR, tile_origin: str | None = None
+) -> Resource:
+    """``/`` (index.html and the app's files) with ``/api`` under it; ``tile_origin``: a
+    remote tile server the page may load images from (``serve --tiles URL``)."""
     root = StaticFiles(str(static_dir))
+    if tile_origin:
+        csp = PAGE_HEADERS[b"content-security-policy"]
+        root.headers = {**PAGE_HEADERS, b"content-security-policy": csp.replace(
+            b"img-src 'self' data:", b"img-src 'self' data: " + tile_origin.encode()
+        )}  # fmt: skip
     root.putChild(b"api", api)
     return root
 

@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from ingest.positions import ignition_of
 from maps.api import Api
 from maps.limits import LoginLimiter
+from maps.tiles import BaseMapApi, MBTilesResource, TileSource
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -193,14 +194,22 @@ class Dashboard:
 
 
 @asynccontextmanager
-async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIterator[Dashboard]:
-    """The seeded database served on a free 127.0.0.1 port for the duration."""
+async def dashboard(
+    db_url: str, limiter: LoginLimiter | None = None, tiles: TileSource | None = None
+) -> AsyncIterator[Dashboard]:
+    """The seeded database served on a free 127.0.0.1 port for the duration (``tiles``: as
+    ``serve --tiles``)."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter, ignition=ignition_of)
-        port = reactor.listenTCP(0, Site(dashboard_root(api.resource())), interface="127.0.0.1")  # type: ignore[attr-defined]
+        root = dashboard_root(
+            api.resource(BaseMapApi(api, tiles)), tile_origin=tiles.origin if tiles else None
+        )
+        if tiles is not None and tiles.file is not None:
+            root.putChild(b"tiles", MBTilesResource(tiles))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
             yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api)
