@@ -1,11 +1,11 @@
-"""The WGS-84 → GCJ-02 display shift (geo/geodesy.py; the page has the same formula in maps/static/gcj02.js) at published reference points."""
+"""The WGS-84 → GCJ-02 display shift (geo/geodesy.py; the page has the same formula in
+maps/static/gcj02.js) at published reference points."""
 
 from __future__ import annotations
 
 import pytest
 
 from geo.geodesy import distance_m, gcj02_to_wgs84, in_china, wgs84_to_gcj02
-
 
 #: (WGS-84, GCJ-02) as (lon, lat): the reference vectors published with the widely used
 #: eviltransform implementations (Shanghai, Shenzhen, Beijing).
