@@ -217,3 +217,46 @@ async def dashboard(
             await deferred(port.stopListening())
     finally:
         await pool.close()
+
+
+#: (plate, class, online, (speed, status word, valid) of the last fix or None, alert status or
+#: None, expected map state, expected ignition) of extra vehicles: one per map state and class.
+STATE_CASES = [
+    ("京A20001", "police", True, (42.0, 0b11, True), None, "moving", True),
+    ("京A20002", "school_bus", True, (0.0, 0b11, True), None, "idle", True),
+    ("京A20003", "coach", True, (2.0, 0b10, True), "acknowledged", "parked", False),  # drift
+    ("京A20004", "heavy_truck", False, (0.0, 0b11, True), "closed", "offline", True),
+    ("京A20005", "hazmat", True, (0.0, 0b01, False), None, "nofix", True),  # invalid fix
+    ("京A20006", "other", True, None, None, "nofix", None),  # connected, nothing reported yet
+    ("京A20007", "hazmat", False, (55.0, 0b11, True), "open", "alarm", True),  # beats offline
+]
+
+
+async def add_state_vehicles(conn: asyncpg.Connection, company: int) -> dict[str, int]:
+    """Add :data:`STATE_CASES` to ``company`` (heading 90, 0.02° apart east of 117 E, 39 N);
+    returns plate -> id."""
+    ids = {}
+    for n, (plate, cls, online, fix, alert, *_) in enumerate(STATE_CASES):
+        vid = ids[plate] = await conn.fetchval(
+            "INSERT INTO vehicles (plate, plate_color, class, company_id, phone)"
+            " VALUES ($1, 2, $2, $3, $4) RETURNING id", plate, cls, company, f"1370000{n:04d}",
+        )  # fmt: skip
+        if fix is not None:
+            await conn.execute(
+                "INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom,"
+                " speed_kmh, heading, status, valid) VALUES ($1, now(), now() - interval '1 s',"
+                " ST_SetSRID(ST_MakePoint($5, 39), 4326), $2, 90, $3, $4)",
+                vid, *fix, 117 + 0.02 * n,
+            )  # fmt: skip
+        if online:
+            await conn.execute(
+                "INSERT INTO terminal_holders (vehicle_id, worker) VALUES ($1, 't')", vid
+            )
+        if alert is not None:
+            await conn.execute(
+                "INSERT INTO alerts (vehicle_id, type, key, severity, start_time, status,"
+                " acknowledged_by, acknowledged_at, closed_by, closed_at) VALUES ($1, 'sos',"
+                " 'sos', 1, now(), $2, 'x', now(), CASE WHEN $2 = 'closed' THEN 'x' END,"
+                " CASE WHEN $2 = 'closed' THEN now() END)", vid, alert,
+            )  # fmt: skip
+    return ids

@@ -32,18 +32,35 @@ class Ingest:
 
 
 @contextlib.asynccontextmanager
-async def running_ingest(db_url: str, workdir: Path, *, policy: str = "open",
-                         **options: Any) -> AsyncIterator[Ingest]:
-    writer_opts = {k: options.pop(k) for k in list(options) if k in
-                   ("batch_rows", "max_age", "db_timeout", "retry_interval",
-                    "ack_deadline", "max_retry_interval")}
+async def running_ingest(
+    db_url: str, workdir: Path, *, policy: str = "open", **options: Any
+) -> AsyncIterator[Ingest]:
+    writer_opts = {
+        k: options.pop(k)
+        for k in list(options)
+        if k
+        in (
+            "batch_rows",
+            "max_age",
+            "db_timeout",
+            "retry_interval",
+            "ack_deadline",
+            "max_retry_interval",
+        )
+    }
     options.setdefault("registration_rate", 0)  # tests register freely unless they test it
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
-    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(workdir / "spool"),
-                            **writer_opts)
+    writer = PositionWriter(
+        lambda: asyncpg.connect(db_url), Spool(workdir / "spool"), **writer_opts
+    )
     metrics = Metrics()
-    service = IngestService(Directory(pool, policy), writer.write, metrics,
-                            media=MediaStore(workdir / "media", pool), **options)
+    service = IngestService(
+        Directory(pool, policy),
+        writer.write,
+        metrics,
+        media=MediaStore(workdir / "media", pool),
+        **options,
+    )
     writer.on_pressure = service.set_pressure
     writer.start()
     port = reactor.listenTCP(0, JT808Factory(service), interface="127.0.0.1")  # type: ignore[attr-defined]

@@ -183,12 +183,11 @@ def _is_schedule(text: str) -> bool:
 
 
 #: 12-digit strings that are not a date ("000000080000": every day at 08:00).
-schedules: SearchStrategy[str] = (
-    st.sampled_from(["000000080000", "000000000000", "000000235959", "990000120000"])
-    | st.lists(st.integers(0, 99), min_size=6, max_size=6)
-    .map(lambda parts: "".join(f"{p:02d}" for p in parts))
-    .filter(_is_schedule)
-)
+schedules: SearchStrategy[str] = st.sampled_from(
+    ["000000080000", "000000000000", "000000235959", "990000120000"]
+) | st.lists(st.integers(0, 99), min_size=6, max_size=6).map(
+    lambda parts: "".join(f"{p:02d}" for p in parts)
+).filter(_is_schedule)
 
 # ------------------------------------------------------------------------------- declarative
 

@@ -39,7 +39,11 @@ async def running_supervision(
         gateway = CommandGateway(ingest.pool, db_url, ingest.service.terminals)
         await gateway.start()
         supervision = Supervision(
-            ingest.pool, gateway, config, metrics=ingest.metrics, revive=revive,
+            ingest.pool,
+            gateway,
+            config,
+            metrics=ingest.metrics,
+            revive=revive,
             **{**FAST, **options},
         )
         ingest.service.observer = supervision
@@ -66,7 +70,12 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0) ->
 
 
 def fix(
-    at: datetime, lon: float, lat: float, speed: float = 60.0, *, alarm: int = 0,
+    at: datetime,
+    lon: float,
+    lat: float,
+    speed: float = 60.0,
+    *,
+    alarm: int = 0,
     status: int = 0x3,
 ) -> LocationReport:
     """A 0x0200 body (status 0x3: ACC on, positioned)."""

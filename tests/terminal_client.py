@@ -33,8 +33,9 @@ def report(i: int, lat: float = 31.2, lon: float = 121.5) -> LocationReport:
 
 
 class Terminal:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, phone: str,
-                 version: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, phone: str, version: int
+    ) -> None:
         self.reader, self.writer = reader, writer
         self.phone, self.version = phone, version
         self.splitter = FrameSplitter()
@@ -82,8 +83,17 @@ class Terminal:
             return True
 
     async def register(self, plate: str) -> Message:
-        await self.send(Register(province=31, city=115, manufacturer="FWTST", model="T-1",
-                                 terminal_id="T0001", plate_color=2, plate=plate))
+        await self.send(
+            Register(
+                province=31,
+                city=115,
+                manufacturer="FWTST",
+                model="T-1",
+                terminal_id="T0001",
+                plate_color=2,
+                plate=plate,
+            )
+        )
         return await self.receive()
 
     async def login(self, plate: str) -> str:

@@ -24,7 +24,10 @@ FILE: dict[str, Any] = {
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [121.5, 31.2]},
             "properties": {
-                "name": "校区", "radius": 300, "max_dwell_s": 1800, "description": "gate 2",
+                "name": "校区",
+                "radius": 300,
+                "max_dwell_s": 1800,
+                "description": "gate 2",
             },
         },
         {

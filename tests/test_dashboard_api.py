@@ -18,7 +18,7 @@ from maps.api import Api
 from maps.limits import LoginLimiter
 from maps.tiles import BaseMapApi
 from tests.aio import aio_test
-from tests.dashboard_harness import PASSWORD, Client, dashboard
+from tests.dashboard_harness import PASSWORD, STATE_CASES, Client, add_state_vehicles, dashboard
 
 ENDPOINTS = [
     ("GET", "/api/vehicles"),
@@ -210,57 +210,19 @@ async def test_vehicles_are_scoped_geojson_and_paginated(db_url: str) -> None:
         ])  # fmt: skip
 
 
-#: (plate, online, (speed, status word, valid) of the last fix or None, alert status or None,
-#: expected state, expected ignition) of company A's extra vehicles: one per map state.
-STATE_CASES = [
-    ("京A20001", True, (42.0, 0b11, True), None, "moving", True),
-    ("京A20002", True, (0.0, 0b11, True), None, "idle", True),
-    ("京A20003", True, (2.0, 0b10, True), "acknowledged", "parked", False),  # drift, acked
-    ("京A20004", False, (0.0, 0b11, True), "closed", "offline", True),
-    ("京A20005", True, (0.0, 0b01, False), None, "nofix", True),  # no fix: invalid
-    ("京A20006", True, None, None, "nofix", None),  # connected, nothing reported yet
-    ("京A20007", False, (55.0, 0b11, True), "open", "alarm", True),  # alarm beats offline
-]
-
-
-async def _add_state_vehicles(conn: asyncpg.Connection, company: int) -> None:
-    for n, (plate, online, fix, alert, *_) in enumerate(STATE_CASES):
-        vid = await conn.fetchval(
-            "INSERT INTO vehicles (plate, plate_color, class, company_id, phone)"
-            " VALUES ($1, 2, 'hazmat', $2, $3) RETURNING id", plate, company, f"1370000{n:04d}",
-        )  # fmt: skip
-        if fix is not None:
-            await conn.execute(
-                "INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom,"
-                " speed_kmh, heading, status, valid) VALUES ($1, now(), now() - interval '1 s',"
-                " ST_SetSRID(ST_MakePoint(117, 39), 4326), $2, 90, $3, $4)", vid, *fix,
-            )  # fmt: skip
-        if online:
-            await conn.execute(
-                "INSERT INTO terminal_holders (vehicle_id, worker) VALUES ($1, 't')", vid
-            )
-        if alert is not None:
-            await conn.execute(
-                "INSERT INTO alerts (vehicle_id, type, key, severity, start_time, status,"
-                " acknowledged_by, acknowledged_at, closed_by, closed_at) VALUES ($1, 'sos',"
-                " 'sos', 1, now(), $2, 'x', now(), CASE WHEN $2 = 'closed' THEN 'x' END,"
-                " CASE WHEN $2 = 'closed' THEN now() END)", vid, alert,
-            )  # fmt: skip
-
-
 @aio_test
 async def test_vehicle_states_ignition_and_alarm_are_scoped(db_url: str) -> None:
     async with dashboard(db_url) as dash:
         async with dash.pool.acquire() as conn:
-            await _add_state_vehicles(conn, dash.seeded.companies["A"])
+            await add_state_vehicles(conn, dash.seeded.companies["A"])
         a = (await (await dash.logged_in("disp_a")).get("/api/vehicles")).body
         props = {f["properties"]["plate"]: f["properties"] for f in a["features"]}
-        for plate, _, fix, _, state, ignition in STATE_CASES:
+        for plate, cls, _, fix, _, state, ignition in STATE_CASES:
             p = props[plate]
             assert (p["state"], p["ignition"]) == (state, ignition), (plate, p)
             assert p["in_alarm"] is (state == "alarm"), (plate, p)
             assert (p["received_time"] is None) is (fix is None), (plate, p)
-            assert p["class"] == "hazmat"
+            assert p["class"] == cls
         moving = props["京A20001"]
         assert moving["heading"] == 90 and moving["speed_kmh"] == 42.0
         assert moving["received_time"] < moving["fix_time"]  # ISO, both UTC

@@ -57,7 +57,7 @@ def _dispatcher_session(url: str, seeded: Seeded, shot: Path) -> dict[str, objec
             page.click("#login-submit")
             page.wait_for_selector("body[data-state=ready]")
             page.wait_for_selector("#map[data-vehicles='2']")
-            plates = sorted(page.locator(".leaflet-tooltip.plate-label").all_inner_texts())
+            plates = sorted(page.locator(".vm .plate-label").all_inner_texts())
             items = page.locator("#alerts li")
             items.first.wait_for()
             alarms_before = sorted(int(x) for x in _attr_all(items, "data-alert-id"))

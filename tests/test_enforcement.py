@@ -306,19 +306,28 @@ async def test_refused_unsupported_and_unanswered_pushes_are_recorded_and_retrie
     async with running_supervision(db_url, short_tmp, command_timeout=0.5) as (ingest, _):
         vid = await _provision(ingest.pool, "13900000202", "沪A00202", "hazmat")
         old = await Vehicle.online(
-            ingest.port, "13900000202", "沪A00202", answers={0x8103: 3}  # unsupported
+            ingest.port,
+            "13900000202",
+            "沪A00202",
+            answers={0x8103: 3},  # unsupported
         )
         await old.commands(0x8103)
         await eventually(lambda: _all_answered(ingest.pool, vid, 1))
         await old.close()
         mute = await Vehicle.online(
-            ingest.port, "13900000202", "沪A00202", answers={0x8103: None}  # never answers
+            ingest.port,
+            "13900000202",
+            "沪A00202",
+            answers={0x8103: None},  # never answers
         )
         await mute.commands(0x8103)  # not accepted before: sent again
         await eventually(lambda: _all_answered(ingest.pool, vid, 2))
         await mute.close()
         refusing = await Vehicle.online(
-            ingest.port, "13900000202", "沪A00202", answers={0x8103: 1}  # failed
+            ingest.port,
+            "13900000202",
+            "沪A00202",
+            answers={0x8103: 1},  # failed
         )
         await refusing.commands(0x8103)
         await eventually(lambda: _all_answered(ingest.pool, vid, 3))
@@ -391,9 +400,10 @@ async def test_terminals_of_the_unassigned_pool_get_nothing_unless_configured(
         stranger = await Vehicle.online(ingest.port, "13900000204", "沪A00204")  # open policy
         assert [m.msg_id for m in await stranger.quiet(0.8)] == []
         await stranger.close()
-    async with running_supervision(
-        db_url, short_tmp, {"enforcement": {"unprovisioned": True}}
-    ) as (ingest, _):
+    async with running_supervision(db_url, short_tmp, {"enforcement": {"unprovisioned": True}}) as (
+        ingest,
+        _,
+    ):
         stranger = await Vehicle.online(ingest.port, "13900000204", "沪A00204")
         (command,) = await stranger.commands(0x8103)
         assert {p.id: p.value for p in command.body.params}[0x0055] == 100  # class "other"

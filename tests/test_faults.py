@@ -244,8 +244,11 @@ async def test_dead_worker_restarted_metrics_of_every_worker_http_on_its_own_add
             await asyncio.sleep(0.2)
         assert positions(values) == acked, (positions(values), acked)
         own = json.loads((data / "run" / "metrics" / "worker-1.json").read_text())
-        assert 0 < sum(v for name, _, v in own["counters"]
-                       if name == "fleetwatch_positions_total") < acked  # both workers served
+        assert (
+            0
+            < sum(v for name, _, v in own["counters"] if name == "fleetwatch_positions_total")
+            < acked
+        )  # both workers served
         with pytest.raises(urllib.error.URLError):
             await asyncio.to_thread(scrape, "127.0.0.1")  # terminals' address, not HTTP's
         assert values["fleetwatch_rows_written_total"] + values[
@@ -281,8 +284,10 @@ def test_a_worker_stops_once_its_parent_is_not_the_one_that_started_it() -> None
     gone.check()
     assert stops == [1]  # once
     # started after its parent died (in a child: the call marks the calling process)
-    check = "import os, sys; from fleetwatch.processes import die_with_parent as d; " \
+    check = (
+        "import os, sys; from fleetwatch.processes import die_with_parent as d; "
         "sys.exit(10 * d(os.getppid()) + d(os.getppid() + 1_000_000))"
+    )
     assert subprocess.run([sys.executable, "-c", check], cwd=REPO).returncode == 10
 
 

@@ -40,8 +40,9 @@ async def test_database_stopped_mid_stream_loses_nothing(short_tmp: Path) -> Non
         conn = await asyncpg.connect(cluster.url)
         await migrate(conn)
         await conn.close()
-        async with running_ingest(cluster.url, short_tmp, max_age=0.02, db_timeout=1.0,
-                                  retry_interval=0.2) as ingest:
+        async with running_ingest(
+            cluster.url, short_tmp, max_age=0.02, db_timeout=1.0, retry_interval=0.2
+        ) as ingest:
             terminal = await Terminal.connect(ingest.port, PHONE)
             await terminal.login("沪A40000")
             acked = await _stream(terminal, range(0, 100))
@@ -57,7 +58,8 @@ async def test_database_stopped_mid_stream_loses_nothing(short_tmp: Path) -> Non
             assert ingest.writer.spool.empty, "the spool was not replayed"
             assert acked == set(range(300))
             rows = await ingest.pool.fetch(
-                "SELECT serial, count(*) AS n FROM positions GROUP BY serial ORDER BY serial")
+                "SELECT serial, count(*) AS n FROM positions GROUP BY serial ORDER BY serial"
+            )
             assert [r["serial"] for r in rows] == list(range(300))
             assert all(r["n"] == 1 for r in rows)
             assert ingest.writer.stats.rows_replayed >= 100
@@ -67,8 +69,15 @@ async def test_database_stopped_mid_stream_loses_nothing(short_tmp: Path) -> Non
 
 @aio_test
 async def test_lost_subpackage_is_requested_and_completed(db_url: str, short_tmp: Path) -> None:
-    media = MediaData(media_id=9001, media_type=0, media_format=0, event=1, channel=1,
-                      location=report(0), data=bytes(range(256)) * 12)
+    media = MediaData(
+        media_id=9001,
+        media_type=0,
+        media_format=0,
+        event=1,
+        channel=1,
+        location=report(0),
+        data=bytes(range(256)) * 12,
+    )
     async with running_ingest(db_url, short_tmp, reassembly_timeout=0.3) as ingest:
         terminal = await Terminal.connect(ingest.port, PHONE)
         await terminal.login("沪A40001")

@@ -287,9 +287,7 @@ async def test_nul_bytes_and_odd_strings_in_registration_get_a_proper_answer(
 
 
 @aio_test
-async def test_slow_senders_and_silent_connections_are_closed(
-    db_url: str, short_tmp: Path
-) -> None:
+async def test_slow_senders_and_silent_connections_are_closed(db_url: str, short_tmp: Path) -> None:
     async with running_ingest(db_url, short_tmp, frame_timeout=0.6, idle_timeout=1.2,
                               pre_auth_timeout=30) as ingest:  # fmt: skip
         legit = await Terminal.connect(ingest.port, "13944440001")

@@ -399,9 +399,7 @@ async def test_a_report_the_database_refuses_is_refused_alone(db_url: str, tmp_p
 
 
 @aio_test
-async def test_a_spooled_row_the_database_refuses_is_set_aside(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_a_spooled_row_the_database_refuses_is_set_aside(db_url: str, tmp_path: Path) -> None:
     """Spooled rows were acknowledged: one the database refuses must neither block the
     spool behind it nor be lost. It goes to rejected.jsonl; the rest is stored."""
     conn = await asyncpg.connect(db_url)

@@ -124,7 +124,9 @@ async def test_sos_set_cleared_acknowledged_and_confirmed_with_0x8203(
 
         (push,) = await pushes.history(ingest.pool, alert_id=alert.id)
         assert (push.command, push.result, push.serial) == (
-            "confirm_alarm", "accepted", confirmation.serial
+            "confirm_alarm",
+            "accepted",
+            confirmation.serial,
         )
         assert push.answered_at is not None
         audit = await AlertStore(ingest.pool).audit(alert.id)
@@ -399,7 +401,10 @@ async def test_which_acknowledged_alarms_still_need_their_0x8203(db_url: str) ->
         for alert_id in ids:
             await store.acknowledge(alert_id, "值班员")
         assert [u.alert_id for u in await pushes.unconfirmed_alarms(pool, CONFIRMABLE)] == [
-            sos, offline, abandoned, pending,
+            sos,
+            offline,
+            abandoned,
+            pending,
         ]  # fmt: skip  (bit 1, overspeed, is not one a terminal waits to have confirmed)
         for alert_id, result in ((sos, "accepted"), (offline, "offline"), (abandoned, None),
                                  (pending, None)):  # fmt: skip

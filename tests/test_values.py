@@ -38,8 +38,8 @@ SOS = 1
 def _now_report(i: int, **changes: object) -> LocationReport:
     """A fix of the test track dated now (so "ahead" is measured against a real clock)."""
     r = report(i)
-    r.time = (datetime.now(UTC) - timedelta(seconds=30 - i)).astimezone(BEIJING).replace(
-        microsecond=0
+    r.time = (
+        (datetime.now(UTC) - timedelta(seconds=30 - i)).astimezone(BEIJING).replace(microsecond=0)
     )
     for name, value in changes.items():
         setattr(r, name, value)

@@ -1,33 +1,338 @@
-// The live map: vehicles in scope as markers with plate labels, counters.
+// The live map: every vehicle in scope as a marker with its class icon, a colour per state,
+// a heading arrow and its plate; clusters when zoomed out; follow-a-vehicle; counters.
+//
+// Built for 5,000 vehicles reporting every 10 s: markers are kept by vehicle id and changed in
+// place (never cleared and rebuilt); one icon object per vehicle draws from the vehicle's own
+// state, and a visible marker's element is patched, not replaced. Changes are queued and
+// applied in time slices of a few milliseconds per animation frame, so a burst of 5,000 never
+// blocks a frame for long. Feeds: the REST snapshot (GET /api/vehicles, every 10 s) and, from
+// other modules (the live WebSocket client), updateVehicle(feature) / setVehicles(features)
+// with the same GeoJSON features (a delta may carry only some properties).
+//
+// Test hooks (DOM state): #map[data-vehicles] markers placed, [data-follow] followed vehicle id,
+// [data-pending] queued changes; each marker element .vm[data-vehicle-id][data-state][data-class]
+// [data-heading]; #counters [data-online|offline|alarm|total].
 "use strict";
-import { $, T, api, emit, escapeHtml, on, onReady, when } from "./core.js";
+import { $, T, addStrings, api, emit, escapeHtml, lang, on, onReady, when } from "./core.js";
+import { drawBaseMap } from "./basemap.js";
+import { wgs84ToGcj02 } from "./gcj02.js";
+import { iconRef, installIcons } from "./icons.js";
+
+addStrings({
+  alarm: "报警", follow: "跟踪", unfollow: "停止跟踪", following: "跟踪中", theme_dark: "夜间",
+  theme_light: "日间", lang_other: "English", no_fix: "无定位",
+  no_basemap: "离线底图：行政区划仅作示意，非审图号地图，不作为国界依据",
+  layer_tiles: "在线瓦片", layer_offline: "离线行政区划", layer_labels: "地名",
+  states: { moving: "行驶", idle: "停车(ACC开)", parked: "停放(ACC关)", offline: "离线", nofix: "未定位", alarm: "报警" },
+  classes: { police: "警车", school_bus: "校车", coach: "客车", heavy_truck: "重型货车", hazmat: "危险品运输车", other: "其他" },
+  acc: { true: "ACC开", false: "ACC关", null: "ACC未知" },
+  last_report: "最后上报", speed: "速度", heading: "方向",
+}, {
+  alarm: "in alarm", follow: "Follow", unfollow: "Stop following", following: "Following",
+  theme_dark: "Night", theme_light: "Day", lang_other: "中文", no_fix: "no fix",
+  no_basemap: "Offline base map: administrative areas for orientation only; not an approved map (非审图号), not authoritative for borders",
+  layer_tiles: "Tiles", layer_offline: "Offline areas", layer_labels: "Place names",
+  states: { moving: "moving", idle: "stopped, ACC on", parked: "parked, ACC off", offline: "offline", nofix: "no fix", alarm: "in alarm" },
+  classes: { police: "police car", school_bus: "school bus", coach: "coach", heavy_truck: "heavy truck", hazmat: "hazmat truck", other: "other" },
+  acc: { true: "ACC on", false: "ACC off", null: "ACC unknown" },
+  last_report: "Last report", speed: "Speed", heading: "Heading",
+});
 
 const REFRESH_MS = 10000;
+const SLICE_MS = 6; // queued changes applied per animation frame, at most this long
+const THEME_KEY = "fw-theme";
+
 let map = null;
-let markers = null;
+let cluster = null;
 let timer = null;
-let latest = 0; // only the newest answer is drawn (an older, slower one must not win)
+let latest = 0; // only the newest REST answer is applied (an older, slower one must not win)
+let toLatLng = (lon, lat) => L.latLng(lat, lon);
+/** id → { id, props, lonlat, marker } */
+const vehicles = new Map();
+const pending = new Map(); // id → feature (newest wins), applied by flush()
+let flushScheduled = false;
+let following = null;
+let fitOnce = true;
 
 /** The Leaflet map (created on first login). */
 export const getMap = () => map;
+/** A WGS-84 point where it is drawn on this map (shifted to GCJ-02 when the tiles are). */
+export const mapLatLng = (lon, lat) => toLatLng(lon, lat);
+
+/** Apply one vehicle's feature (a full one, or a delta with some properties). */
+export function updateVehicle(feature) {
+  const before = pending.get(feature.id);
+  pending.set(feature.id, before ? merge(before, feature) : feature);
+  schedule();
+}
+
+/** Make the map show exactly these vehicles (others are removed). */
+export function setVehicles(features) {
+  const seen = new Set();
+  for (const f of features) { seen.add(f.id); pending.set(f.id, f); }
+  for (const id of vehicles.keys()) if (!seen.has(id)) pending.set(id, null);
+  for (const id of pending.keys()) if (!seen.has(id) && !vehicles.has(id)) pending.delete(id);
+  schedule();
+}
+
+/** The next animation frame; a hidden tab gets none, so there a short timer instead. */
+const nextFrame = (fn) => (document.hidden ? setTimeout(fn, 50) : requestAnimationFrame(fn));
+
+function merge(old, delta) {
+  return {
+    ...old, ...delta,
+    geometry: delta.geometry === undefined ? old.geometry : delta.geometry,
+    properties: { ...(old.properties || {}), ...(delta.properties || {}) },
+  };
+}
+
+function schedule() {
+  if (flushScheduled || !map) return;
+  flushScheduled = true;
+  $("#map").dataset.pending = String(pending.size);
+  nextFrame(flush);
+}
+
+function flush() {
+  flushScheduled = false;
+  const start = performance.now();
+  const added = [];
+  for (const [id, feature] of pending) {
+    pending.delete(id);
+    if (feature === null) remove(id); else apply(id, feature, added);
+    if (performance.now() - start > SLICE_MS) break;
+  }
+  if (added.length) cluster.addLayers(added);
+  afterChange();
+  if (pending.size) schedule(); else $("#map").dataset.pending = "0";
+}
+
+function apply(id, feature, added) {
+  let v = vehicles.get(id);
+  const props = v ? { ...v.props, ...(feature.properties || {}) } : { ...(feature.properties || {}) };
+  const geometry = feature.geometry === undefined ? (v ? v.geometry : null) : feature.geometry;
+  if (!v) {
+    v = { id, props, geometry, marker: null };
+    vehicles.set(id, v);
+  } else {
+    v.props = props;
+    v.geometry = geometry;
+  }
+  if (!geometry) { // no position (yet): counted, not drawn
+    if (v.marker) { cluster.removeLayer(v.marker); v.marker = null; }
+    return;
+  }
+  const [lon, lat] = geometry.coordinates;
+  const at = toLatLng(lon, lat);
+  if (!v.marker) {
+    v.marker = L.marker(at, { icon: new VehicleIcon({ v }), keyboard: false, title: props.plate || "" });
+    v.marker.vehicleId = id;
+    v.marker.bindPopup(() => popup(v), { autoPan: false });
+    added.push(v.marker);
+    return;
+  }
+  if (!v.marker.getLatLng().equals(at)) v.marker.setLatLng(at); // the cluster group re-files it
+  if (v.marker._icon) paint(v.marker._icon, v); // visible: patch its element in place
+  if (v.marker.isPopupOpen()) v.marker.setPopupContent(popup(v));
+  if (following === id) map.panTo(at, { animate: false });
+}
+
+function remove(id) {
+  const v = vehicles.get(id);
+  if (!v) return;
+  if (v.marker) cluster.removeLayer(v.marker);
+  vehicles.delete(id);
+  if (following === id) follow(null);
+}
+
+/** A vehicle's icon: drawn from the vehicle's current state each time Leaflet creates it. */
+const VehicleIcon = L.Icon.extend({
+  options: { iconSize: [28, 28], iconAnchor: [14, 14], popupAnchor: [0, -12], className: "vm" },
+  createIcon(old) {
+    const div = old && old.tagName === "DIV" ? old : document.createElement("div");
+    div.innerHTML = '<i class="hd"></i><svg class="badge" viewBox="0 0 28 28"><circle cx="14" cy="14" r="12.5"/>' +
+      '<use x="4" y="4" width="20" height="20"/></svg><span class="plate-label"></span>';
+    this._setIconStyles(div, "icon");
+    paint(div, this.options.v);
+    return div;
+  },
+  createShadow() { return null; },
+});
+
+function paint(div, v) {
+  const p = v.props;
+  const state = p.state || (p.online ? "parked" : "offline");
+  const cls = p.class || "other";
+  const heading = Number(p.heading) || 0;
+  div.className = `leaflet-marker-icon vm leaflet-zoom-animated leaflet-interactive s-${state}`;
+  div.dataset.vehicleId = String(v.id);
+  div.dataset.state = state;
+  div.dataset.class = cls;
+  div.dataset.heading = String(heading);
+  div.title = `${p.plate || ""} · ${T.classes[cls] || cls} · ${T.states[state] || state}`;
+  div.firstChild.style.transform = `rotate(${heading}deg)`;
+  div.querySelector("use").setAttribute("href", iconRef(cls));
+  div.lastChild.textContent = p.plate || "#" + v.id;
+}
+
+function popup(v) {
+  const p = v.props;
+  const box = document.createElement("div");
+  box.className = "vehicle-popup";
+  box.innerHTML = `<b>${escapeHtml(p.plate || "#" + v.id)}</b> · ${escapeHtml(T.classes[p.class] || p.class || "")}<br>` +
+    `${escapeHtml(p.company || "")}<br>` +
+    `<span class="state s-${escapeHtml(p.state || "")}">${escapeHtml(T.states[p.state] || p.state || "")}</span> · ` +
+    `${escapeHtml(T.acc[String(p.ignition ?? null)])}<br>` +
+    `${T.speed} ${Math.round(p.speed_kmh ?? 0)} km/h · ${T.heading} ${p.heading ?? 0}°<br>` +
+    `${T.last_report}: ${escapeHtml(when(p.received_time || p.fix_time) || "—")}<br>`;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "follow";
+  button.textContent = following === v.id ? T.unfollow : T.follow;
+  button.addEventListener("click", () => follow(following === v.id ? null : v.id));
+  box.append(button);
+  return box;
+}
+
+/** Keep vehicle `id` in the middle of the map as it moves (null: stop). */
+export function follow(id) {
+  following = id;
+  const el = $("#map");
+  const badge = $("#follow-badge");
+  if (id === null) {
+    delete el.dataset.follow;
+    badge.hidden = true;
+    return;
+  }
+  const v = vehicles.get(id);
+  el.dataset.follow = String(id);
+  badge.hidden = false;
+  badge.querySelector("span").textContent = `${T.following}: ${v ? v.props.plate || "#" + id : "#" + id}`;
+  if (v && v.marker) {
+    map.closePopup();
+    cluster.zoomToShowLayer(v.marker, () => map.panTo(v.marker.getLatLng()));
+  }
+}
+
+function afterChange() {
+  let online = 0, alarm = 0, placed = 0;
+  for (const v of vehicles.values()) {
+    if (v.props.online) online++;
+    if (v.props.in_alarm) alarm++;
+    if (v.marker) placed++;
+  }
+  const total = vehicles.size;
+  const counters = $("#counters");
+  Object.assign(counters.dataset, { total, online, offline: total - online, alarm });
+  counters.innerHTML = `${T.vehicles} <b>${total}</b> · <span class="c-online">${T.online} <b>${online}</b></span> · ` +
+    `<span class="c-offline">${T.offline} <b>${total - online}</b></span> · ` +
+    `<span class="c-alarm">${T.alarm} <b>${alarm}</b></span>`;
+  $("#map").dataset.vehicles = String(placed);
+  if (fitOnce && placed && !pending.size) {
+    fitOnce = false;
+    const bounds = L.latLngBounds([...vehicles.values()].filter((v) => v.marker).map((v) => v.marker.getLatLng()));
+    map.fitBounds(bounds.pad(0.3), { maxZoom: 13, animate: false });
+  }
+  emit("vehicles-drawn", placed);
+}
+
+function clusterIcon(group) {
+  const children = group.getAllChildMarkers();
+  let alarm = 0;
+  for (const m of children) if (vehicles.get(m.vehicleId)?.props.in_alarm) alarm++;
+  const n = group.getChildCount();
+  const size = n < 100 ? 34 : n < 1000 ? 42 : 50;
+  return L.divIcon({
+    html: `<span>${n}</span>${alarm ? `<em>${alarm}</em>` : ""}`,
+    className: "vcluster" + (alarm ? " has-alarm" : ""), iconSize: [size, size],
+  });
+}
+
+// ------------------------------------------------------------------ page furniture
+
+function theme() { return document.body.dataset.theme === "dark" ? "dark" : "light"; }
+
+function setTheme(name) {
+  document.body.dataset.theme = name;
+  try { localStorage.setItem(THEME_KEY, name); } catch { /* private mode: not remembered */ }
+  const button = $("#theme-toggle");
+  if (button) button.textContent = name === "dark" ? T.theme_light : T.theme_dark;
+  emit("theme", name);
+}
+
+function furniture() {
+  if ($("#theme-toggle")) return;
+  const who = $("#who");
+  const themeButton = document.createElement("button");
+  themeButton.id = "theme-toggle";
+  themeButton.type = "button";
+  themeButton.addEventListener("click", () => setTheme(theme() === "dark" ? "light" : "dark"));
+  const langButton = document.createElement("button");
+  langButton.id = "lang-toggle";
+  langButton.type = "button";
+  langButton.textContent = T.lang_other;
+  langButton.addEventListener("click", () => {
+    const url = new URL(location.href);
+    if (lang === "en") url.searchParams.delete("lang"); else url.searchParams.set("lang", "en");
+    location.href = url.toString();
+  });
+  who.before(themeButton, langButton);
+  const badge = document.createElement("div");
+  badge.id = "follow-badge";
+  badge.hidden = true;
+  badge.innerHTML = '<span></span> <button type="button">×</button>';
+  badge.querySelector("button").addEventListener("click", () => follow(null));
+  badge.querySelector("button").title = T.unfollow;
+  $("#map").after(badge);
+  setTheme(theme());
+}
+
+// the theme before the first paint of the main view (remembered per browser)
+try { if (localStorage.getItem(THEME_KEY) === "dark") document.body.dataset.theme = "dark"; } catch { /* none */ }
 
 onReady(async () => {
+  try {
+    await start();
+  } catch (err) {
+    console.error("map:", err);
+    emit("error", String(err.message || err));
+  }
+});
+
+async function start() {
   if (!map) {
-    map = L.map("map", { zoomControl: true, attributionControl: false }).setView([35, 105], 4);
-    markers = L.featureGroup().addTo(map);
+    installIcons();
+    furniture();
+    map = L.map("map", { zoomControl: true, attributionControl: false, maxZoom: 18, minZoom: 2, worldCopyJump: true })
+      .setView([35, 105], 4);
+    cluster = L.markerClusterGroup({
+      chunkedLoading: true, maxClusterRadius: 50, disableClusteringAtZoom: 14,
+      spiderfyOnMaxZoom: true, showCoverageOnHover: false, iconCreateFunction: clusterIcon,
+    }).addTo(map);
+    map.on("dragstart", () => { if (following !== null) follow(null); });
+    const config = await api("GET", "basemap").catch(() => ({ tiles: null, gcj02: false }));
+    if (config.gcj02) { // tiles drawn in GCJ-02: every position shifted for display
+      toLatLng = (lon, lat) => { const [x, y] = wgs84ToGcj02(lon, lat); return L.latLng(y, x); };
+    }
+    const overlays = await drawBaseMap(map, config, toLatLng, theme());
+    const layers = { [T.layer_offline]: overlays.offline, [T.layer_labels]: overlays.labels };
+    if (overlays.tiles) layers[T.layer_tiles] = overlays.tiles;
+    L.control.layers(null, layers, { position: "topright", collapsed: true }).addTo(map);
+    L.control.scale({ imperial: false }).addTo(map);
   }
   map.invalidateSize();
-  await loadVehicles(true);
-  if (!timer) timer = setInterval(() => loadVehicles(false), REFRESH_MS);
-});
-on("logout", () => { clearInterval(timer); timer = null; });
+  await loadVehicles();
+  if (!timer) timer = setInterval(loadVehicles, REFRESH_MS);
+}
+on("logout", () => { clearInterval(timer); timer = null; fitOnce = true; follow(null); setVehicles([]); });
+on("alerts-changed", () => loadVehicles());
 
-async function loadVehicles(fit) {
+async function loadVehicles() {
   const mine = ++latest;
   const features = [];
   try {
     let after = 0;
-    for (let page = 0; page < 50 && after !== null; page++) {  // bounded: 50 x 2000 vehicles
+    for (let page = 0; page < 50 && after !== null; page++) { // bounded: 50 x 2000 vehicles
       const data = await api("GET", "vehicles?limit=2000&after=" + after);
       features.push(...data.features);
       after = data.next_after;
@@ -37,33 +342,15 @@ async function loadVehicles(fit) {
     return;
   }
   if (mine !== latest) return;
-  draw(features, fit);
+  setVehicles(features);
+  await drained();
   emit("vehicles", features);
 }
 
-function draw(features, fit) {
-  markers.clearLayers();
-  let online = 0;
-  for (const f of features) {
-    if (f.properties.online) online++;
-    if (!f.geometry) continue;
-    const [lon, lat] = f.geometry.coordinates;
-    const p = f.properties;
-    const marker = L.circleMarker([lat, lon], {
-      radius: 7, weight: 2, color: "#fff", fillOpacity: 1,
-      fillColor: p.online ? "#27ae60" : "#7f8c8d",
-    });
-    marker.bindTooltip(p.plate || "#" + f.id, {
-      permanent: true, direction: "right", offset: [8, 0],
-      className: "plate-label" + (p.online ? "" : " offline"),
-    });
-    marker.bindPopup(() => `<b>${escapeHtml(p.plate || "")}</b><br>${escapeHtml(p.company || "")}<br>` +
-      `${p.speed_kmh ?? 0} km/h · ${p.online ? T.online : T.offline}<br>${when(p.fix_time)}`);
-    marker.vehicleId = f.id;
-    markers.addLayer(marker);
-  }
-  $("#counters").textContent = `${T.vehicles} ${features.length} · ${T.online} ${online} · ` +
-    `${T.offline} ${features.length - online}`;
-  $("#map").dataset.vehicles = String(markers.getLayers().length);
-  if (fit && markers.getLayers().length) map.fitBounds(markers.getBounds().pad(0.3), { maxZoom: 13 });
+/** Resolves once every queued change is on the map. */
+function drained() {
+  return new Promise((resolve) => {
+    const check = () => (pending.size ? nextFrame(check) : resolve());
+    check();
+  });
 }
