@@ -26,9 +26,9 @@ let state = null;
 /** Draw the base map on `map` as `config` (GET /api/basemap) says; `toLatLng(lon, lat)` places
  * a WGS-84 point (shifted to GCJ-02 or not); returns the layers for the layer control. */
 export async function drawBaseMap(map, config, toLatLng, theme) {
-  const renderer = L.canvas({ padding: 0.3 });
-  map.createPane("basemap").style.zIndex = 250; // above tiles (200), under markers
+  map.createPane("basemap").style.zIndex = 250; // above tiles (200), under overlays and markers
   map.getPane("basemap").style.pointerEvents = "none";
+  const renderer = L.canvas({ padding: 0.3, pane: "basemap" });
   map.createPane("basemap-labels").style.zIndex = 390; // under overlays and markers
   map.getPane("basemap-labels").style.pointerEvents = "none";
   const labels = L.layerGroup();
@@ -40,8 +40,8 @@ export async function drawBaseMap(map, config, toLatLng, theme) {
   el.dataset.gcj02 = String(!!config.gcj02);
   const overlays = { offline: state.offline, labels };
   if (config.tiles) { // real tiles: the offline areas stay available from the layer control
-    overlays.tiles = L.tileLayer(config.tiles, {
-      maxZoom: config.max_zoom || 18, attribution: config.attribution || "",
+    overlays.tiles = L.tileLayer(config.tiles, { // beyond the source's zoom: its tiles enlarged
+      maxNativeZoom: config.max_zoom || 18, maxZoom: 18, attribution: config.attribution || "",
     }).addTo(map);
   } else {
     state.offline.addTo(map);

@@ -39,7 +39,9 @@ addStrings({
 });
 
 const REFRESH_MS = 10000;
-const SLICE_MS = 6; // queued changes applied per animation frame, at most this long
+// Queued changes applied per animation frame: at most this many, for at most this long.
+const PER_FRAME = 250;
+const SLICE_MS = 6;
 const THEME_KEY = "fw-theme";
 
 let map = null;
@@ -96,18 +98,31 @@ function schedule() {
 function flush() {
   flushScheduled = false;
   const start = performance.now();
-  const added = [];
+  const added = [], moved = [];
+  let n = 0;
   for (const [id, feature] of pending) {
     pending.delete(id);
-    if (feature === null) remove(id); else apply(id, feature, added);
-    if (performance.now() - start > SLICE_MS) break;
+    if (feature === null) remove(id); else apply(id, feature, added, moved);
+    if (++n >= PER_FRAME || performance.now() - start > SLICE_MS) break;
+  }
+  if (moved.length > 20) { // re-file them in the cluster tree in one pass, not one by one
+    const markers = moved.map(([m]) => m);
+    cluster.removeLayers(markers);
+    for (const [m, at] of moved) m.setLatLng(at);
+    added.push(...markers);
+  } else {
+    for (const [m, at] of moved) m.setLatLng(at); // the cluster group re-files each
   }
   if (added.length) cluster.addLayers(added);
+  if (following !== null) {
+    const v = vehicles.get(following);
+    if (v && v.marker) map.panTo(v.marker.getLatLng(), { animate: false });
+  }
   afterChange();
   if (pending.size) schedule(); else $("#map").dataset.pending = "0";
 }
 
-function apply(id, feature, added) {
+function apply(id, feature, added, moved) {
   let v = vehicles.get(id);
   const props = v ? { ...v.props, ...(feature.properties || {}) } : { ...(feature.properties || {}) };
   const geometry = feature.geometry === undefined ? (v ? v.geometry : null) : feature.geometry;
@@ -125,16 +140,15 @@ function apply(id, feature, added) {
   const [lon, lat] = geometry.coordinates;
   const at = toLatLng(lon, lat);
   if (!v.marker) {
-    v.marker = L.marker(at, { icon: new VehicleIcon({ v }), keyboard: false, title: props.plate || "" });
+    v.marker = L.marker(at, { icon: new VehicleIcon({ v }), keyboard: false });
     v.marker.vehicleId = id;
     v.marker.bindPopup(() => popup(v), { autoPan: false });
     added.push(v.marker);
     return;
   }
-  if (!v.marker.getLatLng().equals(at)) v.marker.setLatLng(at); // the cluster group re-files it
+  if (!v.marker.getLatLng().equals(at)) moved.push([v.marker, at]);
   if (v.marker._icon) paint(v.marker._icon, v); // visible: patch its element in place
   if (v.marker.isPopupOpen()) v.marker.setPopupContent(popup(v));
-  if (following === id) map.panTo(at, { animate: false });
 }
 
 function remove(id) {
@@ -149,11 +163,17 @@ function remove(id) {
 const VehicleIcon = L.Icon.extend({
   options: { iconSize: [28, 28], iconAnchor: [14, 14], popupAnchor: [0, -12], className: "vm" },
   createIcon(old) {
-    const div = old && old.tagName === "DIV" ? old : document.createElement("div");
-    div.innerHTML = '<i class="hd"></i><svg class="badge" viewBox="0 0 28 28"><circle cx="14" cy="14" r="12.5"/>' +
-      '<use x="4" y="4" width="20" height="20"/></svg><span class="plate-label"></span>';
-    this._setIconStyles(div, "icon");
-    paint(div, this.options.v);
+    // the vehicle's element is kept: when the cluster group re-files a moved marker (remove,
+    // add) the same element comes back, repainted, instead of a new one being built
+    const v = this.options.v;
+    let div = old && old.tagName === "DIV" ? old : v.element;
+    if (!div) {
+      div = v.element = document.createElement("div");
+      div.innerHTML = '<i class="hd"></i><svg class="badge" viewBox="0 0 28 28"><circle cx="14" cy="14" r="12.5"/>' +
+        '<use x="4" y="4" width="20" height="20"/></svg><span class="plate-label"></span>';
+      this._setIconStyles(div, "icon");
+    }
+    paint(div, v);
     return div;
   },
   createShadow() { return null; },
@@ -306,7 +326,7 @@ async function start() {
     map = L.map("map", { zoomControl: true, attributionControl: false, maxZoom: 18, minZoom: 2, worldCopyJump: true })
       .setView([35, 105], 4);
     cluster = L.markerClusterGroup({
-      chunkedLoading: true, maxClusterRadius: 50, disableClusteringAtZoom: 14,
+      maxClusterRadius: 50, disableClusteringAtZoom: 14,
       spiderfyOnMaxZoom: true, showCoverageOnHover: false, iconCreateFunction: clusterIcon,
     }).addTo(map);
     map.on("dragstart", () => { if (following !== null) follow(null); });
@@ -318,7 +338,7 @@ async function start() {
     const layers = { [T.layer_offline]: overlays.offline, [T.layer_labels]: overlays.labels };
     if (overlays.tiles) layers[T.layer_tiles] = overlays.tiles;
     L.control.layers(null, layers, { position: "topright", collapsed: true }).addTo(map);
-    L.control.scale({ imperial: false }).addTo(map);
+    L.control.scale({ imperial: false, position: "bottomright" }).addTo(map);
   }
   map.invalidateSize();
   await loadVehicles();
