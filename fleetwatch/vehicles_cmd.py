@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from geo.plates import normalise_plate
 from store.vehicles import PLATE_COLORS, VEHICLE_CLASSES
 
 PROG = "fleetwatch vehicles"
+BEIJING = timezone(timedelta(hours=8), "Beijing")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,7 +82,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dbopts.add_database_options(unbind)
     unbind.set_defaults(handler=lambda args: dbopts.run(PROG, _unbind, args))
 
-    lst = actions.add_parser("list", help="list the vehicles")
+    lst = actions.add_parser(
+        "list", help="list the vehicles, online or not, with their last position"
+    )
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     dbopts.add_database_options(lst)
     lst.set_defaults(handler=lambda args: dbopts.run(PROG, _list, args))
@@ -156,10 +160,21 @@ async def _list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for row in rows:
-        print(f"{row['id']:>6}  {_describe(row)}")
+        print(f"{row['id']:>6}  {_describe(row)}; {_whereabouts(row)}")
     if not rows:
         print("no vehicles", file=sys.stderr)
     return 0
+
+
+def _whereabouts(row: dict[str, Any]) -> str:
+    """Online or not, and the last position with its time in Beijing time (the duty desk's)."""
+    state = "online" if row["online"] else "offline"
+    if row["lon"] is None:
+        return f"{state}, no position yet"
+    fix = datetime.fromisoformat(row["fix_time"]).astimezone(BEIJING)
+    valid = "" if row["valid"] else " (no GNSS fix)"
+    return (f"{state}, last position {row['lon']:.5f},{row['lat']:.5f}{valid} at "
+            f"{fix:%Y-%m-%d %H:%M:%S} Beijing time, {row['speed_kmh']:.0f} km/h")  # fmt: skip
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -318,13 +318,19 @@ def _line_of(path: Path, offset: int) -> int:
 async def list_vehicles(
     conn: asyncpg.Connection, vehicle_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """All vehicles (or one) as JSON-ready dicts, by id."""
+    """All vehicles (or one) as JSON-ready dicts, by id, with whether a worker holds the
+    terminal's connection (``online``) and the last position (``lon``/``lat`` null before
+    the first fix)."""
     rows = await conn.fetch(
         """
         SELECT v.id, v.plate, v.plate_color, v.class::text AS class, c.name AS company,
                v.phone, v.vin, v.provisioned, v.protocol_version, v.created_at,
-               v.manufacturer, v.terminal_id, v.bound_at
+               v.manufacturer, v.terminal_id, v.bound_at,
+               h.vehicle_id IS NOT NULL AS online, ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat,
+               p.fix_time, p.received_time, p.speed_kmh, p.valid
         FROM vehicles v LEFT JOIN companies c ON c.id = v.company_id
+        LEFT JOIN terminal_holders h ON h.vehicle_id = v.id
+        LEFT JOIN last_positions p ON p.vehicle_id = v.id
         WHERE $1::integer IS NULL OR v.id = $1
         ORDER BY v.id
         """,

@@ -210,8 +210,30 @@ async def test_vehicles_add_and_list(capsys: pytest.CaptureFixture[str], db_url:
     assert status == 0
     assert out.splitlines()[1].split() == [
         "2", "京A99999", "(white),", "police,", "phone", "13800000000,", "company", "Police,",
-        "VIN", "LSVAM4187C2184847",
+        "VIN", "LSVAM4187C2184847;", "offline,", "no", "position", "yet",
     ]  # fmt: skip
+
+    # online state and the last position, its time in Beijing time
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO last_positions (vehicle_id, fix_time, received_time, geom, speed_kmh)"
+            " VALUES (1, '2026-03-01 04:05:06+00', now(),"
+            " ST_SetSRID(ST_MakePoint(116.397128, 39.916527), 4326), 42.4)"
+        )
+        await conn.execute("INSERT INTO terminal_holders (vehicle_id, worker) VALUES (1, 'w')")
+    finally:
+        await conn.close()
+    status, out, err = await cli(capsys, "vehicles", "list", "--db", db_url)
+    assert status == 0, err
+    assert out.splitlines()[0].endswith(
+        "; online, last position 116.39713,39.91653 at 2026-03-01 12:05:06 Beijing time, 42 km/h"
+    ), out
+    assert out.splitlines()[1].endswith("; offline, no position yet")
+    rows = await vehicles(capsys, "--db", db_url)
+    assert (rows[0]["online"], rows[0]["lon"], rows[0]["fix_time"]) == (
+        True, 116.397128, "2026-03-01T04:05:06+00:00")  # fmt: skip
+    assert (rows[1]["online"], rows[1]["lon"], rows[1]["fix_time"]) == (False, None, None)
 
 
 @aio_test
