@@ -114,7 +114,8 @@ def _live_map(url: str, tmp: Path, ids: dict[str, int]) -> dict[str, Any]:
             # changed in place: the same element, repainted (no clear-and-recreate)
             moving = ids["京A20001"]
             page.evaluate(
-                "(id) => { document.querySelector(`.vm[data-vehicle-id='${id}']`).dataset.probe = 'same'; }",
+                "(id) => { document.querySelector(`.vm[data-vehicle-id='${id}']`)"
+                ".dataset.probe = 'same'; }",
                 moving,
             )
             b.call(
@@ -282,7 +283,8 @@ FRAME_SCRIPT = """
 const N = arg.n, classes = ['police', 'school_bus', 'coach', 'heavy_truck', 'hazmat'];
 const states = ['moving', 'idle', 'parked', 'offline', 'nofix', 'alarm'];
 const feature = (i, t) => ({type: 'Feature', id: 1000000 + i,
-  geometry: {type: 'Point', coordinates: [105 + (i % 100) * 0.2 + t * 0.001, 22 + Math.floor(i / 100) * 0.35]},
+  geometry: {type: 'Point',
+    coordinates: [105 + (i % 100) * 0.2 + t * 0.001, 22 + Math.floor(i / 100) * 0.35]},
   properties: {plate: '测' + String(i).padStart(5, '0'), class: classes[i % 5],
     state: states[(i + t) % 6], online: (i + t) % 6 !== 3, in_alarm: (i + t) % 6 === 5,
     heading: (i * 7 + t * 30) % 360, speed_kmh: 40}});
@@ -290,10 +292,13 @@ m.polling(false);  // only these vehicles: the page's 10 s REST refresh would re
 const map = m.getMap();
 map.setView([arg.lat, arg.lon], arg.zoom, {animate: false});
 m.setVehicles(Array.from({length: N}, (_, i) => feature(i, 0)));
-const settle = () => new Promise((ok) => { const c = () => document.querySelector('#map').dataset.pending === '0' ? ok() : requestAnimationFrame(c); c(); });
+const drained = () => document.querySelector('#map').dataset.pending === '0';
+const settle = () => new Promise((ok) => {
+  const c = () => drained() ? ok() : requestAnimationFrame(c); c(); });
 await settle();
 const frames = []; let last = performance.now(), running = true;
-const tick = (now) => { frames.push(now - last); last = now; if (running) requestAnimationFrame(tick); };
+const tick = (now) => {
+  frames.push(now - last); last = now; if (running) requestAnimationFrame(tick); };
 requestAnimationFrame(tick);
 const started = performance.now();
 for (let t = 1; t <= arg.rounds; t++) {
@@ -352,12 +357,16 @@ async def test_frame_time_with_5000_vehicles_updating(db_url: str, tmp_path: Pat
         results = await asyncio.to_thread(_frames, dash.url, tmp_path, runs)
     load = os.getloadavg()
     (tmp_path / "frames.json").write_text(json.dumps({"loadavg": load, "runs": results}, indent=1))
-    print(f"\nframe times ({tmp_path}/frames.json, screenshots map-5000-z*.png), "
-          f"load average {load[0]:.1f} on {os.cpu_count()} cores:")
+    print(
+        f"\nframe times ({tmp_path}/frames.json, screenshots map-5000-z*.png), "
+        f"load average {load[0]:.1f} on {os.cpu_count()} cores:"
+    )
     for r in results:
-        print(f"  zoom {r['zoom']}: {r['markers']} markers + {r['clusters']} clusters drawn; "
-              f"{r['frames']} frames: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
-              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms, {r['over_50ms']} over 50 ms")  # fmt: skip
+        print(
+            f"  zoom {r['zoom']}: {r['markers']} markers + {r['clusters']} clusters drawn; "
+            f"{r['frames']} frames: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
+            f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms, {r['over_50ms']} over 50 ms"
+        )
     for r in results:
         # every round of 5,000 changes applied within its period, the median frame at 30 fps
         # or better; the tail is reported, not asserted: on a shared 2-core machine it
