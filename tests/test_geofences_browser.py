@@ -1,0 +1,163 @@
+"""The vehicle list and the geofence editor in a real headless Chromium (Debian's, through
+playwright's ``executable_path``): a dispatcher filters the list by plate, status and class,
+then draws a circle with Leaflet-Geoman by mouse on the map, names it and saves it, and the
+API has it. Synchronisation by DOM state (data-* attributes), as tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlparse
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.aio import aio_test
+from tests.dashboard_harness import PASSWORD, dashboard
+from tests.test_dashboard_browser import CHROMIUM, TIMEOUT_MS
+
+
+def _logged_in(page: Page, url: str, outside: list[str], errors: list[str]) -> None:
+    def route(r: object) -> None:  # nothing may leave 127.0.0.1
+        request = r.request  # type: ignore[attr-defined]
+        if urlparse(request.url).hostname != "127.0.0.1":
+            outside.append(request.url)
+            r.abort()  # type: ignore[attr-defined]
+        else:
+            r.continue_()  # type: ignore[attr-defined]
+
+    page.route("**/*", route)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_selector("body[data-state=login]")
+    page.fill("#username", "disp_a")
+    page.fill("#password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_selector("body[data-state=ready]")
+    page.wait_for_selector("#map[data-vehicles='2']")
+
+
+def _session(url: str, shots: Path) -> dict[str, object]:
+    outside: list[str] = []
+    errors: list[str] = []
+    seen: dict[str, object] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768}, locale="zh-CN")
+            page.set_default_timeout(TIMEOUT_MS)
+            _logged_in(page, url, outside, errors)
+
+            # ---- the vehicle list
+            vlist = page.locator("#vehicle-list")
+            expect(vlist).to_have_attribute("data-total", "3")
+            rows = page.locator(".vl-row")
+            seen["all"] = rows.locator(".vl-plate").all_inner_texts()
+            page.fill("#vehicle-search", "10002")
+            expect(vlist).to_have_attribute("data-count", "1")
+            seen["search"] = rows.locator(".vl-plate").all_inner_texts()
+            page.fill("#vehicle-search", "沪B")  # another company's plate: nothing
+            expect(vlist).to_have_attribute("data-count", "0")
+            page.fill("#vehicle-search", "")
+            page.select_option("#vehicle-status", "online")
+            expect(vlist).to_have_attribute("data-count", "1")
+            seen["online"] = rows.locator(".vl-plate").all_inner_texts()
+            page.select_option("#vehicle-status", "alarm")  # both reported vehicles' alerts
+            expect(vlist).to_have_attribute("data-count", "2")
+            seen["alarm"] = rows.locator(".vl-plate").all_inner_texts()
+            page.select_option("#vehicle-status", "offline")
+            expect(vlist).to_have_attribute("data-count", "2")
+            page.select_option("#vehicle-status", "")
+            page.select_option("#vehicle-class", "hazmat")
+            expect(vlist).to_have_attribute("data-count", "0")
+            page.select_option("#vehicle-class", "coach")
+            expect(vlist).to_have_attribute("data-count", "3")
+            page.select_option("#vehicle-sort", "time")
+            page.locator(".vl-row[data-vehicle-id]").first.click()
+            expect(page.locator(".vl-row.selected")).to_have_count(1)
+            page.screenshot(path=str(shots / "vehicle-list.png"))
+
+            # ---- draw a circle with geoman, by mouse, and save it
+            page.click("#geofences-open")
+            panel = page.locator("#geofence-panel")
+            expect(panel).to_be_visible()
+            expect(panel).to_have_attribute("data-count", "0")
+            page.click("#geofence-panel [data-draw=circle]")
+            expect(panel).to_have_attribute("data-mode", "drawing")
+            box = page.locator("#map").bounding_box()
+            assert box is not None
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.click(cx, cy)
+            for step in range(1, 9):
+                page.mouse.move(cx + 10 * step, cy)
+            page.mouse.click(cx + 80, cy)
+            expect(panel).to_have_attribute("data-mode", "editing")
+            seen["radius_shown"] = page.input_value("#gf-radius")
+            page.fill("#gf-name", "浏览器画的圆")
+            page.select_option("#gf-kind", "forbidden")
+            page.fill("#gf-speed", "30")
+            page.click("#gf-add-window")
+            page.locator(".gf-window input[type=checkbox][value='1']").check()
+            page.fill(".gf-window .gf-from", "07:00")
+            page.fill(".gf-window .gf-to", "09:30")
+            page.locator("#gf-classes input[value=coach]").check()
+            page.screenshot(path=str(shots / "geofence-form.png"))
+            page.click("#gf-save")
+            expect(panel).to_have_attribute("data-count", "1")
+            expect(panel).to_have_attribute("data-mode", "idle")
+            seen["saved"] = panel.get_attribute("data-saved")
+            seen["listed"] = page.locator("#gf-list li").all_inner_texts()
+            seen["paths"] = page.locator("#map path.leaflet-interactive").count()
+
+            # ---- a bad save says why and keeps the form open
+            page.click("#geofence-panel [data-draw=circle]")
+            page.mouse.click(cx - 200, cy + 100)
+            page.mouse.move(cx - 170, cy + 100)
+            page.mouse.click(cx - 150, cy + 100)
+            expect(panel).to_have_attribute("data-mode", "editing")
+            page.fill("#gf-name", "浏览器画的圆")  # taken
+            page.click("#gf-save")
+            expect(page.locator("#gf-error")).to_contain_text("exists")
+            seen["clash"] = page.inner_text("#gf-error")
+            page.screenshot(path=str(shots / "geofence-saved.png"))
+        finally:
+            browser.close()
+    seen["outside"], seen["errors"] = outside, errors
+    return seen
+
+
+@aio_test
+async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with dashboard(db_url) as dash:
+        seen = await asyncio.to_thread(_session, dash.url, tmp_path)
+        client = await dash.logged_in("disp_a")
+        fences = (await client.get("/api/geofences")).body["features"]
+    print(f"\nscreenshots: {sorted(str(p) for p in tmp_path.glob('*.png'))}")
+    assert seen["errors"] == [], seen["errors"]
+    assert seen["outside"] == [], seen["outside"]
+    assert sorted(seen["all"]) == ["京A10001", "京A10002", "京A10003"]  # type: ignore[arg-type]
+    assert seen["search"] == ["京A10002"]
+    assert seen["online"] == ["京A10001"]
+    assert sorted(seen["alarm"]) == ["京A10001", "京A10002"]  # type: ignore[arg-type]
+
+    (fence,) = fences
+    props = fence["properties"]
+    assert str(fence["id"]) == seen["saved"]
+    assert fence["company_id"] == dash.seeded.companies["A"]
+    assert props["name"] == "浏览器画的圆" and props["kind"] == "forbidden"
+    assert props["shape"] == "circle" and fence["geometry"]["type"] == "Point"
+    assert props["radius"] > 0 and str(round(props["radius"])) == seen["radius_shown"]
+    assert props["speed_limit"] == 30
+    assert props["windows"] == [{"days": [1], "from": "07:00", "to": "09:30"}]
+    assert props["applies_to"]["classes"] == ["coach"]
+    lon, lat = fence["geometry"]["coordinates"]
+    assert 116.3 < lon < 116.55 and 39.85 < lat < 39.95  # where company A's vehicles are
+    assert any("浏览器画的圆" in item for item in seen["listed"])  # type: ignore[attr-defined]
+    assert seen["paths"] >= 1  # the fence is drawn on the map
+    assert "浏览器画的圆" in str(seen["clash"])
