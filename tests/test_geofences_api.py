@@ -72,9 +72,13 @@ async def test_create_get_update_delete_round_trip(db_url: str) -> None:
         corridor = {
             "type": "Feature",
             "geometry": {"type": "LineString", "coordinates": [[116.0, 39.0], [116.2, 39.1]]},
-            "properties": {"name": "G4 京港澳", "kind": "speed_limit", "width": 60,
-                           "speed_limit": 80},
-        }  # fmt: skip
+            "properties": {
+                "name": "G4 京港澳",
+                "kind": "speed_limit",
+                "width": 60,
+                "speed_limit": 80,
+            },
+        }
         changed = await admin.request("PUT", f"/api/geofences/{fid}", corridor)
         assert changed.status == 200, changed.body
         assert changed.body["id"] == fid  # the id stays: alert keys refer to it
@@ -114,15 +118,21 @@ async def test_bad_input_is_a_400_that_says_what_is_wrong(db_url: str) -> None:
             (circle("限速无值", kind="speed_limit"), "speed_limit"),
             (circle("外星", lon=200.0), "coordinates"),
             (
-                {"type": "Feature", "geometry": {"type": "LineString", "coordinates": many},
-                 "properties": {"name": "长路", "width": 50}},
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "LineString", "coordinates": many},
+                    "properties": {"name": "长路", "width": 50},
+                },
                 "1200 vertices; at most 1000",
-            ),  # fmt: skip
+            ),
             (
-                {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[1, 2]]},
-                 "properties": {"name": "多点"}},
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "MultiPoint", "coordinates": [[1, 2]]},
+                    "properties": {"name": "多点"},
+                },
                 "not a fence shape",
-            ),  # fmt: skip
+            ),
             ({"type": "FeatureCollection", "features": []}, "not a Feature"),
             (circle("别家", applies_to={"vehicles": [999999]}), "999999"),
             ({**circle("无公司"), "company_id": 999999}, "no such company"),
@@ -130,12 +140,14 @@ async def test_bad_input_is_a_400_that_says_what_is_wrong(db_url: str) -> None:
         ]
         for feature, words in cases:
             reply = await admin.request("POST", "/api/geofences", feature)
-            assert reply.status == 400, (feature["properties"] if "properties" in feature else
-                                         feature, reply.body)  # fmt: skip
+            assert reply.status == 400, (words, reply.body)
             assert words in reply.body["error"], (words, reply.body)
         assert await _stored(dash) == []  # nothing half-stored
-        for path, status in (("/api/geofences/abc", 400), ("/api/geofences/0", 404),
-                             ("/api/geofences/99999999999", 404)):  # fmt: skip
+        for path, status in (
+            ("/api/geofences/abc", 400),
+            ("/api/geofences/0", 404),
+            ("/api/geofences/99999999999", 404),
+        ):
             assert (await admin.get(path)).status == status, path
         put = await admin.request("PUT", "/api/geofences/12345", circle("无此"))
         assert put.status == 404
@@ -181,8 +193,9 @@ async def test_dispatchers_see_and_change_only_their_company_and_read_the_platfo
         assert await _names(sup) == await _names(admin) == {"禁区", "A车场", "B车场"}
         listed = (await a.get("/api/geofences")).body["features"]
         assert {f["properties"]["name"]: f["editable"] for f in listed} == {
-            "禁区": False, "A车场": True,
-        }  # fmt: skip
+            "禁区": False,
+            "A车场": True,
+        }
 
         # B's fence does not exist for A: read, change and delete all answer 404
         bid = b_fence["id"]
@@ -222,8 +235,9 @@ async def test_export_and_import_geojson(db_url: str) -> None:
     async with dashboard(db_url) as dash:
         companies = dash.seeded.companies
         admin, a = await dash.logged_in("admin"), await dash.logged_in("disp_a")
-        await _created(admin, circle("禁区", kind="forbidden", windows=[{"from": "22:00",
-                                                                        "to": "06:00"}]))  # fmt: skip
+        await _created(
+            admin, circle("禁区", kind="forbidden", windows=[{"from": "22:00", "to": "06:00"}])
+        )
         await _created(a, polygon("A仓库", SQUARE, kind="zone"))
         export = await a.get("/api/geofences/export")
         assert export.status == 200
@@ -247,20 +261,27 @@ async def test_export_and_import_geojson(db_url: str) -> None:
         assert again.body["unchanged"] == 2 and again.body["added"] == 0
 
         # a dispatcher's import: a name held by the platform refuses the whole file
-        mine = {"type": "FeatureCollection",
-                "features": [polygon("A新仓", SQUARE), circle("禁区", radius=50)]}  # fmt: skip
+        mine = {
+            "type": "FeatureCollection",
+            "features": [polygon("A新仓", SQUARE), circle("禁区", radius=50)],
+        }
         refused = await a.request("POST", "/api/geofences/import", mine)
         assert refused.status == 409 and "禁区" in refused.body["error"], refused.body
         assert "A新仓" not in await _names(a)
-        ok = await a.request("POST", "/api/geofences/import",
-                             {"type": "FeatureCollection", "features": mine["features"][:1]})  # fmt: skip
+        ok = await a.request(
+            "POST",
+            "/api/geofences/import",
+            {"type": "FeatureCollection", "features": mine["features"][:1]},
+        )
         assert ok.status == 200 and ok.body["added"] == 1
         rows = {r["name"]: r["company_id"] for r in await _stored(dash)}
         assert rows["A新仓"] == companies["A"]
 
         # every problem of a file, with its feature's index, in one answer
-        bad = {"type": "FeatureCollection",
-               "features": [circle("好"), circle("坏", radius=0), circle("也坏", kind="x")]}  # fmt: skip
+        bad = {
+            "type": "FeatureCollection",
+            "features": [circle("好"), circle("坏", radius=0), circle("也坏", kind="x")],
+        }
         reply = await admin.request("POST", "/api/geofences/import", bad)
         assert reply.status == 400
         assert "feature 1" in reply.body["error"] and "feature 2" in reply.body["error"]
@@ -268,9 +289,14 @@ async def test_export_and_import_geojson(db_url: str) -> None:
         for body, words in (
             ({"type": "Feature"}, "FeatureCollection"),
             ({"type": "FeatureCollection", "features": [circle("B的", company_id=1)]}, "unknown"),
-            ({"type": "FeatureCollection",
-              "features": [{**circle("给B"), "company_id": companies["B"]}]}, "feature 0"),
-        ):  # fmt: skip
+            (
+                {
+                    "type": "FeatureCollection",
+                    "features": [{**circle("给B"), "company_id": companies["B"]}],
+                },
+                "feature 0",
+            ),
+        ):
             reply = await a.request("POST", "/api/geofences/import", body)
             assert reply.status == 400 and words in reply.body["error"], reply.body
 
@@ -281,11 +307,14 @@ async def test_every_geofence_endpoint_needs_a_session_and_changes_need_csrf(db_
         anonymous = dash.client()
         await anonymous.get("/api/session")
         endpoints = [
-            ("GET", "/api/geofences"), ("GET", "/api/geofences/1"),
-            ("GET", "/api/geofences/export"), ("POST", "/api/geofences"),
-            ("PUT", "/api/geofences/1"), ("DELETE", "/api/geofences/1"),
+            ("GET", "/api/geofences"),
+            ("GET", "/api/geofences/1"),
+            ("GET", "/api/geofences/export"),
+            ("POST", "/api/geofences"),
+            ("PUT", "/api/geofences/1"),
+            ("DELETE", "/api/geofences/1"),
             ("POST", "/api/geofences/import"),
-        ]  # fmt: skip
+        ]
         for method, path in endpoints:
             reply = await anonymous.request(method, path)
             assert reply.status == 401, (method, path, reply.body)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from urllib.parse import urlparse
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, dashboard
-from tests.test_dashboard_browser import CHROMIUM, TIMEOUT_MS
-
+from tests.test_dashboard_browser import chromium_page, watch
 
 #: In the page: 5,000 vehicles as the map's "vehicles" event, then a plate search; the times
 #: (ms) and how many rows the DOM holds. CDP's evaluate is not subject to the page's CSP.
@@ -42,16 +40,7 @@ BIG_LIST = """async () => {
 
 
 def _logged_in(page: Page, url: str, outside: list[str], errors: list[str]) -> None:
-    def route(r: object) -> None:  # nothing may leave 127.0.0.1
-        request = r.request  # type: ignore[attr-defined]
-        if urlparse(request.url).hostname != "127.0.0.1":
-            outside.append(request.url)
-            r.abort()  # type: ignore[attr-defined]
-        else:
-            r.continue_()  # type: ignore[attr-defined]
-
-    page.route("**/*", route)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    watch(page, outside, errors)
     page.goto(url)
     page.wait_for_selector("body[data-state=login]")
     page.fill("#username", "disp_a")
@@ -65,93 +54,84 @@ def _session(url: str, shots: Path) -> dict[str, object]:
     outside: list[str] = []
     errors: list[str] = []
     seen: dict[str, object] = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768}, locale="zh-CN")
-            page.set_default_timeout(TIMEOUT_MS)
-            _logged_in(page, url, outside, errors)
+    with chromium_page() as page:
+        _logged_in(page, url, outside, errors)
 
-            # ---- the vehicle list
-            vlist = page.locator("#vehicle-list")
-            expect(vlist).to_have_attribute("data-total", "3")
-            rows = page.locator(".vl-row")
-            seen["all"] = rows.locator(".vl-plate").all_inner_texts()
-            page.fill("#vehicle-search", "10002")
-            expect(vlist).to_have_attribute("data-count", "1")
-            seen["search"] = rows.locator(".vl-plate").all_inner_texts()
-            page.fill("#vehicle-search", "沪B")  # another company's plate: nothing
-            expect(vlist).to_have_attribute("data-count", "0")
-            page.fill("#vehicle-search", "")
-            page.select_option("#vehicle-status", "online")
-            expect(vlist).to_have_attribute("data-count", "1")
-            seen["online"] = rows.locator(".vl-plate").all_inner_texts()
-            page.select_option("#vehicle-status", "alarm")  # both reported vehicles' alerts
-            expect(vlist).to_have_attribute("data-count", "2")
-            seen["alarm"] = rows.locator(".vl-plate").all_inner_texts()
-            page.select_option("#vehicle-status", "offline")
-            expect(vlist).to_have_attribute("data-count", "2")
-            page.select_option("#vehicle-status", "")
-            page.select_option("#vehicle-class", "hazmat")
-            expect(vlist).to_have_attribute("data-count", "0")
-            page.select_option("#vehicle-class", "coach")
-            expect(vlist).to_have_attribute("data-count", "3")
-            page.select_option("#vehicle-sort", "time")
-            page.locator(".vl-row[data-vehicle-id]").first.click()
-            expect(page.locator(".vl-row.selected")).to_have_count(1)
-            page.screenshot(path=str(shots / "vehicle-list.png"))
-            seen["big"] = page.evaluate(BIG_LIST)  # 5,000 vehicles through the same event
-            page.screenshot(path=str(shots / "vehicle-list-5000.png"))
+        # ---- the vehicle list
+        vlist = page.locator("#vehicle-list")
+        expect(vlist).to_have_attribute("data-total", "3")
+        rows = page.locator(".vl-row")
+        seen["all"] = rows.locator(".vl-plate").all_inner_texts()
+        page.fill("#vehicle-search", "10002")
+        expect(vlist).to_have_attribute("data-count", "1")
+        seen["search"] = rows.locator(".vl-plate").all_inner_texts()
+        page.fill("#vehicle-search", "沪B")  # another company's plate: nothing
+        expect(vlist).to_have_attribute("data-count", "0")
+        page.fill("#vehicle-search", "")
+        page.select_option("#vehicle-status", "online")
+        expect(vlist).to_have_attribute("data-count", "1")
+        seen["online"] = rows.locator(".vl-plate").all_inner_texts()
+        page.select_option("#vehicle-status", "alarm")  # both reported vehicles' alerts
+        expect(vlist).to_have_attribute("data-count", "2")
+        seen["alarm"] = rows.locator(".vl-plate").all_inner_texts()
+        page.select_option("#vehicle-status", "offline")
+        expect(vlist).to_have_attribute("data-count", "2")
+        page.select_option("#vehicle-status", "")
+        page.select_option("#vehicle-class", "hazmat")
+        expect(vlist).to_have_attribute("data-count", "0")
+        page.select_option("#vehicle-class", "coach")
+        expect(vlist).to_have_attribute("data-count", "3")
+        page.select_option("#vehicle-sort", "time")
+        page.locator(".vl-row[data-vehicle-id]").first.click()
+        expect(page.locator(".vl-row.selected")).to_have_count(1)
+        page.screenshot(path=str(shots / "vehicle-list.png"))
+        seen["big"] = page.evaluate(BIG_LIST)  # 5,000 vehicles through the same event
+        page.screenshot(path=str(shots / "vehicle-list-5000.png"))
 
-            # ---- draw a circle with geoman, by mouse, and save it
-            page.click("#geofences-open")
-            panel = page.locator("#geofence-panel")
-            expect(panel).to_be_visible()
-            expect(panel).to_have_attribute("data-count", "0")
-            page.click("#geofence-panel [data-draw=circle]")
-            expect(panel).to_have_attribute("data-mode", "drawing")
-            box = page.locator("#map").bounding_box()
-            assert box is not None
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx, cy)
-            page.mouse.click(cx, cy)
-            for step in range(1, 9):
-                page.mouse.move(cx + 10 * step, cy)
-            page.mouse.click(cx + 80, cy)
-            expect(panel).to_have_attribute("data-mode", "editing")
-            seen["radius_shown"] = page.input_value("#gf-radius")
-            page.fill("#gf-name", "浏览器画的圆")
-            page.select_option("#gf-kind", "forbidden")
-            page.fill("#gf-speed", "30")
-            page.click("#gf-add-window")
-            page.locator(".gf-window input[type=checkbox][value='1']").check()
-            page.fill(".gf-window .gf-from", "07:00")
-            page.fill(".gf-window .gf-to", "09:30")
-            page.locator("#gf-classes input[value=coach]").check()
-            page.screenshot(path=str(shots / "geofence-form.png"))
-            page.click("#gf-save")
-            expect(panel).to_have_attribute("data-count", "1")
-            expect(panel).to_have_attribute("data-mode", "idle")
-            seen["saved"] = panel.get_attribute("data-saved")
-            seen["listed"] = page.locator("#gf-list li").all_inner_texts()
-            seen["paths"] = page.locator("#map path.leaflet-interactive").count()
+        # ---- draw a circle with geoman, by mouse, and save it
+        page.click("#geofences-open")
+        panel = page.locator("#geofence-panel")
+        expect(panel).to_be_visible()
+        expect(panel).to_have_attribute("data-count", "0")
+        page.click("#geofence-panel [data-draw=circle]")
+        expect(panel).to_have_attribute("data-mode", "drawing")
+        box = page.locator("#map").bounding_box()
+        assert box is not None
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx, cy)
+        page.mouse.click(cx, cy)
+        for step in range(1, 9):
+            page.mouse.move(cx + 10 * step, cy)
+        page.mouse.click(cx + 80, cy)
+        expect(panel).to_have_attribute("data-mode", "editing")
+        seen["radius_shown"] = page.input_value("#gf-radius")
+        page.fill("#gf-name", "浏览器画的圆")
+        page.select_option("#gf-kind", "forbidden")
+        page.fill("#gf-speed", "30")
+        page.click("#gf-add-window")
+        page.locator(".gf-window input[type=checkbox][value='1']").check()
+        page.fill(".gf-window .gf-from", "07:00")
+        page.fill(".gf-window .gf-to", "09:30")
+        page.locator("#gf-classes input[value=coach]").check()
+        page.screenshot(path=str(shots / "geofence-form.png"))
+        page.click("#gf-save")
+        expect(panel).to_have_attribute("data-count", "1")
+        expect(panel).to_have_attribute("data-mode", "idle")
+        seen["saved"] = panel.get_attribute("data-saved")
+        seen["listed"] = page.locator("#gf-list li").all_inner_texts()
+        seen["paths"] = page.locator("#map path.leaflet-interactive").count()
 
-            # ---- a bad save says why and keeps the form open
-            page.click("#geofence-panel [data-draw=circle]")
-            page.mouse.click(cx - 200, cy + 100)
-            page.mouse.move(cx - 170, cy + 100)
-            page.mouse.click(cx - 150, cy + 100)
-            expect(panel).to_have_attribute("data-mode", "editing")
-            page.fill("#gf-name", "浏览器画的圆")  # taken
-            page.click("#gf-save")
-            expect(page.locator("#gf-error")).to_contain_text("exists")
-            seen["clash"] = page.inner_text("#gf-error")
-            page.screenshot(path=str(shots / "geofence-saved.png"))
-        finally:
-            browser.close()
+        # ---- a bad save says why and keeps the form open
+        page.click("#geofence-panel [data-draw=circle]")
+        page.mouse.click(cx - 200, cy + 100)
+        page.mouse.move(cx - 170, cy + 100)
+        page.mouse.click(cx - 150, cy + 100)
+        expect(panel).to_have_attribute("data-mode", "editing")
+        page.fill("#gf-name", "浏览器画的圆")  # taken
+        page.click("#gf-save")
+        expect(page.locator("#gf-error")).to_contain_text("exists")
+        seen["clash"] = page.inner_text("#gf-error")
+        page.screenshot(path=str(shots / "geofence-saved.png"))
     seen["outside"], seen["errors"] = outside, errors
     return seen
 
