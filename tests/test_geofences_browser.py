@@ -173,3 +173,83 @@ async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
     assert any("浏览器画的圆" in item for item in seen["listed"])  # type: ignore[attr-defined]
     assert seen["paths"] >= 1  # the fence is drawn on the map
     assert "浏览器画的圆" in str(seen["clash"])
+
+
+def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
+    """A supervisor draws a rectangle, a polygon and a corridor, then renames one in the list."""
+    outside: list[str] = []
+    errors: list[str] = []
+    seen: dict[str, object] = {}
+    with chromium_page() as page:
+        watch(page, outside, errors)
+        page.goto(url)
+        page.wait_for_selector("body[data-state=login]")
+        page.fill("#username", "super")
+        page.fill("#password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_selector("body[data-state=ready]")
+        page.click("#geofences-open")
+        panel = page.locator("#geofence-panel")
+        expect(panel).to_have_attribute("data-count", "0")
+        box = page.locator("#map").bounding_box()
+        assert box is not None
+        x0, y0 = box["x"] + 60, box["y"] + 60
+
+        def draw(shape: str, points: list[tuple[float, float]], name: str, kind: str) -> None:
+            page.click(f"#geofence-panel [data-draw={shape}]")
+            expect(panel).to_have_attribute("data-mode", "drawing")
+            for x, y in points:
+                page.mouse.move(x0 + x, y0 + y)
+                page.mouse.click(x0 + x, y0 + y)
+            expect(panel).to_have_attribute("data-mode", "editing")
+            page.fill("#gf-name", name)
+            page.select_option("#gf-kind", kind)
+            if shape == "corridor":
+                page.fill("#gf-width", "80")
+                page.fill("#gf-speed", "60")
+            page.click("#gf-save")
+            expect(panel).to_have_attribute("data-mode", "idle")
+
+        draw("rectangle", [(0, 0), (120, 80)], "矩形区", "zone")
+        expect(panel).to_have_attribute("data-count", "1")
+        draw("polygon", [(200, 0), (320, 20), (260, 120), (200, 0)], "多边形区", "forbidden")
+        expect(panel).to_have_attribute("data-count", "2")
+        draw("corridor", [(0, 200), (150, 260), (300, 220), (300, 220)], "走廊", "speed_limit")
+        expect(panel).to_have_attribute("data-count", "3")
+        page.screenshot(path=str(shots / "geofence-shapes.png"))
+
+        # edit: pick the rectangle in the list, rename it
+        page.click("#gf-list li:has-text('矩形区')")
+        expect(panel).to_have_attribute("data-mode", "editing")
+        seen["edit_shape"] = page.inner_text("#gf-shape")
+        page.fill("#gf-name", "矩形区二")
+        page.click("#gf-save")
+        expect(panel).to_have_attribute("data-mode", "idle")
+        expect(page.locator("#gf-list li:has-text('矩形区二')")).to_have_count(1)
+        page.screenshot(path=str(shots / "geofence-edited.png"))
+    seen["outside"], seen["errors"] = outside, errors
+    return seen
+
+
+@aio_test
+async def test_rectangle_polygon_and_corridor_drawn_and_a_fence_renamed(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with dashboard(db_url) as dash:
+        seen = await asyncio.to_thread(_draw_shapes, dash.url, tmp_path)
+        client = await dash.logged_in("super")
+        fences = (await client.get("/api/geofences")).body["features"]
+    print(f"\nscreenshots: {sorted(str(p) for p in tmp_path.glob('*.png'))}")
+    assert seen["errors"] == [] and seen["outside"] == [], seen
+    by_name = {f["properties"]["name"]: f for f in fences}
+    assert set(by_name) == {"矩形区二", "多边形区", "走廊"}
+    rect, poly, road = by_name["矩形区二"], by_name["多边形区"], by_name["走廊"]
+    assert rect["properties"]["shape"] == "rectangle" and len(rect["bbox"]) == 4
+    assert rect["id"] == min(f["id"] for f in fences)  # renamed in place: same id
+    assert "#" + str(rect["id"]) in str(seen["edit_shape"])
+    assert poly["properties"]["shape"] == "polygon" and poly["properties"]["kind"] == "forbidden"
+    assert len(poly["geometry"]["coordinates"][0]) == 4  # three corners, closed
+    assert road["properties"]["shape"] == "corridor" and road["geometry"]["type"] == "LineString"
+    assert len(road["geometry"]["coordinates"]) == 3
+    assert road["properties"]["width"] == 80 and road["properties"]["speed_limit"] == 60
+    assert all(f["company_id"] is None for f in fences)  # a supervisor's: the platform's

@@ -78,7 +78,7 @@ function build() {
     <p id="gf-hint" hidden>${T.gf_draw_hint}</p>
     <ul id="gf-list"></ul>`;
   p.dataset.mode = "idle";
-  $("#gf-close").addEventListener("click", () => { cancel(); p.hidden = true; });
+  $("#gf-close").addEventListener("click", () => { cancel(); p.hidden = true; getMap().invalidateSize(); });
   for (const b of p.querySelectorAll("[data-draw]")) b.addEventListener("click", () => startDrawing(b.dataset.draw));
   $("#gf-form").addEventListener("submit", (e) => { e.preventDefault(); save(); });
   $("#gf-cancel").addEventListener("click", cancel);
@@ -391,6 +391,8 @@ $("#geofences-open").addEventListener("click", () => {
   const p = panel();
   p.hidden = !p.hidden;
   if (p.hidden) cancel(); else load();
+  const map = getMap();
+  if (map) map.invalidateSize(); // the panel took (or gave back) the map's width
 });
 on("vehicles", (features) => {
   plates = new Map();
