@@ -96,7 +96,7 @@ class GeofenceApi:
         session = await self.api.user(request, change=True)
         fence, owner = _parse(json_body(request), session)
         async with self.pool.acquire() as conn:
-            await self._check_vehicles(conn, session, fence)
+            await self._check_vehicles(conn, session, [fence])
             try:
                 fence_id = await geofences.create(conn, fence, owner)
             except geofences.NameTaken as exc:
@@ -115,7 +115,7 @@ class GeofenceApi:
         async with self.pool.acquire() as conn:
             await self._editable(conn, session, fence_id)
             fence, owner = _parse(body, session)
-            await self._check_vehicles(conn, session, fence)
+            await self._check_vehicles(conn, session, [fence])
             try:
                 await geofences.update(conn, session.user.scope, fence_id, fence, owner)
             except geofences.NameTaken as exc:
@@ -161,8 +161,7 @@ class GeofenceApi:
         if errors:
             raise ApiError(400, "; ".join(errors))
         async with self.pool.acquire() as conn:
-            for fence in fences:
-                await self._check_vehicles(conn, session, fence)
+            await self._check_vehicles(conn, session, fences)
             try:
                 result = await geofences.import_owned(conn, session.user.scope, owned)
             except geofences.NameTaken as exc:
@@ -187,12 +186,15 @@ class GeofenceApi:
             raise ApiError(403, f"geofence {fence_id} is the platform's: only admins and "
                                 "supervisors change it")  # fmt: skip
 
-    async def _check_vehicles(self, conn: Any, session: Session, fence: Geofence) -> None:
-        wanted = fence.applies_to.vehicle_ids
-        outside = await geofences.vehicles_outside(conn, session.user.scope, wanted)
-        if outside:
-            raise ApiError(400, f"{fence.name!r}: applies_to.vehicles {outside}: no such "
-                                "vehicle in your scope")  # fmt: skip
+    async def _check_vehicles(self, conn: Any, session: Session, fences: list[Geofence]) -> None:
+        """400 if a fence names a vehicle the user does not see (one query for them all)."""
+        wanted = {v for fence in fences for v in fence.applies_to.vehicle_ids}
+        outside = set(await geofences.vehicles_outside(conn, session.user.scope, wanted))
+        for fence in fences:
+            named = sorted(fence.applies_to.vehicle_ids & outside)
+            if named:
+                raise ApiError(400, f"{fence.name!r}: applies_to.vehicles {named}: no such "
+                                    "vehicle in your scope")  # fmt: skip
 
 
 def _fence_id(text: str) -> int:

@@ -296,6 +296,16 @@ async def test_export_and_import_geojson(db_url: str) -> None:
                 },
                 "feature 0",
             ),
+            (
+                {
+                    "type": "FeatureCollection",
+                    "features": [
+                        circle("A的", applies_to={"vehicles": [dash.seeded.vehicles["京A10001"]]}),
+                        circle("盯B", applies_to={"vehicles": [dash.seeded.vehicles["沪B20001"]]}),
+                    ],
+                },
+                "'盯B': applies_to.vehicles",
+            ),
         ):
             reply = await a.request("POST", "/api/geofences/import", body)
             assert reply.status == 400 and words in reply.body["error"], reply.body

@@ -7,6 +7,7 @@ API has it. Synchronisation by DOM state (data-* attributes), as tests/test_dash
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -175,6 +176,23 @@ async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
     assert "浏览器画的圆" in str(seen["clash"])
 
 
+IMPORT = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [116.41, 39.91]},
+            "properties": {"name": "导入的圆", "radius": 150, "kind": "hazard", "speed_limit": 20},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": [[116.3, 39.8], [116.5, 39.9]]},
+            "properties": {"name": "导入的走廊", "width": 40, "kind": "route"},
+        },
+    ],
+}
+
+
 def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
     """A supervisor draws a rectangle, a polygon and a corridor, then renames one in the list."""
     outside: list[str] = []
@@ -227,6 +245,22 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
         expect(panel).to_have_attribute("data-mode", "idle")
         expect(page.locator("#gf-list li:has-text('矩形区二')")).to_have_count(1)
         page.screenshot(path=str(shots / "geofence-edited.png"))
+
+        # export to a file, and import one
+        with page.expect_download() as download:
+            page.click("#gf-export")
+        exported = shots / "export.geojson"
+        download.value.save_as(exported)
+        seen["exported"] = json.loads(exported.read_text())
+        upload = shots / "import.geojson"
+        upload.write_text(json.dumps(IMPORT), encoding="utf-8")
+        page.set_input_files("#gf-import", str(upload))
+        expect(panel).to_have_attribute("data-count", "5")
+        seen["imported"] = page.inner_text("#gf-message")
+        upload.write_text(json.dumps({"type": "FeatureCollection", "features": [{}]}))
+        page.set_input_files("#gf-import", str(upload))
+        expect(page.locator("#gf-message")).to_contain_text("feature 0")
+        seen["bad_import"] = page.inner_text("#gf-message")
     seen["outside"], seen["errors"] = outside, errors
     return seen
 
@@ -242,7 +276,7 @@ async def test_rectangle_polygon_and_corridor_drawn_and_a_fence_renamed(
     print(f"\nscreenshots: {sorted(str(p) for p in tmp_path.glob('*.png'))}")
     assert seen["errors"] == [] and seen["outside"] == [], seen
     by_name = {f["properties"]["name"]: f for f in fences}
-    assert set(by_name) == {"矩形区二", "多边形区", "走廊"}
+    assert set(by_name) == {"矩形区二", "多边形区", "走廊", "导入的圆", "导入的走廊"}
     rect, poly, road = by_name["矩形区二"], by_name["多边形区"], by_name["走廊"]
     assert rect["properties"]["shape"] == "rectangle" and len(rect["bbox"]) == 4
     assert rect["id"] == min(f["id"] for f in fences)  # renamed in place: same id
@@ -253,3 +287,8 @@ async def test_rectangle_polygon_and_corridor_drawn_and_a_fence_renamed(
     assert len(road["geometry"]["coordinates"]) == 3
     assert road["properties"]["width"] == 80 and road["properties"]["speed_limit"] == 60
     assert all(f["company_id"] is None for f in fences)  # a supervisor's: the platform's
+    exported = seen["exported"]["features"]  # type: ignore[index]
+    assert {f["properties"]["name"] for f in exported} == {"矩形区二", "多边形区", "走廊"}
+    assert "+2" in str(seen["imported"])
+    assert {"导入的圆", "导入的走廊"} <= set(by_name)
+    assert "import.geojson" in str(seen["bad_import"])
