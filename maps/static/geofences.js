@@ -112,7 +112,7 @@ function toLayer(f) {
   else if (p.shape === "polygon") layer = L.polygon(g.coordinates.map(latlngs), style);
   else layer = L.polyline(latlngs(g.coordinates), { ...style, opacity: 0.6 });
   layer.fenceId = f.id;
-  layer.bindTooltip(p.name);
+  layer.bindTooltip(escapeHtml(p.name)); // Leaflet puts a string tooltip in as HTML
   if (p.shape === "corridor") styleCorridor(layer, p.width);
   return layer;
 }
@@ -264,7 +264,9 @@ function windowsOf() {
   for (const row of $("#gf-windows").children) {
     const days = [...row.querySelectorAll("input[type=checkbox]:checked")].map((b) => Number(b.value));
     const from = row.querySelector(".gf-from").value;
-    const to = row.querySelector(".gf-to").value;
+    const toInput = row.querySelector(".gf-to");
+    // <input type=time> cannot say 24:00: an untouched 23:59 that was 24:00 stays 24:00
+    const to = toInput.value === "23:59" && toInput.dataset.original === "24:00" ? "24:00" : toInput.value;
     const w = {};
     if (days.length) w.days = days;
     if (from) w.from = from;
@@ -280,7 +282,8 @@ function addWindow(w) {
   row.innerHTML = T.gf_days.map((d, i) => `<label><input type="checkbox" value="${i + 1}"` +
     `${(w.days || []).includes(i + 1) ? " checked" : ""}>${d}</label>`).join("") +
     `<input class="gf-from" type="time" value="${escapeHtml(w.from || "")}"> – ` +
-    `<input class="gf-to" type="time" value="${escapeHtml(w.to === "24:00" ? "23:59" : w.to || "")}">` +
+    `<input class="gf-to" type="time" data-original="${escapeHtml(w.to || "")}" ` +
+    `value="${escapeHtml(w.to === "24:00" ? "23:59" : w.to || "")}">` +
     `<button type="button" class="gf-remove">×</button>`;
   row.querySelector(".gf-remove").addEventListener("click", () => row.remove());
   $("#gf-windows").append(row);
