@@ -93,7 +93,18 @@ def _session(url: str, shots: Path) -> dict[str, object]:
         page.click("#geofences-open")
         panel = page.locator("#geofence-panel")
         expect(panel).to_be_visible()
-        expect(panel).to_have_attribute("data-count", "0")
+        expect(panel).to_have_attribute("data-count", "1")
+        # the platform's fence: shown, not editable by a dispatcher
+        page.click("#gf-list li:has-text('平台禁区')")
+        expect(panel).to_have_attribute("data-mode", "editing")
+        seen["platform_form"] = (
+            page.is_visible("#gf-save"),
+            page.is_visible("#gf-delete"),
+            page.is_disabled("#gf-name"),
+            page.is_visible("#gf-owner-row"),
+        )
+        page.click("#gf-cancel")
+        expect(panel).to_have_attribute("data-mode", "idle")
         page.click("#geofence-panel [data-draw=circle]")
         expect(panel).to_have_attribute("data-mode", "drawing")
         box = page.locator("#map").bounding_box()
@@ -116,7 +127,7 @@ def _session(url: str, shots: Path) -> dict[str, object]:
         page.locator("#gf-classes input[value=coach]").check()
         page.screenshot(path=str(shots / "geofence-form.png"))
         page.click("#gf-save")
-        expect(panel).to_have_attribute("data-count", "1")
+        expect(panel).to_have_attribute("data-count", "2")
         expect(panel).to_have_attribute("data-mode", "idle")
         seen["saved"] = panel.get_attribute("data-saved")
         seen["listed"] = page.locator("#gf-list li").all_inner_texts()
@@ -142,6 +153,13 @@ async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
     db_url: str, tmp_path: Path
 ) -> None:
     async with dashboard(db_url) as dash:
+        admin = await dash.logged_in("admin")
+        platform = {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [116.2, 39.7]},
+            "properties": {"name": "平台禁区", "kind": "forbidden", "radius": 200},
+        }
+        assert (await admin.request("POST", "/api/geofences", platform)).status == 201
         seen = await asyncio.to_thread(_session, dash.url, tmp_path)
         client = await dash.logged_in("disp_a")
         fences = (await client.get("/api/geofences")).body["features"]
@@ -159,7 +177,8 @@ async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
     assert big["rows_in_dom"] < 80  # type: ignore[index]  # the visible slice, not 5,000
     assert big["search_ms"] < 500  # type: ignore[index]
 
-    (fence,) = fences
+    assert seen["platform_form"] == (False, False, True, False)  # read-only, no owner choice
+    (fence,) = [f for f in fences if f["properties"]["name"] != "平台禁区"]
     props = fence["properties"]
     assert str(fence["id"]) == seen["saved"]
     assert fence["company_id"] == dash.seeded.companies["A"]
@@ -170,7 +189,7 @@ async def test_vehicle_list_filters_and_a_circle_drawn_with_geoman_is_saved(
     assert props["windows"] == [{"days": [1], "from": "07:00", "to": "09:30"}]
     assert props["applies_to"]["classes"] == ["coach"]
     lon, lat = fence["geometry"]["coordinates"]
-    assert 116.3 < lon < 116.55 and 39.85 < lat < 39.95  # where company A's vehicles are
+    assert 115.9 < lon < 116.6 and 39.5 < lat < 40.0  # around Beijing, where the map was
     assert any("浏览器画的圆" in item for item in seen["listed"])  # type: ignore[attr-defined]
     assert seen["paths"] >= 1  # the fence is drawn on the map
     assert "浏览器画的圆" in str(seen["clash"])
@@ -213,7 +232,9 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
         assert box is not None
         x0, y0 = box["x"] + 60, box["y"] + 60
 
-        def draw(shape: str, points: list[tuple[float, float]], name: str, kind: str) -> None:
+        def draw(
+            shape: str, points: list[tuple[float, float]], name: str, kind: str, owner: str = ""
+        ) -> None:
             page.click(f"#geofence-panel [data-draw={shape}]")
             expect(panel).to_have_attribute("data-mode", "drawing")
             for x, y in points:
@@ -222,6 +243,8 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
             expect(panel).to_have_attribute("data-mode", "editing")
             page.fill("#gf-name", name)
             page.select_option("#gf-kind", kind)
+            if owner:
+                page.select_option("#gf-owner", label=owner)
             if shape == "corridor":
                 page.fill("#gf-width", "80")
                 page.fill("#gf-speed", "60")
@@ -230,7 +253,8 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
 
         draw("rectangle", [(0, 0), (120, 80)], "矩形区", "zone")
         expect(panel).to_have_attribute("data-count", "1")
-        draw("polygon", [(200, 0), (320, 20), (260, 120), (200, 0)], "多边形区", "forbidden")
+        triangle = [(200, 0), (320, 20), (260, 120), (200, 0)]
+        draw("polygon", triangle, "多边形区", "forbidden", "公司A")
         expect(panel).to_have_attribute("data-count", "2")
         draw("corridor", [(0, 200), (150, 260), (300, 220), (300, 220)], "走廊", "speed_limit")
         expect(panel).to_have_attribute("data-count", "3")
@@ -286,7 +310,9 @@ async def test_rectangle_polygon_and_corridor_drawn_and_a_fence_renamed(
     assert road["properties"]["shape"] == "corridor" and road["geometry"]["type"] == "LineString"
     assert len(road["geometry"]["coordinates"]) == 3
     assert road["properties"]["width"] == 80 and road["properties"]["speed_limit"] == 60
-    assert all(f["company_id"] is None for f in fences)  # a supervisor's: the platform's
+    assert poly["company_id"] == dash.seeded.companies["A"]  # the owner chosen in the form
+    assert poly["properties"]["applies_to"]["companies"] == [dash.seeded.companies["A"]]
+    assert rect["company_id"] is None and road["company_id"] is None  # the platform's
     exported = seen["exported"]["features"]  # type: ignore[index]
     assert {f["properties"]["name"] for f in exported} == {"矩形区二", "多边形区", "走廊"}
     assert "+2" in str(seen["imported"])

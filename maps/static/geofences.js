@@ -6,7 +6,7 @@
 // Test hooks: #geofence-panel[data-mode] (idle | drawing | editing), [data-count] (fences
 // listed), [data-saved] (id of the last fence saved); list items have data-fence-id.
 "use strict";
-import { $, T, addStrings, api, emit, escapeHtml, on, onReady } from "./core.js";
+import { $, T, addStrings, api, emit, escapeHtml, on, onReady, session } from "./core.js";
 import { getMap } from "./map.js";
 import { CLASS_NAMES } from "./vehicles.js";
 
@@ -20,7 +20,7 @@ addStrings({
   gf_import: "导入 GeoJSON", gf_export: "导出 GeoJSON", gf_readonly: "平台围栏（只读）",
   gf_confirm_delete: "删除围栏", gf_unknown_plate: "未知车牌", gf_imported: "导入完成",
   gf_days: ["一", "二", "三", "四", "五", "六", "日"], gf_draw_hint: "在地图上绘制；折线/多边形双击或点击首点结束",
-  gf_none: "暂无围栏",
+  gf_none: "暂无围栏", gf_owner: "所属", gf_platform: "平台（全部企业）",
 }, {
   gf_button: "Geofences", gf_title: "Geofences", gf_close: "Close", gf_draw: "Draw",
   gf_shapes: { circle: "Circle", rectangle: "Rectangle", polygon: "Polygon", corridor: "Corridor" },
@@ -31,7 +31,7 @@ addStrings({
   gf_import: "Import GeoJSON", gf_export: "Export GeoJSON", gf_readonly: "Platform fence (read-only)",
   gf_confirm_delete: "Delete geofence", gf_unknown_plate: "Unknown plate", gf_imported: "Imported",
   gf_days: ["Mo", "Tu", "We", "Th", "Fr", "Sa", "Su"], gf_draw_hint: "Draw on the map; finish a line or polygon by double-clicking or clicking its first point",
-  gf_none: "No geofences",
+  gf_none: "No geofences", gf_owner: "Owner", gf_platform: "Platform (every company)",
 });
 
 const GEOMAN = { circle: "Circle", rectangle: "Rectangle", polygon: "Polygon", corridor: "Line" };
@@ -42,6 +42,7 @@ let layers = null; // the fences on the map
 let current = null; // {shape, layer, feature (null: new)}
 let plates = new Map(); // plate -> vehicle id, and back
 let platesById = new Map();
+let companies = new Map(); // company id -> name, from the vehicles in scope
 
 const panel = () => $("#geofence-panel");
 const r7 = (x) => Math.round(x * 1e7) / 1e7;
@@ -62,6 +63,7 @@ function build() {
       <label>${T.gf_name}<input id="gf-name" maxlength="100" required></label>
       <label>${T.gf_kind}<select id="gf-kind">${Object.keys(COLOURS).map((k) =>
         `<option value="${k}">${T.gf_kinds[k]}</option>`).join("")}</select></label>
+      <label id="gf-owner-row">${T.gf_owner}<select id="gf-owner"></select></label>
       <label>${T.gf_speed}<input id="gf-speed" type="number" min="1" max="200" step="1"></label>
       <label id="gf-radius-row">${T.gf_radius}<input id="gf-radius" type="number" min="1" step="1"></label>
       <label id="gf-width-row">${T.gf_width}<input id="gf-width" type="number" min="1" step="1"></label>
@@ -204,6 +206,13 @@ function open(editing) {
   $("#gf-name").value = p.name || "";
   $("#gf-kind").value = p.kind || "zone";
   $("#gf-speed").value = p.speed_limit ?? "";
+  // admins and supervisors choose the owner (a dispatcher's fences are always its company's)
+  const owner = f ? f.company_id : null;
+  $("#gf-owner-row").hidden = !session.user || session.user.role === "dispatcher";
+  $("#gf-owner").replaceChildren(new Option(T.gf_platform, ""), ...[...companies].map(([id, name]) =>
+    new Option(name, String(id))));
+  if (owner !== null && !companies.has(owner)) $("#gf-owner").append(new Option("#" + owner, String(owner)));
+  $("#gf-owner").value = owner === null ? "" : String(owner);
   $("#gf-radius-row").hidden = editing.shape !== "circle";
   $("#gf-width-row").hidden = editing.shape !== "corridor";
   if (editing.shape === "circle") $("#gf-radius").value = Math.round(editing.layer.getRadius());
@@ -314,7 +323,8 @@ function featureOf() {
   if (vehicles.length) applies.vehicles = vehicles; else delete applies.vehicles;
   if (Object.keys(applies).length) props.applies_to = applies; else delete props.applies_to;
   const out = { type: "Feature", geometry: geometryOf(shape, layer), properties: props };
-  if (feature) out.company_id = feature.company_id;
+  if (!$("#gf-owner-row").hidden) out.company_id = $("#gf-owner").value ? Number($("#gf-owner").value) : null;
+  else if (feature) out.company_id = feature.company_id;
   return out;
 }
 
@@ -400,7 +410,9 @@ $("#geofences-open").addEventListener("click", () => {
 on("vehicles", (features) => {
   plates = new Map();
   platesById = new Map();
+  companies = new Map();
   for (const f of features) {
+    if (f.properties.company_id != null) companies.set(f.properties.company_id, f.properties.company || "#" + f.properties.company_id);
     if (!f.properties.plate) continue;
     plates.set(f.properties.plate.toUpperCase(), f.id);
     platesById.set(f.id, f.properties.plate);
