@@ -40,15 +40,14 @@ BIG_LIST = """async () => {
 }"""
 
 
-def _logged_in(page: Page, url: str, outside: list[str], errors: list[str]) -> None:
+def _logged_in(page: Page, url: str, user: str, outside: list[str], errors: list[str]) -> None:
     watch(page, outside, errors)
     page.goto(url)
     page.wait_for_selector("body[data-state=login]")
-    page.fill("#username", "disp_a")
+    page.fill("#username", user)
     page.fill("#password", PASSWORD)
     page.click("#login-submit")
     page.wait_for_selector("body[data-state=ready]")
-    page.wait_for_selector("#map[data-vehicles='2']")
 
 
 def _session(url: str, shots: Path) -> dict[str, object]:
@@ -56,7 +55,8 @@ def _session(url: str, shots: Path) -> dict[str, object]:
     errors: list[str] = []
     seen: dict[str, object] = {}
     with chromium_page() as page:
-        _logged_in(page, url, outside, errors)
+        _logged_in(page, url, "disp_a", outside, errors)
+        page.wait_for_selector("#map[data-vehicles='2']")
 
         # ---- the vehicle list
         vlist = page.locator("#vehicle-list")
@@ -218,13 +218,7 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
     errors: list[str] = []
     seen: dict[str, object] = {}
     with chromium_page() as page:
-        watch(page, outside, errors)
-        page.goto(url)
-        page.wait_for_selector("body[data-state=login]")
-        page.fill("#username", "super")
-        page.fill("#password", PASSWORD)
-        page.click("#login-submit")
-        page.wait_for_selector("body[data-state=ready]")
+        _logged_in(page, url, "super", outside, errors)
         page.click("#geofences-open")
         panel = page.locator("#geofence-panel")
         expect(panel).to_have_attribute("data-count", "0")
