@@ -7,7 +7,9 @@ API has it. Synchronisation by DOM state (data-* attributes), as tests/test_dash
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -40,22 +42,26 @@ BIG_LIST = """async () => {
 }"""
 
 
-def _logged_in(page: Page, url: str, user: str, outside: list[str], errors: list[str]) -> None:
-    watch(page, outside, errors)
-    page.goto(url)
-    page.wait_for_selector("body[data-state=login]")
-    page.fill("#username", user)
-    page.fill("#password", PASSWORD)
-    page.click("#login-submit")
-    page.wait_for_selector("body[data-state=ready]")
+@contextlib.contextmanager
+def _logged_in(url: str, user: str) -> Iterator[tuple[Page, dict[str, object]]]:
+    """A page logged in as ``user`` and the dict the session fills with what it saw; requests
+    that tried to leave 127.0.0.1 and the page's errors end up in it too."""
+    outside: list[str] = []
+    errors: list[str] = []
+    seen: dict[str, object] = {"outside": outside, "errors": errors}
+    with chromium_page() as page:
+        watch(page, outside, errors)
+        page.goto(url)
+        page.wait_for_selector("body[data-state=login]")
+        page.fill("#username", user)
+        page.fill("#password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_selector("body[data-state=ready]")
+        yield page, seen
 
 
 def _session(url: str, shots: Path) -> dict[str, object]:
-    outside: list[str] = []
-    errors: list[str] = []
-    seen: dict[str, object] = {}
-    with chromium_page() as page:
-        _logged_in(page, url, "disp_a", outside, errors)
+    with _logged_in(url, "disp_a") as (page, seen):
         page.wait_for_selector("#map[data-vehicles='2']")
 
         # ---- the vehicle list
@@ -144,7 +150,6 @@ def _session(url: str, shots: Path) -> dict[str, object]:
         expect(page.locator("#gf-error")).to_contain_text("exists")
         seen["clash"] = page.inner_text("#gf-error")
         page.screenshot(path=str(shots / "geofence-saved.png"))
-    seen["outside"], seen["errors"] = outside, errors
     return seen
 
 
@@ -214,11 +219,7 @@ IMPORT = {
 
 def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
     """A supervisor draws a rectangle, a polygon and a corridor, then renames one in the list."""
-    outside: list[str] = []
-    errors: list[str] = []
-    seen: dict[str, object] = {}
-    with chromium_page() as page:
-        _logged_in(page, url, "super", outside, errors)
+    with _logged_in(url, "super") as (page, seen):
         page.click("#geofences-open")
         panel = page.locator("#geofence-panel")
         expect(panel).to_have_attribute("data-count", "0")
@@ -279,7 +280,6 @@ def _draw_shapes(url: str, shots: Path) -> dict[str, object]:
         page.set_input_files("#gf-import", str(upload))
         expect(page.locator("#gf-message")).to_contain_text("feature 0")
         seen["bad_import"] = page.inner_text("#gf-message")
-    seen["outside"], seen["errors"] = outside, errors
     return seen
 
 
