@@ -17,6 +17,7 @@ from tests.dashboard_harness import VEHICLES, dashboard
 from tests.supervision_harness import Vehicle, eventually, fix, running_supervision
 
 SET_CIRCLE_AREAS = 0x8600
+DELETE_CIRCLE_AREAS = 0x8601
 M_PER_DEG_LON = 85_390.0  # at 39.9 N
 
 
@@ -73,4 +74,12 @@ async def test_a_fence_created_through_the_api_raises_an_entry_alarm_without_res
         assert alert.vehicle_id == dash.seeded.vehicles[plate]
         assert alert.details["fence_id"] == fence_id
         assert alert.details["fence_name"] == "危化品禁行区"
+
+        # deleting it in the dashboard takes the area off the terminal, still without restart
+        gone = await dispatcher.request("DELETE", f"/api/geofences/{fence_id}")
+        assert gone.status == 200
+        (removal,) = await car.commands(DELETE_CIRCLE_AREAS)
+        # its id, or none left at all: an empty list deletes every circle area (JT/T 808)
+        assert list(removal.body.ids) in ([fence_id], [])
+        assert supervision.index.fences == {}
         await car.close()
