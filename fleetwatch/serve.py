@@ -237,6 +237,7 @@ class Server:
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
         from maps.api import Api
+        from maps.geofences import GeofenceApi
         from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
@@ -331,7 +332,8 @@ class Server:
             api = Api(self.pool, self.acknowledge, ignition=ignition_of)
             tiles = self.tiles
             root = dashboard_root(
-                api.resource(BaseMapApi(api, tiles)), tile_origin=tiles.origin if tiles else None
+                api.resource(GeofenceApi(api), BaseMapApi(api, tiles)),
+                tile_origin=tiles.origin if tiles else None,
             )
             if tiles is not None and tiles.file is not None:
                 root.putChild(b"tiles", MBTilesResource(tiles))

