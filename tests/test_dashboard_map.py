@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,18 @@ async def test_without_tiles_the_basemap_is_offline_only(db_url: str) -> None:
         client = await dash.logged_in("disp_b")
         assert (await client.get("/api/basemap")).body == {
             "tiles": None, "gcj02": False, "max_zoom": 18, "attribution": ""}  # fmt: skip
+
+
+def test_serve_refuses_unusable_tiles_at_start(tmp_path: Path) -> None:
+    """Before any database or port: a clear message and exit status 1."""
+    fleetwatch = Path(sys.executable).with_name("fleetwatch")
+    for args, words in [
+        (["--tiles", str(tmp_path / "none.mbtiles")], "neither an http(s) URL template"),
+        (["--tiles", "https://t.example.cn/{z}/{x}.png"], "needs {y}"),
+        (["--tiles-gcj02"], "--tiles-gcj02 needs --tiles"),
+    ]:
+        done = subprocess.run(
+            [str(fleetwatch), "serve", "--data-dir", str(tmp_path / "data"), *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1 and words in done.stdout + done.stderr, (args, done)
