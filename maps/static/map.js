@@ -57,6 +57,8 @@ let flushScheduled = false;
 let following = null;
 let fitOnce = true;
 let polled = true;
+let deltas = false; // changes came by updateVehicle since the last "vehicles" event
+let announce = null;
 
 /** The Leaflet map (created on first login). */
 export const getMap = () => map;
@@ -65,6 +67,7 @@ export const mapLatLng = (lon, lat) => toLatLng(lon, lat);
 
 /** Apply one vehicle's feature (a full one, or a delta with some properties). */
 export function updateVehicle(feature) {
+  deltas = true;
   const before = pending.get(feature.id);
   pending.set(feature.id, before ? merge(before, feature) : feature);
   schedule();
@@ -264,6 +267,13 @@ function afterChange() {
     map.fitBounds(bounds.pad(0.3), { maxZoom: 13, animate: false });
   }
   emit("vehicles-drawn", placed);
+  if (deltas && !announce) { // the other modules (the vehicle list) hear of deltas once a second
+    announce = setTimeout(() => {
+      announce = null;
+      deltas = false;
+      emit("vehicles", [...vehicles.values()].map((v) => ({ type: "Feature", id: v.id, geometry: v.geometry, properties: v.props })));
+    }, 1000);
+  }
 }
 
 /** Plates are drawn only while few markers are in view: text is most of what a frame paints
