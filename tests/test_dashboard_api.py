@@ -16,8 +16,8 @@ import asyncpg
 from fleetwatch.cli import main
 from maps.alarms import AlarmApi
 from maps.api import Api
-from maps.panel import PanelApi
 from maps.limits import LoginLimiter
+from maps.panel import PanelApi
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Client, dashboard
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -16,6 +17,7 @@ from maps.panel import driving_time
 from store.users import Scope
 from tests.aio import aio_test
 from tests.dashboard_harness import Client, Dashboard, dashboard
+from tests.supervision_harness import Vehicle, running_supervision
 from tests.test_dashboard_api import _cli
 
 #: Around central Beijing: 京A10001 (116.40, 39.90) and 京A10002 (116.45, 39.92) are inside,
@@ -396,3 +398,79 @@ def test_scope_allows_matches_the_roles() -> None:
     assert not road.allows(5, 116.45, 39.90) and not road.allows(5, None, None)
     assert road.params[1] is not None and json.loads(road.params[1])["area"]["type"] == "Polygon"
     assert dispatcher.params == (7, None)
+
+
+@aio_test
+async def test_text_handling_and_commands_reach_a_terminal_over_tcp(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Through the real ingest stack and command gateway: a handling with a text is recorded
+    only when the terminal accepted the text; commands return the terminal's answer; a
+    terminal that does not answer is a 504, one connected nowhere a 409."""
+    async with (
+        running_supervision(db_url, tmp_path / "ingest") as (ingest, supervision),
+        dashboard(db_url, gateway=supervision.gateway) as dash,
+    ):
+        plate = "京A10002"  # phone 13800000001 in the harness's seed
+        vid, alert_id = dash.seeded.vehicles[plate], dash.seeded.alerts[plate]
+        vehicle = await Vehicle.online(ingest.port, "13800000001", plate)
+        a = await dash.logged_in("disp_a")
+        base = f"/api/alerts/{alert_id}"
+        assert (await a.request("POST", f"{base}/ack")).status == 200
+
+        async def answered(call: Any, msg_id: int) -> Any:
+            """Run the request while the terminal answers the command it causes."""
+            reply, _ = await asyncio.gather(call, vehicle.commands(msg_id, count=count(msg_id) + 1))
+            return reply
+
+        def count(msg_id: int) -> int:
+            return len([m for m in vehicle.received if m.msg_id == msg_id])
+
+        vehicle.answers[0x8300] = 1  # the terminal refuses: not handled, but audited
+        refused = await answered(
+            a.request("POST", f"{base}/handle", {"text": "请减速慢行", "tts": True}), 0x8300
+        )
+        assert refused.status == 502 and "answered failed" in refused.body["error"]
+        vehicle.answers[0x8300] = 0
+        ok = await answered(
+            a.request("POST", f"{base}/handle", {"text": "请减速慢行", "note": "提醒"}), 0x8300
+        )
+        assert ok.status == 200, ok.body
+        assert ok.body["alert"]["handling_action"] == "text_sent"
+        assert ok.body["alert"]["handling_note"] == "提醒\n[请减速慢行] → accepted"
+        texts = [m.body.text for m in vehicle.received if m.msg_id == 0x8300]
+        assert texts == ["请减速慢行", "请减速慢行"]
+        trail = (await a.get(f"{base}/timeline")).body["audit"]
+        assert [(e["action"], e["details"].get("result")) for e in trail] == [
+            ("acknowledge", None), ("text", "failed"), ("text", "accepted"), ("handle", None),
+        ]  # fmt: skip
+
+        commands = f"/api/vehicles/{vid}/commands"
+        track = await answered(
+            a.request("POST", commands, {"kind": "track", "interval_s": 5, "duration_s": 60}),
+            0x8202,
+        )
+        assert track.status == 200 and track.body["reply"]["result"] == "accepted"
+        sent = next(m for m in vehicle.received if m.msg_id == 0x8202)
+        assert (sent.body.interval_s, sent.body.validity_s) == (5, 60)
+
+        vehicle.answers[0x8201] = None  # never answers: the dashboard's deadline (5 s here)
+        silent = await answered(a.request("POST", commands, {"kind": "query_position"}), 0x8201)
+        assert (
+            silent.status == 504 and "no answer from the terminal (timeout" in silent.body["error"]
+        )
+
+        await vehicle.close()
+        while supervision.gateway.holds(vid):
+            await asyncio.sleep(0.05)
+        offline = await a.request("POST", commands, {"kind": "text", "text": "在吗"})
+        assert offline.status == 409
+        assert "not connected (offline); nothing was sent" in offline.body["error"]
+        closed = await a.request("POST", f"{base}/handle", {"text": "再次提醒"})
+        assert closed.status == 409 and "offline" in closed.body["error"]
+        async with dash.pool.acquire() as conn:
+            handling = await conn.fetchval(
+                "SELECT count(*) FROM alert_audit WHERE alert_id = $1 AND action = 'handle'",
+                alert_id,
+            )
+        assert handling == 1  # the offline attempt recorded no handling
