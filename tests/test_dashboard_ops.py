@@ -17,7 +17,7 @@ from maps.panel import driving_time
 from store.users import Scope
 from tests.aio import aio_test
 from tests.dashboard_harness import Client, Dashboard, dashboard
-from tests.supervision_harness import Vehicle, running_supervision
+from tests.supervision_harness import Vehicle, eventually, fix, running_supervision
 from tests.test_dashboard_api import _cli
 
 #: Around central Beijing: 京A10001 (116.40, 39.90) and 京A10002 (116.45, 39.92) are inside,
@@ -459,6 +459,27 @@ async def test_text_handling_and_commands_reach_a_terminal_over_tcp(
         assert (
             silent.status == 504 and "no answer from the terminal (timeout" in silent.body["error"]
         )
+
+        # An SOS closed from the dashboard as a false alarm: closing acknowledges it, and the
+        # supervision service confirms it to the terminal (0x8203) whichever worker holds it.
+        t0 = datetime.now(UTC)
+        await vehicle.send(fix(t0, 116.45, 39.92))
+        sos_serial = await vehicle.send(fix(t0 + timedelta(seconds=5), 116.45, 39.92, alarm=0x1))
+
+        async def sos_alert() -> int | None:
+            async with dash.pool.acquire() as conn:
+                return await conn.fetchval(
+                    "SELECT id FROM alerts WHERE vehicle_id = $1 AND type = 'terminal_alarm'", vid
+                )
+
+        sos = await eventually(sos_alert, 10.0)
+        sos_closed, (confirmation,) = await asyncio.gather(
+            a.request("POST", f"/api/alerts/{sos}/close", {"note": "误触紧急按钮"}),
+            vehicle.commands(0x8203),
+        )
+        assert sos_closed.status == 200, sos_closed.body
+        assert sos_closed.body["alert"]["acknowledged_by"] == "disp_a"
+        assert confirmation.body.alarm_serial == sos_serial
 
         await vehicle.close()
         while supervision.gateway.holds(vid):
