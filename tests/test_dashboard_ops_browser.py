@@ -88,6 +88,19 @@ def _two_dispatchers(url: str, target: int, other: int, shots: Path) -> dict[str
             lines = history.all_inner_texts()
             second.screenshot(path=str(shots / "queue-second-dispatcher.png"))
 
+            # a supervisor reviews the handling: it leaves the "to review" list
+            sup = _login(browser, url, "super", errors)
+            sup.click("#alert-views button[data-view=review]")
+            sup.wait_for_selector("#alerts[data-view=review]")
+            to_review = sup.locator(f"#alerts li[data-alert-id='{target}']")
+            to_review.locator("button.review").click()
+            form = to_review.locator("form.review")
+            form.locator("select[name=verdict]").select_option("rejected")
+            form.locator("textarea[name=note]").fill("应先下发语音提醒")
+            sup.screenshot(path=str(shots / "queue-review-form.png"))
+            form.locator("button.submit").click()
+            sup.locator(f"#alerts li[data-alert-id='{target}']").wait_for(state="detached")
+
             muted_before = first.get_attribute("#alarm-mute", "aria-pressed")
             first.click("#alarm-mute")
             first.reload()
@@ -116,8 +129,8 @@ async def test_handled_alarm_leaves_the_queue_of_another_dispatcher(
         seen = await asyncio.to_thread(_two_dispatchers, dash.url, target, other, tmp_path)
         async with dash.pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT status, acknowledged_by, handled_by, handling_action, handling_note"
-                " FROM alerts WHERE id = $1", target,
+                "SELECT status, acknowledged_by, handled_by, handling_action, handling_note,"
+                " reviewed_by, review_verdict, review_note FROM alerts WHERE id = $1", target,
             )  # fmt: skip
     print(f"\nscreenshots: {tmp_path}")
     assert seen["errors"] == [], seen["errors"]
@@ -128,8 +141,9 @@ async def test_handled_alarm_leaves_the_queue_of_another_dispatcher(
     assert "disp_a · 处理 · 电话联系 · 已电话提醒司机减速" in seen["lines"][1]
     assert seen["beeps"] == "1"  # two open speeding alarms on arrival: one beep
     assert seen["muted"] == ("false", "true")  # remembered across a reload
-    assert tuple(row) == ("handled", "disp_a", "disp_a", "phone_call", "已电话提醒司机减速")
-    for name in ("queue-handle-form.png", "queue-second-dispatcher.png"):
+    assert tuple(row) == ("handled", "disp_a", "disp_a", "phone_call", "已电话提醒司机减速",
+                          "super", "rejected", "应先下发语音提醒")  # fmt: skip
+    for name in ("queue-handle-form.png", "queue-second-dispatcher.png", "queue-review-form.png"):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
@@ -142,6 +156,17 @@ def _panel_session(url: str, alert_id: int, vehicle_id: int, shots: Path, gone: 
         browser = _launch(p)
         try:
             page = _login(browser, url, "disp_a", errors)
+            item = page.locator(f"#alerts li[data-alert-id='{alert_id}']")
+            item.locator("button.ack").click()
+            expect(item).to_have_attribute("data-status", "acknowledged", timeout=TIMEOUT_MS)
+            page.locator(f"#alerts li[data-alert-id='{alert_id}'] button.handle").click()
+            form = page.locator(f"#alerts li[data-alert-id='{alert_id}'] form.handle")
+            form.locator("input[name=send]").check()
+            form.locator("input[name=text]").fill("您已超速，请减速慢行")
+            form.locator("button.submit").click()
+            page.locator(f"#alerts li[data-alert-id='{alert_id}']").wait_for(state="detached")
+            page.click("#alert-views button[data-view=handled]")
+            page.wait_for_selector("#alerts[data-view=handled]")
             page.locator(f"#alerts li[data-alert-id='{alert_id}'] .title").click()
             page.wait_for_selector(f"#panel[data-vehicle-id='{vehicle_id}'][data-loaded=true]")
             out["facts"] = page.inner_text("#panel-facts")
@@ -211,9 +236,14 @@ async def test_panel_sends_commands_to_a_terminal_over_tcp(db_url: str, tmp_path
 
         try:
             seen = await asyncio.to_thread(
-                    _panel_session, dash.url, dash.seeded.alerts[plate],
-                    dash.seeded.vehicles[plate], tmp_path, gone,
-                )  # fmt: skip
+                _panel_session, dash.url, dash.seeded.alerts[plate],
+                dash.seeded.vehicles[plate], tmp_path, gone,
+            )  # fmt: skip
+            async with dash.pool.acquire() as conn:
+                handled = await conn.fetchrow(
+                    "SELECT status, handling_action, handling_note FROM alerts WHERE id = $1",
+                    dash.seeded.alerts[plate],
+                )
         finally:
             answering.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -222,7 +252,8 @@ async def test_panel_sends_commands_to_a_terminal_over_tcp(db_url: str, tmp_path
     print(f"\nscreenshots: {tmp_path}")
     assert seen["errors"] == [], seen["errors"]
     texts = [m for m in log if m.msg_id == 0x8300]
-    assert [m.body.text for m in texts] == ["请在前方服务区休息"]
+    assert tuple(handled) == ("handled", "text_sent", "[您已超速，请减速慢行] → accepted")
+    assert [m.body.text for m in texts] == ["您已超速，请减速慢行", "请在前方服务区休息"]
     assert [m.msg_id for m in log if m.msg_id in (0x8201, 0x8202)] == [0x8201, 0x8202]
     tracking = next(m for m in log if m.msg_id == 0x8202)
     assert (tracking.body.interval_s, tracking.body.validity_s) == (5, 600)
