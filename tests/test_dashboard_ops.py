@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from alerts.settings import Profile
+from geo.calendar import is_night
 from maps.panel import driving_time
 from store.users import Scope
 from tests.aio import aio_test
@@ -232,7 +233,9 @@ async def test_vehicle_panel_and_command_bad_input(db_url: str) -> None:
         assert panel["vehicle"]["plate"] == "京A10001" and panel["vehicle"]["online"] is True
         assert panel["last"]["speed_kmh"] == 42
         assert panel["status"] == ["acc_on", "positioned", "doors_locked", "load_full"]
-        assert panel["limit"] == {"kmh": 60, "expressway": False, "fences": ["长安街限速"]}
+        night = is_night(datetime.fromisoformat(panel["last"]["fix_time"]).timestamp())
+        posted = 60 * 0.8 if night else 60  # a coach's limits are 80% at night
+        assert panel["limit"] == {"kmh": posted, "expressway": False, "fences": ["长安街限速"]}
         assert panel["driver"] == "张三"
         driving = panel["driving"]
         assert driving["daily_limit_s"] == 8 * 3600
