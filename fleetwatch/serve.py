@@ -332,10 +332,12 @@ class Server:
         from ingest.positions import status_names
         from maps.alarms import AlarmApi
         from maps.api import Api
+        from maps.geofences import GeofenceApi
         from maps.panel import PanelApi
 
         api = Api(self.pool, self.acknowledge)
         return api.resource(
+            GeofenceApi(api),
             AlarmApi(api, self.gateway),
             PanelApi(api, self.gateway, fences=self.supervision.index,
                      settings=self.supervision.settings, status_names=status_names),

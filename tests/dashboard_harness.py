@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from ingest.positions import status_names
 from maps.alarms import AlarmApi
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.panel import PanelApi
 from maps.web import dashboard_root
@@ -206,6 +207,7 @@ async def dashboard(
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
         features = (
+            GeofenceApi(api),
             AlarmApi(api, gateway, command_timeout=5.0),
             PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
         )
