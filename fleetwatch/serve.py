@@ -236,8 +236,6 @@ class Server:
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
-        from maps.api import Api
-        from maps.geofences import GeofenceApi
         from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
@@ -326,16 +324,11 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            from ingest.positions import ignition_of
-            from maps.tiles import BaseMapApi, MBTilesResource
-
-            api = Api(self.pool, self.acknowledge, ignition=ignition_of)
             tiles = self.tiles
-            root = dashboard_root(
-                api.resource(GeofenceApi(api), BaseMapApi(api, tiles)),
-                tile_origin=tiles.origin if tiles else None,
-            )
+            root = dashboard_root(self.dashboard_api(), tile_origin=tiles.origin if tiles else None)
             if tiles is not None and tiles.file is not None:
+                from maps.tiles import MBTilesResource
+
                 root.putChild(b"tiles", MBTilesResource(tiles))
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
@@ -352,6 +345,24 @@ class Server:
             host = port.getHost()
             say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
+
+    def dashboard_api(self) -> Any:
+        """``/api``: the Api and its features, wired to this worker's gateway and rules."""
+        from ingest.positions import ignition_of, status_names
+        from maps.alarms import AlarmApi
+        from maps.api import Api
+        from maps.geofences import GeofenceApi
+        from maps.panel import PanelApi
+        from maps.tiles import BaseMapApi
+
+        api = Api(self.pool, self.acknowledge, ignition=ignition_of)
+        return api.resource(
+            GeofenceApi(api),
+            BaseMapApi(api, self.tiles),
+            AlarmApi(api, self.gateway),
+            PanelApi(api, self.gateway, fences=self.supervision.index,
+                     settings=self.supervision.settings, status_names=status_names),
+        )  # fmt: skip
 
     async def acknowledge(self, alert_id: int, by: str) -> Any:
         """The dashboard's acknowledgement: the supervision service's (a terminal alarm is

@@ -20,10 +20,12 @@ import asyncpg
 from twisted.internet import reactor
 from twisted.web.server import Site
 
-from ingest.positions import ignition_of
+from ingest.positions import ignition_of, status_names
+from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
+from maps.panel import PanelApi
 from maps.tiles import BaseMapApi, MBTilesResource, TileSource
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
@@ -196,19 +198,26 @@ class Dashboard:
 
 @asynccontextmanager
 async def dashboard(
-    db_url: str, limiter: LoginLimiter | None = None, tiles: TileSource | None = None
+    db_url: str,
+    limiter: LoginLimiter | None = None,
+    gateway: Any = None,
+    tiles: TileSource | None = None,
 ) -> AsyncIterator[Dashboard]:
-    """The seeded database served on a free 127.0.0.1 port for the duration (``tiles``: as
-    ``serve --tiles``)."""
+    """The seeded database served on a free 127.0.0.1 port for the duration; ``gateway``
+    (a running CommandGateway) lets the alarm queue and the vehicle panel send commands;
+    ``tiles``: as ``serve --tiles``."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter, ignition=ignition_of)
-        root = dashboard_root(
-            api.resource(GeofenceApi(api), BaseMapApi(api, tiles)),
-            tile_origin=tiles.origin if tiles else None,
+        features = (
+            GeofenceApi(api),
+            AlarmApi(api, gateway, command_timeout=5.0),
+            PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
+            BaseMapApi(api, tiles),
         )
+        root = dashboard_root(api.resource(*features), tile_origin=tiles.origin if tiles else None)
         if tiles is not None and tiles.file is not None:
             root.putChild(b"tiles", MBTilesResource(tiles))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]

@@ -147,6 +147,7 @@ function apply(id, feature, added, moved) {
   if (!v.marker) {
     v.marker = L.marker(at, { icon: new VehicleIcon({ v }), keyboard: false });
     v.marker.vehicleId = id;
+    v.marker.on("click", () => emit("select-vehicle", id)); // the vehicle panel (panel.js)
     v.marker.bindPopup(() => popup(v), { autoPan: false });
     added.push(v.marker);
     return;
