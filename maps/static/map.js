@@ -378,8 +378,9 @@ async function start() {
 on("logout", () => { clearInterval(timer); timer = null; fitOnce = true; follow(null); setVehicles([]); });
 on("alerts-changed", () => loadVehicles());
 on("select-vehicle", (id) => { // chosen elsewhere (the vehicle list): show it and its popup
-  const v = vehicles.get(id);
-  if (v && v.marker) cluster.zoomToShowLayer(v.marker, () => v.marker.openPopup());
+  const v = vehicles.get(typeof id === "object" && id !== null ? id.id : id);
+  // after the others' reactions (the panel re-centres the map): then show it, popup open
+  if (v && v.marker) setTimeout(() => cluster.zoomToShowLayer(v.marker, () => v.marker.openPopup()), 300);
 });
 
 async function loadVehicles() {
