@@ -377,6 +377,7 @@ async function start() {
 }
 on("logout", () => { clearInterval(timer); timer = null; fitOnce = true; follow(null); setVehicles([]); });
 on("alerts-changed", () => loadVehicles());
+on("alerts-changed-here", () => loadVehicles()); // an alarm handled here: its vehicle may leave "in alarm"
 on("select-vehicle", (id) => { // chosen elsewhere (the vehicle list): show it and its popup
   const v = vehicles.get(typeof id === "object" && id !== null ? id.id : id);
   // after the others' reactions (the panel re-centres the map): then show it, popup open
