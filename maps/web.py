@@ -38,6 +38,8 @@ class ApiError(Exception):
 
 
 Handler = Callable[[Request, list[str]], Coroutine[Any, Any, tuple[int, Any]]]
+#: The body of a handler that took the connection over (a WebSocket): nothing more is written.
+UPGRADED = object()
 
 
 class JsonResource(Resource):
@@ -94,7 +96,7 @@ class JsonResource(Resource):
     def _write(
         request: Request, done: list[bool], status: int, body: Any, headers: dict[str, str]
     ) -> None:
-        if done:  # the client went away meanwhile
+        if done or body is UPGRADED:  # the client went away meanwhile, or is a WebSocket now
             return
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")

@@ -49,6 +49,14 @@ class Scope:
     def params(self) -> tuple[int | None, bool]:
         return (self.company_id, self.unassigned)
 
+    def allows(self, company_id: int | None, lon: float | None, lat: float | None) -> bool:
+        """:func:`scope_sql` in memory, for what is filtered without a query (the live feed's
+        deltas): whether a vehicle of ``company_id`` at (lon, lat) is in scope. The position
+        does not matter yet (it will for a supervisor's assigned area)."""
+        if self.company_id is not None:
+            return company_id == self.company_id
+        return company_id is not None or self.unassigned
+
 
 def scope_sql(vehicle: str, first: int) -> str:
     """The condition "vehicle ``vehicle`` (an alias) is in the scope given as parameters

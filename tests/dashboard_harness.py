@@ -22,6 +22,8 @@ from twisted.web.server import Site
 
 from maps.api import Api
 from maps.limits import LoginLimiter
+from maps.live import LiveHub
+from maps.live_socket import Limits, LiveApi
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -180,6 +182,7 @@ class Dashboard:
     pool: Any
     seeded: Seeded
     api: Api
+    hub: LiveHub  # the live feed: subscribe hub.durable to a writer to see its positions
 
     def client(self) -> Client:
         return Client(self.port)
@@ -192,18 +195,24 @@ class Dashboard:
 
 
 @asynccontextmanager
-async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIterator[Dashboard]:
+async def dashboard(
+    db_url: str, limiter: LoginLimiter | None = None, live: Limits | None = None
+) -> AsyncIterator[Dashboard]:
     """The seeded database served on a free 127.0.0.1 port for the duration."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    hub = LiveHub(pool, db_url)
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
-        port = reactor.listenTCP(0, Site(dashboard_root(api.resource())), interface="127.0.0.1")  # type: ignore[attr-defined]
+        await hub.start()
+        resource = api.resource(LiveApi(api, hub, live))
+        port = reactor.listenTCP(0, Site(dashboard_root(resource)), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
-            yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api)
+            yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api, hub)
         finally:
             await deferred(port.stopListening())
     finally:
+        await hub.stop()
         await pool.close()
