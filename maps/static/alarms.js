@@ -1,6 +1,6 @@
 // The alarm queue: open alarms of the vehicles in scope, acknowledged from here.
 "use strict";
-import { $, T, addStrings, api, emit, on, onReady, when } from "./core.js";
+import { $, T, addStrings, api, emit, on, when } from "./core.js";
 
 addStrings({
   open_alarms: "未确认报警", no_alarms: "暂无未确认报警", ack: "确认",
@@ -13,31 +13,42 @@ addStrings({
   types: {}, severity: { 1: "critical", 2: "high", 3: "medium", 4: "low" },
 });
 
-const REFRESH_MS = 10000;
-let timer = null;
-let latest = 0; // a refresh that started before an acknowledgement must not bring it back
+const SHOWN = 200; // the newest open alarms listed
+const open = new Map(); // alert id -> open alert, from the live feed (live.js)
+let latest = 0; // a reload that started before an acknowledgement must not bring it back
 
-onReady(async () => {
-  await loadAlerts();
-  if (!timer) timer = setInterval(loadAlerts, REFRESH_MS);
+on("snapshot", ({ alerts }) => {
+  open.clear();
+  for (const a of alerts) if (a.status === "open") open.set(a.id, a);
+  render();
 });
-on("logout", () => { clearInterval(timer); timer = null; });
+on("alert", (a) => {
+  if (a.status === "open") open.set(a.id, a); else open.delete(a.id);
+  render();
+});
 on("alerts-changed", () => loadAlerts());
 
 async function loadAlerts() {
   const mine = ++latest;
   let data;
   try {
-    data = await api("GET", "alerts?status=open&limit=200");
+    data = await api("GET", "alerts?status=open&limit=" + SHOWN);
   } catch (err) {
     emit("error", err.message);
     return;
   }
   if (mine !== latest) return;
+  open.clear();
+  for (const a of data.alerts) open.set(a.id, a);
+  render();
+}
+
+function render() {
+  const shown = [...open.values()].sort((x, y) => y.id - x.id).slice(0, SHOWN);
   const list = $("#alerts");
-  list.replaceChildren(...data.alerts.map(alertItem));
-  $("#alert-count").textContent = String(data.alerts.length);
-  $("#alerts-empty").hidden = data.alerts.length > 0;
+  list.replaceChildren(...shown.map(alertItem));
+  $("#alert-count").textContent = String(open.size);
+  $("#alerts-empty").hidden = open.size > 0;
   list.dataset.loaded = "true";
 }
 
@@ -59,9 +70,11 @@ function alertItem(a) {
     button.disabled = true;
     try {
       await api("POST", `alerts/${a.id}/ack`);
+      latest++; // an older reload must not bring it back
+      open.delete(a.id);
       li.remove();
       emit("error", "");
-      await loadAlerts();
+      render();
     } catch (err) {
       emit("error", err.message);
       button.disabled = false;
