@@ -66,6 +66,7 @@ class LiveClient:
         self.messages: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self.answer_pings = True
+        self.received_at = 0.0  # when the message :meth:`next` returned last arrived
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -150,8 +151,9 @@ class LiveClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no {kind or 'message'} within {timeout} s")
-            _, message = await asyncio.wait_for(self.messages.get(), left)
+            at, message = await asyncio.wait_for(self.messages.get(), left)
             if kind is None or message.get("type") == kind:
+                self.received_at = at
                 return message
 
     def drain(self) -> list[dict[str, Any]]:

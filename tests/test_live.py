@@ -6,6 +6,7 @@ stored by another worker."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -179,18 +180,27 @@ async def test_terminal_over_tcp_produces_a_coalesced_delta(db_url: str, tmp_pat
         terminal = await Terminal.connect(ing.port, "13900000077")
         await terminal.login("京A10002")
         sent = time.time()
-        for i in range(5):  # 5 fixes within well under a second: the first, then the newest
+        for i in range(5):  # 5 fixes in quick succession: the first at once, then the newest
             await terminal.send(report(i, lat=39.9, lon=116.45))
             assert (await terminal.receive()).body.result == 0
+        span = time.time() - sent
         first = await a.next("vehicles", timeout=5)
         (feature,) = first["features"]
         assert feature["id"] == dash.seeded.vehicles["京A10002"]
         assert feature["properties"]["plate"] == "京A10002"
         assert feature["properties"]["speed_kmh"] == 40.0
         assert 0 <= feature["properties"]["durable_ms"] / 1000 - sent < 5
-        updates = [first] + [m for m in await _quiet(a, 1.6) if m["type"] == "vehicles"]
-        lats = [f["geometry"]["coordinates"][1] for m in updates for f in m["features"]]
-        assert 2 <= len(lats) <= 3 and lats[-1] == pytest.approx(39.9004)  # newest last
+        times, lats = [a.received_at], [feature["geometry"]["coordinates"][1]]
+        while True:
+            try:
+                (f,) = (await a.next("vehicles", timeout=2.0))["features"]
+            except TimeoutError:
+                break
+            times.append(a.received_at)
+            lats.append(f["geometry"]["coordinates"][1])
+        assert lats[-1] == pytest.approx(39.9004)  # the newest fix is the last one shown
+        assert len(lats) <= 2 + int(span)  # coalesced...
+        assert all(t2 - t1 > 0.8 for t1, t2 in itertools.pairwise(times))  # ...one a second
         assert await _quiet(b, 0.1) == []  # company B's dispatcher saw nothing of it
         await terminal.close()
         for c in (a, b):
