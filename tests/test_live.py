@@ -229,9 +229,15 @@ async def test_acknowledgement_by_one_dispatcher_reaches_another(db_url: str) ->
         await b.close()
 
 
+@pytest.mark.parametrize("limits", [
+    Limits(slow_after=1.0, max_held=1 << 30),  # dropped for being stuck a second
+    Limits(slow_after=600.0, max_held=1 << 20),  # dropped for what it would have to be sent
+], ids=["stuck", "backlog"])  # fmt: skip
 @aio_test
-async def test_a_client_that_does_not_read_is_dropped_others_carry_on(db_url: str) -> None:
-    async with dashboard(db_url, live=Limits(slow_after=1.0)) as dash:
+async def test_a_client_that_does_not_read_is_dropped_others_carry_on(
+    db_url: str, limits: Limits
+) -> None:
+    async with dashboard(db_url, live=limits) as dash:
         cookie = await asyncio.to_thread(login, dash.port, "admin", PASSWORD)
         slow = await LiveClient.connect(dash.port, cookie, read_buffer=4096)
         slow.reader._transport.pause_reading()  # type: ignore[attr-defined]
