@@ -64,18 +64,21 @@ def micro(count: int, vehicles: int) -> float:
     from geo.position import Position
     from maps.live import Coalescer, offer_all, pack, taken
 
-    coalescer: Any = Coalescer(1.0)
     now = datetime.now(UTC)
     batches = [[Position((b * 500 + n) % vehicles, now, now, 120.0 + n * 1e-6, 30.0,
                          speed_kmh=50.0, heading=90) for n in range(500)]
                for b in range(count // 500)]  # fmt: skip
-    clock = 0.0
-    start = time.perf_counter()
-    for batch in batches:
-        clock += 0.1
-        offer_all(coalescer, batch, clock)  # PositionRelay.durable
-        pack([f.wire() for f in taken(coalescer, clock)])  # its tick, but for the NOTIFY
-    return (time.perf_counter() - start) / count * 1e6
+    best = float("inf")
+    for _ in range(5):  # the best of five: this machine is shared
+        coalescer: Any = Coalescer(1.0)
+        clock = 0.0
+        start = time.perf_counter()
+        for batch in batches:
+            clock += 0.1
+            offer_all(coalescer, batch, clock)  # PositionRelay.durable
+            pack([f.wire() for f in taken(coalescer, clock)])  # its tick, but for the NOTIFY
+        best = min(best, time.perf_counter() - start)
+    return best / count * 1e6
 
 
 # ---------------------------------------------------------------------- 2. database
@@ -118,36 +121,40 @@ class Fleet:
     """``n`` terminals on their own sockets, each reporting every ``every`` seconds; the wall
     time of each report is kept by (plate, fix time in ms) to match the clients' receipts."""
 
-    def __init__(self, port: int, plates: list[str], every: float) -> None:
-        self.port, self.plates, self.every = port, plates, every
+    def __init__(self, port: int, plates: list[str], every: float, login_rate: float) -> None:
+        self.port, self.plates, self.every, self.login_rate = port, plates, every, login_rate
         self.clock = FixClock(datetime.now(UTC) - timedelta(hours=1))
         self.sent: dict[tuple[str, int], float] = {}
         self.acked = 0
         self.reports = 0
+        self.failed = 0  # terminals that could not log in
 
     async def run(self, until: float) -> None:
         await asyncio.gather(*(self._terminal(i, plate, until)
                                for i, plate in enumerate(self.plates)))  # fmt: skip
 
+    @property
+    def login_spread(self) -> float:
+        """Seconds over which the terminals log in (``--login-rate``: a burst of thousands of
+        authentications times out on a busy machine, which is not what is measured here)."""
+        return max(5.0, len(self.plates) / self.login_rate)
+
     async def _terminal(self, i: int, plate: str, until: float) -> None:
-        await asyncio.sleep(i * self.every / len(self.plates) % 5.0)  # spread the logins
+        await asyncio.sleep(i * self.login_spread / len(self.plates))
         sim = SimTerminal(i + 1, f"1500{i + 1:07d}", self.clock, plate=plate)
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(sim.register_frame())
-        while not sim.auth_code:
-            data = await reader.read(4096)
-            if not data:
-                raise ConnectionError(f"terminal {plate}: closed before registration")
-            for reply in sim.feed(data):
-                if reply.msg_id == MSG_REGISTER_REPLY:
-                    if reply.result != 0:
-                        raise ConnectionError(f"terminal {plate}: registration {reply.result}")
-                    sim.auth_code = reply.auth_code
-        writer.write(sim.auth_frame())
+        for attempt in range(5):
+            try:
+                reader, writer = await asyncio.wait_for(self._login(sim), 15.0)
+                break
+            except (OSError, TimeoutError):
+                await asyncio.sleep(1.0 + attempt)
+        else:
+            self.failed += 1
+            return
         asyncio.get_running_loop().create_task(self._read(sim, reader))
         phase = (i * self.every / len(self.plates)) % self.every
         next_at = time.monotonic() + phase
-        while time.monotonic() < until:
+        while time.monotonic() < until and not writer.is_closing():
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self.every
             step = sim.fix_step
@@ -157,6 +164,30 @@ class Fleet:
             writer.write(frame)
             self.reports += 1
         writer.close()
+
+    async def _login(self, sim: SimTerminal) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Register and authenticate (until the platform's 0x8001 to the 0x0102 says 0)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            sim.splitter = type(sim.splitter)()
+            writer.write(sim.register_frame())
+            auth_serial = -1
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    raise ConnectionError(f"terminal {sim.plate}: closed while logging in")
+                for reply in sim.feed(data):
+                    if reply.msg_id == MSG_REGISTER_REPLY and reply.result == 0:
+                        sim.auth_code = reply.auth_code
+                        writer.write(sim.auth_frame())
+                        auth_serial = (sim.serial - 1) & 0xFFFF  # the one just used
+                    elif reply.msg_id == MSG_PLATFORM_ACK and reply.reply_serial == auth_serial:
+                        if reply.result != 0:
+                            raise ConnectionError(f"terminal {sim.plate}: auth {reply.result}")
+                        return reader, writer
+        except BaseException:
+            writer.close()
+            raise
 
     async def _read(self, sim: SimTerminal, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
@@ -285,8 +316,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         pids = {"worker 0": server.pid}
         workers = [p for p in _children(server.pid) if b"--worker-index" in _cmdline(p)]
         pids.update({f"worker {n + 1}": pid for n, pid in enumerate(workers)})
-        fleet = Fleet(jt808, plates, args.every)
-        warmup = max(args.every, 5.0) + 5.0
+        fleet = Fleet(jt808, plates, args.every, args.login_rate)
+        warmup = fleet.login_spread + args.every + 5.0
         total = warmup + 2 * args.phase + 30
         fleet_task = asyncio.get_running_loop().create_task(fleet.run(time.monotonic() + total))
         await asyncio.sleep(warmup)
@@ -319,6 +350,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for v in (500, 5000, 50000)
             },
             "reports sent / acked": f"{fleet.reports} / {fleet.acked}",
+            "terminals that could not log in": fleet.failed,
             "updates received (all clients)": len(result["received"]),
             "clients closed early": result["closed"],
             "stored -> received": _percentiles(stored),
@@ -335,7 +367,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 server.kill()
         await asyncio.to_thread(cluster.stop, "immediate")
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work} (serve.log)", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
 
 
@@ -360,6 +395,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--phase", type=float, default=40.0, help="seconds of each phase")
     parser.add_argument("--micro", type=int, default=200_000)
+    parser.add_argument("--login-rate", type=float, default=100.0, help="terminal logins/s")
+    parser.add_argument("--keep", action="store_true", help="keep the server's log")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
