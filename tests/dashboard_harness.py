@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.web.server import Site
 
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.live import LiveHub
 from maps.live_socket import Limits, LiveApi
@@ -206,8 +207,8 @@ async def dashboard(
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
         await hub.start()
-        resource = api.resource(LiveApi(api, hub, live))
-        port = reactor.listenTCP(0, Site(dashboard_root(resource)), interface="127.0.0.1")  # type: ignore[attr-defined]
+        root = dashboard_root(api.resource(GeofenceApi(api), LiveApi(api, hub, live)))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
             yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api, hub)

@@ -15,22 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, dashboard
 from tests.ingest_harness import running_ingest
 from tests.terminal_client import Terminal, report
-from tests.test_dashboard_browser import CHROMIUM, TIMEOUT_MS
+from tests.test_dashboard_browser import TIMEOUT_MS, chromium_page, watch
 
 #: Where the terminal reports from: inside the map's initial view, away from the seeded fix.
 LAT, LON = 39.91, 116.43
 
 
-def _page(browser: Any, url: str, errors: list[str]) -> Any:
-    page = browser.new_page(viewport={"width": 1366, "height": 768}, locale="zh-CN")
+def _login(page: Any, url: str, outside: list[str], errors: list[str]) -> Any:
+    watch(page, outside, errors)
     page.set_default_timeout(TIMEOUT_MS)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.wait_for_selector("body[data-state=login]")
     page.fill("#username", "disp_a")
@@ -43,34 +42,30 @@ def _page(browser: Any, url: str, errors: list[str]) -> Any:
 
 def _watch(url: str, vehicle: int, alert: int, move: Callable[[], None], shots: Path) -> dict:
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-        )  # fmt: skip
-        try:
-            page, other = _page(browser, url, errors), _page(browser, url, errors)
-            marker = page.locator(f"#map path[data-vehicle-id='{vehicle}']")
-            before = {"lat": marker.get_attribute("data-lat"), "box": marker.bounding_box()}
-            page.screenshot(path=str(shots / "live-before.png"))
-            move()  # the terminal reports over TCP
-            expect(marker).to_have_attribute("data-lat", str(LAT), timeout=TIMEOUT_MS)
-            after = {"lat": marker.get_attribute("data-lat"), "box": marker.bounding_box()}
-            updates = page.locator("#map").get_attribute("data-updates")
-            page.screenshot(path=str(shots / "live-after.png"))
-            # an alarm acknowledged on one page leaves the other's queue, pushed
-            item = page.locator(f"#alerts li[data-alert-id='{alert}']")
-            other_item = other.locator(f"#alerts li[data-alert-id='{alert}']")
-            other_item.wait_for()
-            item.locator("button.ack").click()
-            other_item.wait_for(state="detached")
-            expect(other.locator("#alert-count")).to_have_text("1", timeout=TIMEOUT_MS)
-            other.screenshot(path=str(shots / "live-other-page.png"))
-            indicator = page.inner_text("#live")
-        finally:
-            browser.close()
+    outside: list[str] = []
+    with chromium_page() as first:
+        second = first.context.browser.new_page(  # the other page, same browser
+            viewport={"width": 1366, "height": 768}, locale="zh-CN")  # fmt: skip
+        page, other = _login(first, url, outside, errors), _login(second, url, outside, errors)
+        marker = page.locator(f"#map path[data-vehicle-id='{vehicle}']")
+        before = {"lat": marker.get_attribute("data-lat"), "box": marker.bounding_box()}
+        page.screenshot(path=str(shots / "live-before.png"))
+        move()  # the terminal reports over TCP
+        expect(marker).to_have_attribute("data-lat", str(LAT), timeout=TIMEOUT_MS)
+        after = {"lat": marker.get_attribute("data-lat"), "box": marker.bounding_box()}
+        updates = page.locator("#map").get_attribute("data-updates")
+        page.screenshot(path=str(shots / "live-after.png"))
+        # an alarm acknowledged on one page leaves the other's queue, pushed
+        item = page.locator(f"#alerts li[data-alert-id='{alert}']")
+        other_item = other.locator(f"#alerts li[data-alert-id='{alert}']")
+        other_item.wait_for()
+        item.locator("button.ack").click()
+        other_item.wait_for(state="detached")
+        expect(other.locator("#alert-count")).to_have_text("1", timeout=TIMEOUT_MS)
+        other.screenshot(path=str(shots / "live-other-page.png"))
+        indicator = page.inner_text("#live")
     return {"before": before, "after": after, "updates": updates, "errors": errors,
-            "indicator": indicator}  # fmt: skip
+            "indicator": indicator, "outside": outside}  # fmt: skip
 
 
 @aio_test
@@ -95,6 +90,7 @@ async def test_page_moves_the_marker_when_a_terminal_reports(db_url: str, tmp_pa
         )
     print(f"\nscreenshots: {tmp_path}/live-*.png")
     assert seen["errors"] == [], seen["errors"]
+    assert seen["outside"] == [], f"requests left 127.0.0.1: {seen['outside']}"
     assert seen["before"]["lat"] == "39.9"
     assert seen["after"]["lat"] == str(LAT)
     assert seen["before"]["box"] != seen["after"]["box"]  # the marker moved on the screen

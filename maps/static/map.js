@@ -8,6 +8,7 @@ let current = new Map(); // vehicle id -> its newest Feature (from the live feed
 let byId = new Map(); // vehicle id -> its marker
 let fitted = false;
 let countersTimer = null;
+let listTimer = null; // the "vehicles" event (the vehicle list) follows deltas every 5 s at most
 
 /** The Leaflet map (created on first login). */
 export const getMap = () => map;
@@ -19,7 +20,7 @@ onReady(async () => {
   }
   map.invalidateSize();
 });
-on("logout", () => { fitted = false; });
+on("logout", () => { fitted = false; clearTimeout(listTimer); listTimer = null; });
 
 // The data comes from the live feed (live.js): the whole state on each (re)connection, then
 // each vehicle's new positions.
@@ -32,6 +33,9 @@ on("snapshot", ({ vehicles }) => {
 on("vehicle", (f) => {
   const before = current.get(f.id);
   current.set(f.id, f);
+  if (!listTimer) {
+    listTimer = setTimeout(() => { listTimer = null; emit("vehicles", [...current.values()]); }, 5000);
+  }
   const marker = byId.get(f.id);
   if (!marker || !f.geometry || (before && before.properties.online !== f.properties.online)) {
     draw([...current.values()], false); // new on the map, or its colour changes: rare
