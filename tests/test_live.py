@@ -229,6 +229,20 @@ async def test_acknowledgement_by_one_dispatcher_reaches_another(db_url: str) ->
         await b.close()
 
 
+@aio_test
+async def test_logout_closes_the_socket(db_url: str) -> None:
+    async with dashboard(db_url) as dash:
+        dash.hub.session_check = 0.5  # (30 s in service)
+        client = dash.client()
+        await client.login("disp_a")
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        live = await LiveClient.connect(dash.port, cookie)
+        await live.next("snapshot")
+        assert (await client.request("POST", "/api/logout")).status == 200
+        assert await asyncio.wait_for(live.closed, 10) == 4001
+        await live.close()
+
+
 @pytest.mark.parametrize("limits", [
     Limits(slow_after=1.0, max_held=1 << 30),  # dropped for being stuck a second
     Limits(slow_after=600.0, max_held=1 << 20),  # dropped for what it would have to be sent
