@@ -223,8 +223,6 @@ class Server:
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
-        from maps.api import Api
-        from maps.geofences import GeofenceApi
         from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
@@ -313,10 +311,7 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            api = Api(self.pool, self.acknowledge)
-            root = dashboard_root(
-                api.resource(GeofenceApi(api), await self.start_live(api, metrics))
-            )
+            root = dashboard_root(await self.dashboard_api(metrics))
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
@@ -343,12 +338,17 @@ class Server:
             say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
 
-    async def start_live(self, api: Any, metrics: Any) -> Any:
-        """The dashboard's live feed (worker 0): this writer's positions, the other workers'
-        and every alert change, to the WebSockets of ``/api/live``."""
+    async def dashboard_api(self, metrics: Any) -> Any:
+        """``/api``: the Api and its features, wired to this worker's gateway and rules, and
+        the live feed (this writer's positions, the other workers', every alert change)."""
+        from ingest.positions import status_names
+        from maps.alarms import AlarmApi
+        from maps.api import Api
+        from maps.geofences import GeofenceApi
         from maps.live import STATS as LIVE_STATS
         from maps.live import LiveHub
         from maps.live_socket import LiveApi
+        from maps.panel import PanelApi
 
         self.live = hub = LiveHub(self.pool, self.url())
         await hub.start()
@@ -359,7 +359,14 @@ class Server:
                 lambda name=name: hub.stats[name],  # type: ignore[misc]
             )  # fmt: skip
         metrics.gauge("fleetwatch_live_sockets", "open live sockets", lambda: len(hub.clients))
-        return LiveApi(api, hub)
+        api = Api(self.pool, self.acknowledge)
+        return api.resource(
+            GeofenceApi(api),
+            AlarmApi(api, self.gateway),
+            PanelApi(api, self.gateway, fences=self.supervision.index,
+                     settings=self.supervision.settings, status_names=status_names),
+            LiveApi(api, hub),
+        )  # fmt: skip
 
     async def acknowledge(self, alert_id: int, by: str) -> Any:
         """The dashboard's acknowledgement: the supervision service's (a terminal alarm is

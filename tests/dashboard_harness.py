@@ -20,11 +20,14 @@ import asyncpg
 from twisted.internet import reactor
 from twisted.web.server import Site
 
+from ingest.positions import status_names
+from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.live import LiveHub
 from maps.live_socket import Limits, LiveApi
+from maps.panel import PanelApi
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -197,9 +200,12 @@ class Dashboard:
 
 @asynccontextmanager
 async def dashboard(
-    db_url: str, limiter: LoginLimiter | None = None, live: Limits | None = None
+    db_url: str, limiter: LoginLimiter | None = None, gateway: Any = None,
+    live: Limits | None = None,
 ) -> AsyncIterator[Dashboard]:
-    """The seeded database served on a free 127.0.0.1 port for the duration."""
+    """The seeded database served on a free 127.0.0.1 port for the duration; ``gateway``
+    (a running CommandGateway) lets the alarm queue and the vehicle panel send commands;
+    ``live``: the live sockets' limits."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     hub = LiveHub(pool, db_url)
     try:
@@ -207,7 +213,13 @@ async def dashboard(
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
         await hub.start()
-        root = dashboard_root(api.resource(GeofenceApi(api), LiveApi(api, hub, live)))
+        features = (
+            GeofenceApi(api),
+            AlarmApi(api, gateway, command_timeout=5.0),
+            PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
+            LiveApi(api, hub, live),
+        )
+        root = dashboard_root(api.resource(*features))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port

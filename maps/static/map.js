@@ -85,6 +85,7 @@ function draw(features, fit) {
     marker.feature = f;
     marker.bindPopup(() => popup(marker.feature.properties));
     marker.vehicleId = f.id;
+    marker.on("click", () => emit("select-vehicle", f.id)); // the vehicle panel (panel.js)
     markers.addLayer(marker);
     byId.set(f.id, marker);
     mark(marker, f);
