@@ -55,12 +55,12 @@ WITH RECURSIVE fixes AS MATERIALIZED (
     SELECT ST_M((ST_DumpPoints(line)).geom)::bigint AS n FROM chosen
     UNION  -- a single fix makes no line: keep it as it is
     SELECT n FROM fixes WHERE (SELECT total FROM shape) = 1
-    UNION  -- the fastest fix of each of $6 equal slices: a straight road's speeding stays
-    (SELECT DISTINCT ON (slice) n FROM (
-        SELECT n, speed_kmh, (n - 1) * $6 / (SELECT total FROM shape) AS slice FROM fixes
-    ) s ORDER BY slice, speed_kmh DESC)
+    UNION  -- the fastest fix of each of $6 equal slices (max of [speed, n]: no sort needed)
+    SELECT (max(ARRAY[speed_kmh::float8, n::float8]))[2]::bigint FROM fixes
+    GROUP BY (n - 1) * $6 / (SELECT total FROM shape)
 )
 SELECT f.fix_time, ST_X(f.geom) AS lon, ST_Y(f.geom) AS lat, f.speed_kmh, f.heading,
+       to_char(f.fix_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS iso,
        (SELECT total FROM shape) AS total,
        (SELECT tolerance FROM chosen) AS tolerance
 FROM kept JOIN fixes f USING (n)
@@ -68,7 +68,8 @@ ORDER BY f.n
 """
 
 _FULL = f"""
-SELECT fix_time, ST_X(geom) AS lon, ST_Y(geom) AS lat, speed_kmh, heading
+SELECT fix_time, ST_X(geom) AS lon, ST_Y(geom) AS lat, speed_kmh, heading,
+       to_char(fix_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS iso
 FROM ({_FIXES}) f
 """
 
@@ -110,11 +111,13 @@ LIMIT $4
 @dataclass(frozen=True, slots=True)
 class Track:
     """The kept fixes (time, lon, lat, km/h, heading), out of ``total``, and the tolerance
-    (metres) that kept them (None when not simplified)."""
+    (metres) that kept them (None when not simplified); ``iso`` their times as ISO 8601 UTC to
+    the second, formatted by the database (5,000 datetimes formatted in Python cost ~20 ms)."""
 
     points: list[tuple[datetime, float, float, float, int]]
     total: int
     tolerance_m: float | None
+    iso: list[str]
 
 
 async def vehicle_in_scope(conn: Any, scope: Scope, vehicle_id: int) -> dict[str, Any] | None:
@@ -142,23 +145,25 @@ async def track(
     if tolerance_m is None:
         rows = await conn.fetch(_FULL, vehicle_id, start, end)
         points = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-        return Track(points, len(points), None)
+        return Track(points, len(points), None, [r["iso"] for r in rows])
     degrees = tolerance_m / METRES_PER_DEGREE
     peaks = max(1, max_points // 10)
     async with conn.transaction(readonly=True):
         # The planner's guess of the join (millions of rows) would have it JIT-compile the
-        # statement first: 0.9 s measured on a 24 h track, for a query of ~0.4 s.
-        await conn.execute("SET LOCAL jit = off")
+        # statement first: 0.9 s measured on a 24 h track, for a query of ~0.4 s. And it would
+        # sort all the fixes to merge-join the few kept ones: a hash join needs no sort.
+        await conn.execute("SET LOCAL jit = off; SET LOCAL enable_mergejoin = off")
         rows = await conn.fetch(
             _SIMPLIFIED, vehicle_id, start, end, degrees, max(2, max_points - peaks), peaks
         )
     if not rows:
-        return Track([], 0, tolerance_m)
+        return Track([], 0, tolerance_m, [])
     used = rows[0]["tolerance"]
     return Track(
         [(r[0], r[1], r[2], r[3], r[4]) for r in rows],
         rows[0]["total"],
         used * METRES_PER_DEGREE if used is not None else tolerance_m,
+        [r["iso"] for r in rows],
     )
 
 

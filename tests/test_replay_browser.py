@@ -87,7 +87,8 @@ def _replay_session(url: str, vehicle_id: int, shots: Path) -> dict[str, Any]:
             time.sleep(3)  # the measurement: how far 3 s of wall clock take the playback
             t_b, wall_b = int(panel.get_attribute("data-t") or 0), time.monotonic()
             seen["rate"] = (t_b - t_a) / 1000 / (wall_b - wall_a)
-            seen["moved"] = first != (panel.get_attribute("data-lon"), panel.get_attribute("data-lat"))
+            now = (panel.get_attribute("data-lon"), panel.get_attribute("data-lat"))
+            seen["moved"] = first != now
             page.screenshot(path=str(shots / "replay-playing-64x.png"))
             page.click("#replay-play")  # pause
             expect(panel).to_have_attribute("data-playing", "false")

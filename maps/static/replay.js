@@ -3,7 +3,8 @@
 // Opened from the header button or by any module: emit("replay", {vehicleId, from?, to?}).
 // The server simplifies long tracks (GET api/vehicles/{id}/track); playback interpolates
 // between the kept fixes by time. Test hooks (DOM state): #replay[data-state] idle | loading |
-// ready | error, data-points, data-load-ms, data-t (playback time, ms), data-lon/data-lat
+// ready | error, data-points, data-load-ms (request to drawn; data-fetch-ms of it the API's
+// answer, parsed), data-t (playback time, ms), data-lon/data-lat
 // (the moving marker), data-playing.
 "use strict";
 import { $, T, addStrings, api, escapeHtml, on, when } from "./core.js";
@@ -118,6 +119,7 @@ async function load() {
     return;
   }
   if (mine !== state.request) return;  // a newer request is on its way
+  panel.dataset.fetchMs = String(Math.round(performance.now() - started));
   state.vehicleId = vehicleId;
   for (const [id, ext] of [["#replay-gpx", "gpx"], ["#replay-geojson", "geojson"],
     ["#replay-html", "html"]]) {
