@@ -102,11 +102,8 @@ async def test_stops_and_alerts_are_markers(db_url: str) -> None:
             )
         client = await dash.logged_in("disp_a")
         end = T0 + timedelta(hours=3)
-        reply = await client.get(f"/api/vehicles/{vid}/track?{_q(T0, end, '&stop_minutes=2')}")
-        kinds = [f["properties"]["kind"] for f in reply.body["features"]]
-        stops = [f for f in reply.body["features"] if f["properties"]["kind"] == "stop"]
-        alerts = [f for f in reply.body["features"] if f["properties"]["kind"] == "alert"]
-        # the expected stops, from the fixes themselves: runs below 3 km/h of >= 120 s
+        # the expected stops, from the fixes themselves: runs below 3 km/h (this track has runs
+        # of 166, 928 and 1,887 s, so 2 and 20 minutes tell a threshold from its half)
         runs, current = [], []
         for fix in fixes:
             if fix[3] < 3:
@@ -115,20 +112,51 @@ async def test_stops_and_alerts_are_markers(db_url: str) -> None:
                 runs.append(current)
                 current = []
         runs.append(current)
-        expected = [r for r in runs if r and (r[-1][0] - r[0][0]).total_seconds() >= 120]
-        assert kinds.count("stop") == len(expected) >= 1
-        for stop, run in zip(stops, expected, strict=True):
-            assert datetime.fromisoformat(stop["properties"]["start"]) == run[0][0]
-            assert stop["properties"]["duration_s"] == (run[-1][0] - run[0][0]).total_seconds()
+        for minutes in (2, 20):
+            reply = await client.get(
+                f"/api/vehicles/{vid}/track?{_q(T0, end, f'&stop_minutes={minutes}')}"
+            )
+            stops = [f for f in reply.body["features"] if f["properties"]["kind"] == "stop"]
+            expected = [
+                r for r in runs if r and (r[-1][0] - r[0][0]).total_seconds() >= minutes * 60
+            ]
+            assert len(stops) == len(expected) >= 1, minutes
+            for stop, run in zip(stops, expected, strict=True):
+                assert datetime.fromisoformat(stop["properties"]["start"]) == run[0][0]
+                seconds = (run[-1][0] - run[0][0]).total_seconds()
+                assert stop["properties"]["duration_s"] == seconds
         # the seeded alert (5 minutes before now) is outside the range; ours is inside
+        alerts = [f for f in reply.body["features"] if f["properties"]["kind"] == "alert"]
         assert [a["properties"]["alert_id"] for a in alerts] == [alert_id]
         assert alerts[0]["geometry"]["coordinates"] == [
             round(fixes[1800][1], 6), round(fixes[1800][2], 6)
         ]
-        longer = await client.get(f"/api/vehicles/{vid}/track?{_q(T0, end, '&stop_minutes=30')}")
-        assert sum(f["properties"]["kind"] == "stop" for f in longer.body["features"]) < len(
-            expected
-        )
+
+
+@aio_test
+async def test_speeding_on_a_straight_road_survives_simplification(db_url: str) -> None:
+    """Douglas-Peucker alone drops every vertex of a straight road; the fastest fix of each
+    time slice is kept, so a minute at 120 km/h on it stays in the colours and the chart."""
+    async with dashboard(db_url) as dash:
+        vid = dash.seeded.vehicles["京A10001"]
+        fixes = []
+        lon = 116.0
+        for t in range(3600):  # due east on one parallel, 50 km/h but for one minute
+            speed = 120.0 if 1800 <= t < 1860 else 50.0
+            lon += speed / 3.6 / (111_320 * 0.766)
+            fixes.append((T0 + timedelta(seconds=t), lon, 40.0, speed, 90))
+        async with dash.pool.acquire() as conn:
+            await create_partition(conn, T0.date())
+            await insert_track(conn, vid, fixes)
+        client = await dash.logged_in("disp_a")
+        query = _q(T0, T0 + timedelta(hours=1), "&max_points=100")
+        props = (await client.get(f"/api/vehicles/{vid}/track?{query}")).body["features"][0][
+            "properties"
+        ]
+        assert props["points_total"] == 3600 and props["points"] <= 100
+        assert 120.0 in props["speeds"]
+        assert props["times"][0] == "2026-11-30T22:00:00Z"
+        assert props["times"][-1] == "2026-11-30T22:59:59Z"
 
 
 @aio_test
