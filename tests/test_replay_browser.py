@@ -1,7 +1,8 @@
 """Track replay in a real headless Chromium (Debian's, through playwright's ``executable_path``):
-a dispatcher opens the replay of a vehicle with a stored 1 Hz track, sees it drawn with its stop
-and alarm markers and the speed chart, plays it at 64x (the marker advances at about 64 seconds
-of track a second), pauses, seeks with the timeline, and nothing leaves 127.0.0.1.
+a dispatcher opens the replay from a vehicle's popup, then asks for a range with a stored 1 Hz
+track, sees it drawn with its stop and alarm markers and the speed chart, plays it at 64x (the
+marker advances at about 64 seconds of track a second), pauses, seeks with the timeline, and
+nothing leaves 127.0.0.1.
 
 Synchronisation is by the panel's DOM state (``#replay[data-state]``, ``data-t``) through
 locator assertions (the page's CSP forbids the eval that ``wait_for_function`` needs). The one
@@ -59,9 +60,17 @@ def _replay_session(url: str, vehicle_id: int, shots: Path) -> dict[str, Any]:
             page.click("#login-submit")
             page.wait_for_selector("body[data-state=ready]")
             page.wait_for_selector("#map[data-vehicles='2']")
-            page.click("#replay-open")
+            # from the vehicle's popup: its marker is just left of its plate label
+            label = page.locator(".leaflet-tooltip.plate-label", has_text="京A10001").bounding_box()
+            assert label is not None
+            page.mouse.click(label["x"] - 9, label["y"] + label["height"] / 2)
+            page.locator(f".replay-button[data-vehicle-id='{vehicle_id}']").click()
+            page.screenshot(path=str(shots / "replay-from-popup.png"))
             panel = page.locator("#replay")
             expect(panel).to_be_visible()
+            expect(panel).to_have_attribute("data-state", "ready", timeout=TIMEOUT_MS)
+            seen["popup_vehicle"] = page.input_value("#replay-vehicle")
+            seen["popup_points"] = panel.get_attribute("data-points")  # the last 24 h: none
             seen["tz_label"] = page.inner_text("#replay-form .tz")
             page.select_option("#replay-vehicle", str(vehicle_id))
             page.fill("#replay-from", "2026-12-01T06:00")  # Beijing time = T0
@@ -126,6 +135,7 @@ async def test_replay_plays_a_stored_track_at_64x(db_url: str, tmp_path: Path) -
     assert seen["errors"] == [], seen["errors"]
     assert seen["outside"] == [], f"requests left 127.0.0.1: {seen['outside']}"
     assert seen["tz_label"] == "北京时间"
+    assert seen["popup_vehicle"] == str(vid) and seen["popup_points"] == "0"
     assert 2 < seen["points"] < len(fixes)  # simplified on the server
     assert seen["stops"] >= 1 and seen["alarms"] == 1
     assert seen["t_start"] == int(T0.timestamp() * 1000)  # starts at the first fix
@@ -136,5 +146,7 @@ async def test_replay_plays_a_stored_track_at_64x(db_url: str, tmp_path: Path) -
     assert seen["paused_still"]
     middle = T0.timestamp() * 1000 + HOURS * 3600 * 1000 / 2
     assert abs(seen["t_mid"] - middle) < 30_000, seen["t_mid"]
-    for name in ("replay-loaded.png", "replay-playing-64x.png", "replay-seek-middle.png"):
+    shots = ("replay-from-popup.png", "replay-loaded.png", "replay-playing-64x.png",
+             "replay-seek-middle.png")
+    for name in shots:
         assert (tmp_path / name).stat().st_size > 10_000

@@ -1,13 +1,14 @@
 // Track replay: a vehicle's track over a time range (Beijing time) coloured by speed, its stops
 // and alarms, played back at 1x-64x with a timeline slider and a speed chart, and exported.
-// Opened from the header button or by any module: emit("replay", {vehicleId, from?, to?}).
+// Opened from the header button, a vehicle's popup, or by any module:
+// emit("replay", {vehicleId, from?, to?}) (from/to ISO 8601; default the last 24 hours).
 // The server simplifies long tracks (GET api/vehicles/{id}/track); playback interpolates
 // between the kept fixes by time. Test hooks (DOM state): #replay[data-state] idle | loading |
 // ready | error, data-points, data-load-ms (request to drawn; data-fetch-ms of it the API's
 // answer, parsed), data-t (playback time, ms), data-lon/data-lat
 // (the moving marker), data-playing.
 "use strict";
-import { $, T, addStrings, api, escapeHtml, on, when } from "./core.js";
+import { $, T, addStrings, api, emit, escapeHtml, on, onReady, when } from "./core.js";
 import { getMap } from "./map.js";
 
 addStrings({
@@ -40,6 +41,25 @@ const state = {
 // ------------------------------------------------------------------ opening and the form
 
 $("#replay-open").addEventListener("click", () => openPanel({}));
+// A vehicle's popup (map.js marks its markers with vehicleId) gets a replay button.
+let popupHooked = false;
+onReady(() => {
+  const map = getMap();
+  if (!map || popupHooked) return;
+  popupHooked = true;
+  map.on("popupopen", (e) => {
+    const vehicleId = e.popup._source && e.popup._source.vehicleId;
+    const content = e.popup.getElement()?.querySelector(".leaflet-popup-content");
+    if (vehicleId === undefined || !content || content.querySelector(".replay-button")) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "replay-button";
+    button.dataset.vehicleId = String(vehicleId);
+    button.textContent = T.replay;
+    button.addEventListener("click", () => emit("replay", { vehicleId }));
+    content.append(document.createElement("br"), button);  // not update(): it re-renders
+  });
+});
 $("#replay-close").addEventListener("click", closePanel);
 on("replay", (detail) => openPanel(detail || {}));
 on("logout", closePanel);
@@ -79,6 +99,7 @@ function openPanel({ vehicleId, from, to }) {
     }
     select.value = String(Number(vehicleId));
   }
+  getMap()?.closePopup();
   getMap()?.invalidateSize();
   if (vehicleId !== undefined) load();
 }
