@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import asyncpg
 import folium
 
 from maps.web import ApiError, RawBody, in_thread, int_arg, str_arg
@@ -90,11 +91,14 @@ class TrackApi:
                 return await query(conn, vehicle_id, start, end, *args)
 
         # Three statements on three connections: the stops' scan runs beside the line's.
-        track, stops, alerts = await asyncio.gather(
-            read(tracks.track, tolerance, max_points),
-            read(tracks.stops, stop_minutes * 60),
-            read(tracks.alerts, MAX_ALERTS),
-        )
+        try:
+            track, stops, alerts = await asyncio.gather(
+                read(tracks.track, tolerance, max_points),
+                read(tracks.stops, stop_minutes * 60),
+                read(tracks.alerts, MAX_ALERTS),
+            )
+        except asyncpg.QueryCanceledError:
+            raise ApiError(503, "reading the track took too long: ask for less") from None
         return {
             "vehicle": vehicle, "start": start, "end": end, "track": track,
             "stops": stops, "alerts": alerts,

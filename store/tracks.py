@@ -4,7 +4,8 @@ A day at 1 Hz is 86,400 rows; sending them all to a browser costs seconds, so th
 simplified where the rows are (Douglas-Peucker, ``ST_Simplify``) and only the kept vertices
 leave the database, each with its own time and speed. The line is built as a LineStringM whose
 M is the row's ordinal, so every kept vertex finds its row again; its x is multiplied by
-cos(latitude) first, which makes the tolerance mean the same distance east-west as north-south.
+cos(latitude) (of the first fix) first, which makes the tolerance mean the same distance
+east-west as north-south.
 If the tolerance keeps more than 90% of ``max_points`` vertices it grows by half until it does
 not (a recursive CTE: only the tolerances needed are tried). Douglas-Peucker looks at the shape
 only, so a burst of speeding on a straight road would vanish: the range is also cut into
@@ -16,6 +17,7 @@ fix_time, serial), pruned to the range's days; the vehicle's scope is checked fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +26,8 @@ from store.users import Scope, scope_sql
 
 #: Metres per degree of latitude (the mean; the tolerance is a display tolerance, not a survey).
 METRES_PER_DEGREE = 111_320.0
+#: The simplifying statement is cancelled after this long (asyncpg's QueryCanceledError).
+STATEMENT_TIMEOUT_MS = 20_000
 #: A fix slower than this counts as standing still (GNSS drift shows 1-2 km/h when parked).
 STILL_KMH = 3.0
 
@@ -40,9 +44,9 @@ _SIMPLIFIED = f"""
 WITH RECURSIVE fixes AS MATERIALIZED (
     SELECT row_number() OVER (ORDER BY fix_time) AS n, f.* FROM ({_FIXES}) f
 ), shape AS (
-    SELECT ST_MakeLine(ST_MakePointM(ST_X(geom) * k, ST_Y(geom), n) ORDER BY n) AS line,
+    SELECT ST_MakeLine(ST_MakePointM(ST_X(geom) * $7, ST_Y(geom), n) ORDER BY n) AS line,
            count(*) AS total
-    FROM fixes, (SELECT cos(radians(avg(ST_Y(geom)))) AS k FROM fixes) scale
+    FROM fixes
 ), fit (step, tolerance, line) AS (
     SELECT 0, $4::float8, ST_Simplify(line, $4::float8) FROM shape WHERE total > 1
     UNION ALL  -- from a tolerance of 0 the growth starts at ~1 cm; 60 steps reach ~10^8 m
@@ -55,8 +59,9 @@ WITH RECURSIVE fixes AS MATERIALIZED (
     SELECT ST_M((ST_DumpPoints(line)).geom)::bigint AS n FROM chosen
     UNION  -- a single fix makes no line: keep it as it is
     SELECT n FROM fixes WHERE (SELECT total FROM shape) = 1
-    UNION  -- the fastest fix of each of $6 equal slices (max of [speed, n]: no sort needed)
-    SELECT (max(ARRAY[speed_kmh::float8, n::float8]))[2]::bigint FROM fixes
+    UNION  -- the fastest fix of each of $6 equal slices: the max of speed (0.1 km/h) and n
+    -- in one bigint, n in the low 24 bits (7 days at 1 Hz is 604,800 < 2^24): no sort
+    SELECT max((round(speed_kmh * 10)::bigint << 24) | n) & 16777215 FROM fixes
     GROUP BY (n - 1) * $6 / (SELECT total FROM shape)
 )
 SELECT f.fix_time, ST_X(f.geom) AS lon, ST_Y(f.geom) AS lat, f.speed_kmh, f.heading,
@@ -65,6 +70,14 @@ SELECT f.fix_time, ST_X(f.geom) AS lon, ST_Y(f.geom) AS lat, f.speed_kmh, f.head
        (SELECT tolerance FROM chosen) AS tolerance
 FROM kept JOIN fixes f USING (n)
 ORDER BY f.n
+"""
+
+#: The x scale of the line (cos of the first fix's latitude): a parameter, as a subquery of the
+#: fixes beside them had the planner rescan all the fixes for each fix.
+_FIRST_LATITUDE = """
+SELECT ST_Y(geom) FROM positions
+WHERE vehicle_id = $1 AND fix_time >= $2 AND fix_time < $3 AND valid
+ORDER BY fix_time LIMIT 1
 """
 
 _FULL = f"""
@@ -147,14 +160,29 @@ async def track(
         points = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
         return Track(points, len(points), None, [r["iso"] for r in rows])
     degrees = tolerance_m / METRES_PER_DEGREE
+    first = await conn.fetchval(_FIRST_LATITUDE, vehicle_id, start, end)
+    if first is None:
+        return Track([], 0, tolerance_m, [])
     peaks = max(1, max_points // 10)
     async with conn.transaction(readonly=True):
         # The planner's guess of the join (millions of rows) would have it JIT-compile the
         # statement first: 0.9 s measured on a 24 h track, for a query of ~0.4 s. And it would
         # sort all the fixes to merge-join the few kept ones: a hash join needs no sort.
-        await conn.execute("SET LOCAL jit = off; SET LOCAL enable_mergejoin = off")
+        # A bound for any surprise (a week at 1 Hz is 604,800 fixes, ~3 s): no track query may
+        # hold a connection of the shared pool for long.
+        await conn.execute(
+            "SET LOCAL jit = off; SET LOCAL enable_mergejoin = off;"
+            f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
+        )
         rows = await conn.fetch(
-            _SIMPLIFIED, vehicle_id, start, end, degrees, max(2, max_points - peaks), peaks
+            _SIMPLIFIED,
+            vehicle_id,
+            start,
+            end,
+            degrees,
+            max(2, max_points - peaks),
+            peaks,
+            math.cos(math.radians(first)),
         )
     if not rows:
         return Track([], 0, tolerance_m, [])

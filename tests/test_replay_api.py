@@ -284,3 +284,15 @@ async def test_track_scan_uses_the_partition_index(db_url: str) -> None:
         print(plan)
         assert "positions_dedupe" in plan or re.search(r"positions_\d{8}_vehicle_id", plan), plan
         assert "positions_20261130" in plan and "positions_default" not in plan, plan
+
+
+@aio_test
+async def test_a_track_too_slow_to_read_is_a_503(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The simplifying statement has a time limit (here 1 ms, for a 3-hour track)."""
+    monkeypatch.setattr(tracks, "STATEMENT_TIMEOUT_MS", 1)
+    async with dashboard(db_url) as dash:
+        vid, _ = await _with_track(dash)
+        client = await dash.logged_in("disp_a")
+        reply = await client.get(f"/api/vehicles/{vid}/track?{_q(T0, T0 + timedelta(hours=3))}")
+        assert reply.status == 503 and "took too long" in reply.body["error"]
+        assert (await client.get("/api/vehicles")).status == 200  # the pool is fine
