@@ -162,6 +162,38 @@ def _browser(url: str, vehicle_id: int, start: str, end: str, runs: int, shot: s
     return out
 
 
+async def _backend_cpu(
+    conn: Any, vehicle_id: int, start: datetime, end: datetime, runs: int
+) -> str:
+    """CPU seconds of the PostgreSQL backend (/proc/PID/stat, 10 ms ticks) for the three
+    statements, and their wall clock: on a loaded machine the CPU is what one call costs."""
+    import os
+    import statistics
+
+    from store import tracks
+
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    cpus, walls = [], []
+    for _ in range(runs):
+        before, started = cpu(), time.perf_counter()
+        await tracks.track(conn, vehicle_id, start, end, 5.0, 5000)
+        await tracks.stops(conn, vehicle_id, start, end, 300)
+        await tracks.alerts(conn, vehicle_id, start, end, 1000)
+        walls.append(time.perf_counter() - started)
+        cpus.append(cpu() - before)
+    cpu_ms, wall_ms = statistics.median(cpus) * 1000, statistics.median(walls) * 1000
+    return (
+        f"PostgreSQL backend, track + stops + alerts one after the other: CPU median"
+        f" {cpu_ms:.0f} ms, wall median {wall_ms:.0f} ms over {runs}"
+    )
+
+
 async def _bench(args: Any) -> None:
     import asyncio
     import statistics
@@ -219,6 +251,7 @@ async def _bench(args: Any) -> None:
                   f" vehicles) in {time.perf_counter() - started:.1f} s")  # fmt: skip
             print("plan of the fixes' scan:\n  " + (await tracks.explain(
                 conn, vid, beijing_midnight, end)).replace("\n", "\n  "))  # fmt: skip
+            print(await _backend_cpu(conn, vid, beijing_midnight, end, args.runs))
         api = Api(pool)
         port = reactor.listenTCP(0, Site(dashboard_root(api.resource(TrackApi(api)))),  # type: ignore[attr-defined]
                                  interface="127.0.0.1")  # fmt: skip

@@ -352,7 +352,7 @@ function chartImage(width, height, ratio) {
     ctx.moveTo(0, y(band));
     ctx.lineTo(width, y(band));
     ctx.stroke();
-    ctx.fillText(String(band), 2, y(band) - 2);
+    if (y(band) > 12) ctx.fillText(String(band), 2, y(band) - 2);  // not cut by the top edge
   }
   ctx.lineWidth = 1.5;
   let i = 1;
