@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.web.server import Site
 
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.tracks import TrackApi
 from maps.web import dashboard_root
@@ -200,7 +201,7 @@ async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIt
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
-        root = dashboard_root(api.resource(TrackApi(api)))
+        root = dashboard_root(api.resource(GeofenceApi(api), TrackApi(api)))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port

@@ -15,6 +15,7 @@ import asyncpg
 
 from fleetwatch.cli import main
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.tracks import TrackApi
 from tests.aio import aio_test
@@ -351,7 +352,7 @@ def test_openapi_describes_exactly_the_routes() -> None:
     spec = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
     described = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     api = Api(pool=None)
-    routes = api.resource(TrackApi(api)).routes
+    routes = api.resource(GeofenceApi(api), TrackApi(api)).routes
     served = {
         (method, "/" + "/".join("{id}" if p == "{}" else p for p in pattern))
         for method, pattern in routes
