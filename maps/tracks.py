@@ -306,7 +306,7 @@ def printable_map(data: dict[str, Any]) -> bytes:
     dashboard's vendored copy (folium's template would load it, jQuery and Bootstrap from CDNs;
     this map uses none of their plugins, so only Leaflet is kept) and no tile layer."""
     vehicle, track = data["vehicle"], data["track"]
-    fmap = folium.Map(tiles=None, control_scale=True, prefer_canvas=True, zoom_start=12)
+    fmap = folium.Map(tiles=None, control_scale=True, zoom_start=12)  # SVG: prints sharp
     fmap.default_js = [("leaflet", VENDOR + "leaflet/leaflet.js")]
     fmap.default_css = [("leaflet_css", VENDOR + "leaflet/leaflet.css")]
     title = (

@@ -1,8 +1,8 @@
 """Track replay in a real headless Chromium (Debian's, through playwright's ``executable_path``):
 a dispatcher opens the replay from a vehicle's popup, then asks for a range with a stored 1 Hz
 track, sees it drawn with its stop and alarm markers and the speed chart, plays it at 64x (the
-marker advances at about 64 seconds of track a second), pauses, seeks with the timeline, and
-nothing leaves 127.0.0.1.
+marker advances at about 64 seconds of track a second), pauses, seeks with the timeline, opens
+the printable map, and nothing leaves 127.0.0.1.
 
 Synchronisation is by the panel's DOM state (``#replay[data-state]``, ``data-t``) through
 locator assertions (the page's CSP forbids the eval that ``wait_for_function`` needs). The one
@@ -107,6 +107,13 @@ def _replay_session(url: str, vehicle_id: int, shots: Path) -> dict[str, Any]:
             page.fill("#replay-slider", "500")  # seek to the middle
             seen["t_mid"] = int(panel.get_attribute("data-t") or 0)
             page.screenshot(path=str(shots / "replay-seek-middle.png"))
+            # the printable map (folium) renders with Leaflet from this server
+            page.goto(url + (page.get_attribute("#replay-html", "href") or ""))
+            drawn = page.locator(".leaflet-container path.leaflet-interactive")
+            drawn.first.wait_for(state="attached")  # a short polyline may have no visible box
+            seen["print_paths"] = page.locator(".leaflet-container path").count()
+            seen["print_title"] = page.inner_text("body")
+            page.screenshot(path=str(shots / "replay-print-map.png"))
         finally:
             browser.close()
     seen["outside"] = outside
@@ -144,9 +151,10 @@ async def test_replay_plays_a_stored_track_at_64x(db_url: str, tmp_path: Path) -
     assert 40 < seen["rate"] < 80, seen["rate"]  # 64 s of track per second, give or take
     assert seen["moved"]
     assert seen["paused_still"]
+    assert seen["print_paths"] > 3 and "京A10001" in seen["print_title"]
     middle = T0.timestamp() * 1000 + HOURS * 3600 * 1000 / 2
     assert abs(seen["t_mid"] - middle) < 30_000, seen["t_mid"]
     shots = ("replay-from-popup.png", "replay-loaded.png", "replay-playing-64x.png",
-             "replay-seek-middle.png")
+             "replay-seek-middle.png", "replay-print-map.png")
     for name in shots:
         assert (tmp_path / name).stat().st_size > 10_000
