@@ -312,7 +312,7 @@ def printable_map(data: dict[str, Any]) -> bytes:
     title = (
         f"<div style='font:14px sans-serif;padding:4px 8px'><b>{_html(vehicle['plate'])}</b> "
         f"{_beijing(data['start'])} — {_beijing(data['end'])} · {len(track.points)} / "
-        f"{track.total} 点 · 非审图号地图，仅示意轨迹</div>"
+        f"{track.total} 点 · 非审图号地图，仅示意轨迹<br>{_legend()}</div>"
     )
     fmap.get_root().html.add_child(folium.Element(title))  # type: ignore[attr-defined]
     points = track.points
@@ -330,6 +330,17 @@ def printable_map(data: dict[str, Any]) -> bytes:
         folium.CircleMarker((lat, lon), radius=6, color=colour, fill=True, fill_opacity=0.8,
                             tooltip=f"{_html(label)} {_beijing(moment)}").add_to(fmap)  # fmt: skip
     return fmap.get_root().render().encode()  # type: ignore[no-any-return]
+
+
+def _legend() -> str:
+    """The speed bands as coloured bars (km/h), then the markers' colours."""
+    lows = [0] + [top for top, _ in SPEED_BANDS]
+    labels = [f"{low}-{top}" for low, (top, _) in zip(lows, SPEED_BANDS, strict=False)]
+    labels.append(f"≥{SPEED_BANDS[-1][0]}")
+    colours = [colour for _, colour in SPEED_BANDS] + [FASTEST]
+    bar = "<span style='display:inline-block;width:16px;height:4px;background:{}'></span> {}"
+    bands = " ".join(bar.format(c, t) for c, t in zip(colours, labels, strict=True))
+    return f"{bands} km/h · 起点 绿圈 · 终点 黑圈 · 停车 深蓝 · 报警 红"
 
 
 def _colour_runs(points: list[Any]) -> list[list[Any]]:
