@@ -46,6 +46,11 @@ FASTEST = "#7b3294"
 #: Where the printable map finds Leaflet, relative to /api/vehicles/{id}/track.html: the
 #: vendored copy under maps/static/vendor (scripts/setup.sh), never a CDN.
 VENDOR = "../../../vendor/"
+#: The print map's title and legend float over the map (which fills the page), beside the zoom.
+TITLE_STYLE = (
+    "position:fixed;top:0;left:56px;right:0;z-index:1000;font:14px sans-serif;"
+    "padding:4px 8px;background:rgba(255,255,255,.9)"
+)
 #: The export page runs folium's inline scripts; everything it loads comes from this origin.
 EXPORT_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -310,7 +315,7 @@ def printable_map(data: dict[str, Any]) -> bytes:
     fmap.default_js = [("leaflet", VENDOR + "leaflet/leaflet.js")]
     fmap.default_css = [("leaflet_css", VENDOR + "leaflet/leaflet.css")]
     title = (
-        f"<div style='font:14px sans-serif;padding:4px 8px'><b>{_html(vehicle['plate'])}</b> "
+        f"<div style='{TITLE_STYLE}'><b>{_html(vehicle['plate'])}</b> "
         f"{_beijing(data['start'])} — {_beijing(data['end'])} · {len(track.points)} / "
         f"{track.total} 点 · 非审图号地图，仅示意轨迹<br>{_legend()}</div>"
     )
