@@ -349,6 +349,7 @@ class Server:
         from maps.live import LiveHub
         from maps.live_socket import LiveApi
         from maps.panel import PanelApi
+        from maps.tracks import TrackApi
 
         self.live = hub = LiveHub(self.pool, self.url())
         await hub.start()
@@ -365,6 +366,7 @@ class Server:
             AlarmApi(api, self.gateway),
             PanelApi(api, self.gateway, fences=self.supervision.index,
                      settings=self.supervision.settings, status_names=status_names),
+            TrackApi(api),
             LiveApi(api, hub),
         )  # fmt: skip
 

@@ -28,6 +28,7 @@ from maps.limits import LoginLimiter
 from maps.live import LiveHub
 from maps.live_socket import Limits, LiveApi
 from maps.panel import PanelApi
+from maps.tracks import TrackApi
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -217,6 +218,7 @@ async def dashboard(
             GeofenceApi(api),
             AlarmApi(api, gateway, command_timeout=5.0),
             PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
+            TrackApi(api),
             LiveApi(api, hub, live),
         )
         root = dashboard_root(api.resource(*features))

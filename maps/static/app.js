@@ -10,6 +10,7 @@ import "./alarms.js";
 import "./vehicles.js";
 import "./geofences.js";
 import "./panel.js";
+import "./replay.js";
 import "./live.js";
 
 function showLogin() {
