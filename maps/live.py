@@ -365,9 +365,14 @@ class LiveHub:
             wanted = {f.vehicle_id for f in fixes} | {a.vehicle_id for a in changed}
             stale = [v for v in wanted if now - self._card_time.get(v, -CARD_TTL) >= CARD_TTL]
             if stale:
-                self._cards.update(await live.vehicle_cards(conn, stale))
+                cards = await live.vehicle_cards(conn, stale)
                 for v in stale:
                     self._card_time[v] = now
+                for v, card in cards.items():
+                    lon, lat = card.pop("lon"), card.pop("lat")
+                    if lon is not None:
+                        self._where.setdefault(v, (lon, lat))
+                    self._cards[v] = card
         vehicles = self._features(fixes)
         alerts = [(a.vehicle_id, _encode(a.to_json())) for a in changed]
         self.stats["deltas"] += len(vehicles)

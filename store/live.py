@@ -36,11 +36,13 @@ async def notify(db: Any, channel: str, payloads: Sequence[str]) -> None:
 
 async def vehicle_cards(db: Any, vehicle_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """What a live delta says about a vehicle besides its position (the fields of
-    ``GET /api/vehicles`` that do not move), and its company for scoping, by id."""
+    ``GET /api/vehicles`` that do not move), its company and last stored position (lon, lat:
+    None before the first) for scoping an alert of a vehicle not seen moving yet, by id."""
     rows = await db.fetch(
         """SELECT v.id, v.plate, v.plate_color, v.class::text AS class, v.company_id,
-                  c.name AS company
+                  c.name AS company, ST_X(p.geom) AS lon, ST_Y(p.geom) AS lat
            FROM vehicles v LEFT JOIN companies c ON c.id = v.company_id
+           LEFT JOIN last_positions p ON p.vehicle_id = v.id
            WHERE v.id = ANY ($1::integer[])""",
         list(vehicle_ids),
     )

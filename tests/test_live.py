@@ -22,7 +22,7 @@ from geo.position import Position
 from loadtest.ws_client import LiveClient, Refused, login
 from maps.live import Coalescer, pack
 from maps.live_socket import Limits
-from store.users import Scope, add_user
+from store.users import Scope, add_user, set_area
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Dashboard, dashboard, password_hash
 from tests.ingest_harness import running_ingest
@@ -165,6 +165,35 @@ async def test_dispatcher_never_receives_another_companys_vehicles_or_alerts(
         assert got["sup"] == ({"京A10001", "沪B20001"}, {"京A10002", "沪B20002"})
         for c in (a, b, sup):
             await c.close()
+
+
+@aio_test
+async def test_a_supervisor_with_an_area_receives_only_what_is_inside(db_url: str) -> None:
+    beijing = json.dumps({"type": "Polygon", "coordinates": [
+        [[116.0, 39.5], [117.0, 39.5], [117.0, 40.5], [116.0, 40.5], [116.0, 39.5]]]})  # fmt: skip
+    async with dashboard(db_url) as dash:
+        seeded = dash.seeded
+        async with dash.pool.acquire() as conn:
+            await set_area(conn, "super", beijing, "北京")
+        sup = await _open(dash, "super")
+        assert _plates(await sup.next("snapshot")) == {"京A10001", "京A10002"}
+        now = datetime.now(UTC)
+        dash.hub.durable([
+            _position(seeded.vehicles["京A10001"], 116.5, 39.95, now),  # inside
+            _position(seeded.vehicles["沪B20001"], 121.6, 31.3, now),  # outside
+        ])  # fmt: skip
+        async with dash.pool.acquire() as conn:  # alerts of vehicles not moving here: by their
+            for plate in ("京A10002", "沪B20002"):  # last stored position
+                await conn.execute(
+                    "INSERT INTO alerts (vehicle_id, type, key, severity, start_time)"
+                    " VALUES ($1, 'sos', 'sos', 1, now())", seeded.vehicles[plate])  # fmt: skip
+        messages = [await sup.next("vehicles"), await sup.next("alerts")]
+        messages += await _quiet(sup, 0.5)
+        plates = {f["properties"]["plate"] for m in messages if m["type"] == "vehicles"
+                  for f in m["features"]}  # fmt: skip
+        alerts = {a["plate"] for m in messages if m["type"] == "alerts" for a in m["alerts"]}
+        assert (plates, alerts) == ({"京A10001"}, {"京A10002"})
+        await sup.close()
 
 
 @aio_test
