@@ -178,7 +178,7 @@ class Api:
         assert limit is not None and after is not None
         async with self.pool.acquire() as conn:
             rows = await dashboard.vehicles(conn, session.user.scope, after, limit)
-        features = [_feature(row, self.ignition) for row in rows]
+        features = [vehicle_feature(row, self.ignition) for row in rows]
         return 200, {
             "type": "FeatureCollection",
             "features": features,
@@ -230,38 +230,35 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _feature(row: dict[str, Any], ignition: Ignition | None = None) -> dict[str, Any]:
-    """A vehicle row of store.dashboard as a GeoJSON Feature with its map state."""
+def vehicle_feature(row: dict[str, Any], ignition: Ignition | None = None) -> dict[str, Any]:
+    """A vehicle as an RFC 7946 Feature (REST and the live feed alike). The map's state and
+    what it is made of (``ignition``, ``in_alarm``) are given only when the row has them (the
+    REST rows do; a live delta's are merged by the page onto what it knew)."""
     geometry = (
         {"type": "Point", "coordinates": [row["lon"], row["lat"]]}
         if row["lon"] is not None
         else None
     )
-    status = row.get("status")
-    acc = ignition(status) if ignition is not None and status is not None else None
-    in_alarm = bool(row.get("in_alarm"))
-    state = vehicle_state(
-        online=row["online"], has_fix=geometry is not None and bool(row["valid"]),
-        speed_kmh=row["speed_kmh"], ignition=acc, in_alarm=in_alarm,
-    )  # fmt: skip
-    return {
-        "type": "Feature",
-        "id": row["id"],
-        "geometry": geometry,
-        "properties": {
-            "plate": row["plate"],
-            "plate_color": row["plate_color"],
-            "class": row["class"],
-            "company_id": row["company_id"],
-            "company": row["company"],
-            "online": row["online"],
-            "fix_time": _iso(row["fix_time"]),
-            "received_time": _iso(row.get("received_time")),
-            "speed_kmh": row["speed_kmh"],
-            "heading": row["heading"],
-            "valid": row["valid"],
-            "ignition": acc,
-            "in_alarm": in_alarm,
-            "state": state,
-        },
+    props: dict[str, Any] = {
+        "plate": row["plate"],
+        "plate_color": row["plate_color"],
+        "class": row["class"],
+        "company_id": row["company_id"],
+        "company": row["company"],
+        "online": row["online"],
+        "fix_time": _iso(row["fix_time"]),
+        "speed_kmh": row["speed_kmh"],
+        "heading": row["heading"],
+        "valid": row["valid"],
     }
+    if "received_time" in row:
+        props["received_time"] = _iso(row["received_time"])
+    if "status" in row and ignition is not None:
+        props["ignition"] = ignition(row["status"]) if row["status"] is not None else None
+    if "in_alarm" in row:
+        props["in_alarm"] = bool(row["in_alarm"])
+        props["state"] = vehicle_state(
+            online=row["online"], has_fix=geometry is not None and bool(row["valid"]),
+            speed_kmh=row["speed_kmh"], ignition=props.get("ignition"), in_alarm=props["in_alarm"],
+        )  # fmt: skip
+    return {"type": "Feature", "id": row["id"], "geometry": geometry, "properties": props}

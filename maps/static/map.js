@@ -68,6 +68,8 @@ export const mapLatLng = (lon, lat) => toLatLng(lon, lat);
 /** Apply one vehicle's feature (a full one, or a delta with some properties). */
 export function updateVehicle(feature) {
   deltas = true;
+  const el = $("#map");
+  el.dataset.updates = String(Number(el.dataset.updates || 0) + 1);
   const before = pending.get(feature.id);
   pending.set(feature.id, before ? merge(before, feature) : feature);
   schedule();
@@ -131,6 +133,7 @@ function apply(id, feature, added, moved) {
   let v = vehicles.get(id);
   const props = v ? { ...v.props, ...(feature.properties || {}) } : { ...(feature.properties || {}) };
   const geometry = feature.geometry === undefined ? (v ? v.geometry : null) : feature.geometry;
+  if (feature.properties && !("state" in feature.properties)) props.state = stateOf(props, geometry);
   if (!v) {
     v = { id, props, geometry, marker: null };
     vehicles.set(id, v);
@@ -165,6 +168,16 @@ function remove(id) {
   if (following === id) follow(null);
 }
 
+/** The state of a vehicle whose delta did not say it (a live fix): the rule of
+ * maps/vehicle_state.py, on what the page knows (the alarm flag and ACC of the last full answer). */
+function stateOf(p, geometry) {
+  if (p.in_alarm) return "alarm";
+  if (!p.online) return "offline";
+  if (!geometry || p.valid === false) return "nofix";
+  if ((p.speed_kmh || 0) >= 3) return "moving";
+  return p.ignition ? "idle" : "parked";
+}
+
 /** A vehicle's icon: drawn from the vehicle's current state each time Leaflet creates it. */
 const VehicleIcon = L.Icon.extend({
   options: { iconSize: [28, 28], iconAnchor: [14, 14], popupAnchor: [0, -12], className: "vm" },
@@ -195,6 +208,11 @@ function paint(div, v) {
   div.dataset.state = state;
   div.dataset.class = cls;
   div.dataset.heading = String(heading);
+  if (v.geometry) { // where it is (WGS-84) and since when: test hooks of the live feed's tests
+    div.dataset.lon = String(v.geometry.coordinates[0]);
+    div.dataset.lat = String(v.geometry.coordinates[1]);
+  }
+  div.dataset.fixTime = p.fix_time || "";
   div.title = `${p.plate || ""} · ${T.classes[cls] || cls} · ${T.states[state] || state}`;
   div.firstChild.style.transform = `rotate(${heading}deg)`;
   div.querySelector("use").setAttribute("href", iconRef(cls));
@@ -376,6 +394,15 @@ async function start() {
   if (!timer && polled) timer = setInterval(loadVehicles, REFRESH_MS);
 }
 on("logout", () => { clearInterval(timer); timer = null; fitOnce = true; follow(null); setVehicles([]); });
+// The live feed (live.js): the whole state on each (re)connection, then each vehicle's new
+// positions; while it is connected the 10 s REST poll is off. Alarm changes re-read the
+// vehicles (their in-alarm flags) at most every 2 s.
+on("snapshot", ({ vehicles: features }) => { polling(false); setVehicles(features); });
+on("vehicle", (feature) => updateVehicle(feature));
+let alarmReload = null;
+on("alert", () => {
+  if (!alarmReload) alarmReload = setTimeout(() => { alarmReload = null; loadVehicles(); }, 2000);
+});
 on("alerts-changed", () => loadVehicles());
 on("alerts-changed-here", () => loadVehicles()); // an alarm handled here: its vehicle may leave "in alarm"
 on("select-vehicle", (id) => { // chosen elsewhere (the vehicle list): show it and its popup
