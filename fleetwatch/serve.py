@@ -370,7 +370,7 @@ class Server:
         from maps.live import LiveHub
         from maps.live_socket import LiveApi
         from maps.panel import PanelApi
-from maps.tiles import BaseMapApi
+        from maps.tiles import BaseMapApi
         from maps.tracks import TrackApi
 
         self.live = hub = LiveHub(self.pool, self.url())

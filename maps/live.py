@@ -205,9 +205,6 @@ class PositionRelay:
 
     def __init__(self, pool: Any, interval: float = POSITION_INTERVAL, tick: float = TICK) -> None:
         self.pool = pool
-        #: The protocol edge's ACC reading (maps.api.Ignition), set by the wiring: the
-        #: snapshot's vehicles then carry ignition and the state it decides, as REST's do.
-        self.ignition: Any = None
         self.coalescer: Coalescer[Fix | Durable] = Coalescer(interval)
         self.ticker = _Ticker(tick, self._tick, "live position relay")
         self.notified = 0  # positions sent
@@ -261,6 +258,9 @@ class LiveHub:
         session_check: float = 30.0,
     ) -> None:  # fmt: skip
         self.pool = pool
+        #: The protocol edge's ACC reading (maps.api.Ignition), set by the wiring: the
+        #: snapshot's vehicles then carry ignition and the state it decides, as REST's do.
+        self.ignition: Any = None
         self.coalescer: Coalescer[Fix | Durable] = Coalescer(interval)
         self.clients: set[Client] = set()
         self.stats = dict.fromkeys(STATS, 0)
