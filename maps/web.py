@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ class ApiError(Exception):
 
 
 Handler = Callable[[Request, list[str]], Coroutine[Any, Any, tuple[int, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A handler's body that is not JSON (a GPX or HTML export): sent as it is, with its type
+    and headers (e.g. Content-Disposition); errors stay JSON."""
+
+    content: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class JsonResource(Resource):
@@ -97,26 +108,33 @@ class JsonResource(Resource):
         if done:  # the client went away meanwhile
             return
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        kind = body.content_type if isinstance(body, RawBody) else "application/json; charset=utf-8"
+        request.setHeader(b"content-type", kind.encode())
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if isinstance(body, RawBody):
+            headers = {**headers, **body.headers}
         for name, value in headers.items():
             request.setHeader(name.encode(), value.encode())
-        request.write(json.dumps(body, ensure_ascii=False).encode())
+        if isinstance(body, RawBody):
+            request.write(body.content)
+        else:
+            request.write(json.dumps(body, ensure_ascii=False).encode())
         request.finish()
 
 
-def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object body; 415 unless sent as application/json, 400 if not JSON.
+def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object body (413 beyond ``limit`` bytes); 415 unless sent as
+    application/json, 400 if not JSON.
 
     Requiring the JSON content type also means a cross-site HTML form cannot post here."""
     kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if kind != b"application/json":
         raise ApiError(415, "send the body as application/json")
     assert request.content is not None
-    raw = request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+    raw = request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
