@@ -36,27 +36,61 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the server with a simulated fleet and demo logins (check: expected alarms)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    parser.add_argument("action", nargs="?", choices=("run", "check"), default="run",
-                        help="run (default) or check the expected alarms against the alerts")  # fmt: skip
-    parser.add_argument("--data-dir", type=Path, default=Path("demo-data"), metavar="DIR",
-                        help="the demo's data directory (default: ./demo-data)")  # fmt: skip
-    parser.add_argument("--vehicles", type=int, default=200, metavar="N",
-                        help="simulated vehicles (default 200; 7 or more include every "
-                        "scripted violation)")  # fmt: skip
-    parser.add_argument("--hours", type=float, default=24.0, metavar="H",
-                        help="time-lapse: hours of past driving to play first (default 24; "
-                        "0: live only)")  # fmt: skip
-    parser.add_argument("--minutes", type=float, default=10.0, metavar="M",
-                        help="play those hours in about M minutes (default 10)")  # fmt: skip
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "check"),
+        default="run",
+        help="run (default) or check the expected alarms against the alerts",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("demo-data"),
+        metavar="DIR",
+        help="the demo's data directory (default: ./demo-data)",
+    )
+    parser.add_argument(
+        "--vehicles",
+        type=int,
+        default=200,
+        metavar="N",
+        help="simulated vehicles (default 200; 7 or more include every scripted violation)",
+    )
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="time-lapse: hours of past driving to play first (default 24; 0: live only)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="play those hours in about M minutes (default 10)",
+    )
     parser.add_argument("--jt808-port", type=_port, default=6808, help="JT/T 808 TCP port")
     parser.add_argument("--http-port", type=_port, default=8080, help="dashboard port")
     parser.add_argument("--seed", type=int, default=1, help="the fleet's plans (default 1)")
-    parser.add_argument("--rules-config", metavar="FILE",
-                        help="passed to serve (e.g. a shorter offline_s)")  # fmt: skip
-    parser.add_argument("--heartbeat", type=float, default=60.0, metavar="S",
-                        help="terminal heartbeat interval, wall seconds (default 60)")  # fmt: skip
-    parser.add_argument("--progress", type=float, default=30.0, metavar="S",
-                        help="print the fleet's progress every S seconds (default 30)")  # fmt: skip
+    parser.add_argument(
+        "--rules-config", metavar="FILE", help="passed to serve (e.g. a shorter offline_s)"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="terminal heartbeat interval, wall seconds (default 60)",
+    )
+    parser.add_argument(
+        "--progress",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="print the fleet's progress every S seconds (default 30)",
+    )
     parser.set_defaults(handler=run, db=None)
 
 
@@ -115,7 +149,9 @@ async def _seed(url: str, args: argparse.Namespace, fleet: list[Any]) -> tuple[d
         new_vehicle(v.plate, v.vehicle_class, v.company, v.phone, plate_color=v.plate_color)
         for v in fleet
     ]
-    users = [(name, role, company, h) for (name, role, company), h in zip(USERS, hashes, strict=True)]
+    users = [
+        (name, role, company, h) for (name, role, company), h in zip(USERS, hashes, strict=True)
+    ]
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
@@ -123,10 +159,12 @@ async def _seed(url: str, args: argparse.Namespace, fleet: list[Any]) -> tuple[d
         newest = await demo.newest_fix(conn, [v.plate for v in vehicles])
     finally:
         await conn.close()
-    _say(f"  seeded: {seeded.vehicles_added} vehicles added ({seeded.vehicles_kept} there "
-         f"already), {seeded.users_added + seeded.users_reset} logins, "
-         f"{seeded.fences.added} fences added ({seeded.fences.unchanged + seeded.fences.updated} "
-         "there already)")  # fmt: skip
+    _say(
+        f"  seeded: {seeded.vehicles_added} vehicles added ({seeded.vehicles_kept} there "
+        f"already), {seeded.users_added + seeded.users_reset} logins, "
+        f"{seeded.fences.added} fences added ({seeded.fences.unchanged + seeded.fences.updated} "
+        "there already)"
+    )
     return passwords, newest
 
 
@@ -147,8 +185,7 @@ async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: f
 async def _demo(args: argparse.Namespace) -> int:
     from loadtest.fleet.check import expectations
     from loadtest.fleet.city import RoadNetwork
-    from loadtest.fleet.plan import build_fleet, build_scenario
-    from loadtest.fleet.plan import TimeLapse
+    from loadtest.fleet.plan import TimeLapse, build_fleet, build_scenario
     from loadtest.fleet.sim import Fleet
     from store.cluster import EmbeddedCluster
 
@@ -167,16 +204,32 @@ async def _demo(args: argparse.Namespace) -> int:
     try:
         fleet = build_fleet(args.vehicles, args.seed)
         passwords, newest = await _seed(cluster.url, args, fleet)
-        command = [sys.executable, "-m", "fleetwatch.cli", "serve", "--data-dir", str(data),
-                   "--jt808-port", str(args.jt808_port), "--http-port", str(args.http_port),
-                   "--listen", "127.0.0.1", "--policy", "known"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "fleetwatch.cli",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--jt808-port",
+            str(args.jt808_port),
+            "--http-port",
+            str(args.http_port),
+            "--listen",
+            "127.0.0.1",
+            "--policy",
+            "known",
+        ]
         if args.rules_config:
             command += ["--rules-config", args.rules_config]
         log = open(data / "serve.log", "ab")  # noqa: SIM115 - closed in finally
         serve = await asyncio.create_subprocess_exec(
-            *command, stdout=log, stderr=log, start_new_session=True,  # Ctrl-C is ours to relay
+            *command,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # Ctrl-C is ours to relay
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        )
         await _wait_for_port(args.http_port, serve, 60)
         await _wait_for_port(args.jt808_port, serve, 30)
 
@@ -193,8 +246,14 @@ async def _demo(args: argparse.Namespace) -> int:
         document = expectations(fleet, scenario, clock, now, offline_s)
         (data / EXPECTED).write_text(json.dumps(document, ensure_ascii=False, indent=1))
         _banner(args, passwords, clock, scenario, len(fleet))
-        fleet_sim = Fleet(fleet, clock, scenario, ("127.0.0.1", args.jt808_port),
-                          seed=args.seed, heartbeat_s=args.heartbeat)  # fmt: skip
+        fleet_sim = Fleet(
+            fleet,
+            clock,
+            scenario,
+            ("127.0.0.1", args.jt808_port),
+            seed=args.seed,
+            heartbeat_s=args.heartbeat,
+        )
         await fleet_sim.start(ramp_s=min(10.0, 0.03 * len(fleet)))
         while not stop.is_set():
             try:
@@ -234,18 +293,24 @@ def _banner(
         f"  dashboard   {url}",
         f"  JT/T 808    127.0.0.1:{args.jt808_port} ({count} simulated vehicles, Changsha)",
         "  logins (new passwords at every start):",
-        *(f"    {name:<18} {passwords[name]:<14} {role}" + (f", {company}" if company else "")
-          for name, role, company in USERS),  # fmt: skip
+        *(
+            f"    {name:<18} {passwords[name]:<14} {role}" + (f", {company}" if company else "")
+            for name, role, company in USERS
+        ),
     ]
     if clock.catch_up > clock.wall0:
         start = datetime.fromtimestamp(clock.start, UTC).astimezone()
-        lines.append(f"  time-lapse  from {start:%Y-%m-%d %H:%M %Z}, x{clock.speed:.0f}: live "
-                     f"in {(clock.catch_up - clock.wall0) / 60:.1f} min")  # fmt: skip
+        lines.append(
+            f"  time-lapse  from {start:%Y-%m-%d %H:%M %Z}, x{clock.speed:.0f}: live "
+            f"in {(clock.catch_up - clock.wall0) / 60:.1f} min"
+        )
     else:
         lines.append("  live (no time-lapse: nothing to replay)")
-    lines.append(f"  expected alarms: {len(scenario.expected)} in "
-                 f"{args.data_dir / EXPECTED}" + (f"; skipped: {'; '.join(scenario.skipped)}"
-                                                  if scenario.skipped else ""))  # fmt: skip
+    lines.append(
+        f"  expected alarms: {len(scenario.expected)} in "
+        f"{args.data_dir / EXPECTED}"
+        + (f"; skipped: {'; '.join(scenario.skipped)}" if scenario.skipped else "")
+    )
     lines.append(f"  check them:     fleetwatch demo check --data-dir {args.data_dir}")
     lines.append("  stop with Ctrl-C")
     _say("\n".join(lines) + "\n")

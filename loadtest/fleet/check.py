@@ -21,9 +21,12 @@ SCRIPTED_KINDS = ("speeding", "forbidden_zone", "terminal_alarm", "offline", *FA
 
 
 def expectations(
-    fleet: list[VehicleSpec], scenario: Scenario, clock: TimeLapse, run_started: float,
+    fleet: list[VehicleSpec],
+    scenario: Scenario,
+    clock: TimeLapse,
+    run_started: float,
     offline_s: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The document the simulator writes at start (``expected-alarms.json``)."""
     return {
         "run_started": iso(run_started),
@@ -32,8 +35,13 @@ def expectations(
         "speed": clock.speed,
         "offline_s": offline_s,
         "vehicles": [
-            {"plate": v.plate, "class": v.vehicle_class, "phone": v.phone,
-             "protocol": v.version, "role": v.role}  # fmt: skip
+            {
+                "plate": v.plate,
+                "class": v.vehicle_class,
+                "phone": v.phone,
+                "protocol": v.version,
+                "role": v.role,
+            }
             for v in fleet
         ],
         "expected": scenario.expected,
@@ -55,21 +63,31 @@ class Outcome:
     def report(self) -> str:
         lines = []
         for want, got in self.present:
-            lines.append(f"  present     {want['plate']:<10} {got['type']:<20} "
-                         f"start {_short(got['start_time'])}  ({want['why']})")  # fmt: skip
+            lines.append(
+                f"  present     {want['plate']:<10} {got['type']:<20} "
+                f"start {_short(got['start_time'])}  ({want['why']})"
+            )
         for want in self.missing:
-            lines.append(f"  MISSING     {want['plate']:<10} {want['type']:<20} "
-                         f"start {_short(want['start_from'])}..{_short(want['start_to'])}  "
-                         f"({want['why']})")  # fmt: skip
+            lines.append(
+                f"  MISSING     {want['plate']:<10} {want['type']:<20} "
+                f"start {_short(want['start_from'])}..{_short(want['start_to'])}  "
+                f"({want['why']})"
+            )
         for want in self.pending:
-            lines.append(f"  pending     {want['plate']:<10} {want['type']:<20} "
-                         f"due {_short(want['due'])}  ({want['why']})")  # fmt: skip
+            lines.append(
+                f"  pending     {want['plate']:<10} {want['type']:<20} "
+                f"due {_short(want['due'])}  ({want['why']})"
+            )
         for got in self.unexpected:
-            lines.append(f"  UNEXPECTED  {got['plate']:<10} {got['type']:<20} "
-                         f"start {_short(got['start_time'])}  id {got.get('id')}")  # fmt: skip
+            lines.append(
+                f"  UNEXPECTED  {got['plate']:<10} {got['type']:<20} "
+                f"start {_short(got['start_time'])}  id {got.get('id')}"
+            )
         verdict = "ok" if self.ok else "FAILED"
-        head = (f"expected alarms: {len(self.present)} present, {len(self.missing)} missing, "
-                f"{len(self.pending)} not due yet; {len(self.unexpected)} unexpected: {verdict}")  # fmt: skip
+        head = (
+            f"expected alarms: {len(self.present)} present, {len(self.missing)} missing, "
+            f"{len(self.pending)} not due yet; {len(self.unexpected)} unexpected: {verdict}"
+        )
         return "\n".join([head, *lines])
 
 
@@ -101,10 +119,12 @@ def compare(document: dict[str, Any], alerts: list[dict[str, Any]], now: datetim
     plates = {v["plate"] for v in document["vehicles"]}
     started = _time(document["run_started"])
     candidates = [
-        a for a in alerts
-        if a["plate"] in plates and a["type"] in SCRIPTED_KINDS
+        a
+        for a in alerts
+        if a["plate"] in plates
+        and a["type"] in SCRIPTED_KINDS
         and _time(a["created_at"]) >= started
-    ]  # fmt: skip
+    ]
     out = Outcome()
     used: set[int] = set()
     for want in document["expected"]:

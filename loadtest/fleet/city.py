@@ -10,17 +10,18 @@ degree. They were computed once with this snippet; the package is not a dependen
         if f["properties"]["gb"].startswith("1564301"):
             c = shape(f["geometry"]).centroid; print(f["properties"]["name"], c.x, c.y)
 
-The school is made up: a leaf 1.8 km north-east of the Tianxin centroid, clear of the other roads. Roads are
-synthetic too: streets between neighbouring urban districts and expressways out to the outer
-ones, each a gentle curve (a quadratic Bézier whose control point sits off the chord by 6-14%
-of its length, sampled every ~250 m), so tracks look like roads on a map without pretending to
-be the real street grid. Distances are metres on a local equirectangular projection (at most
-~0.1% off over these 80 km, plenty for a simulator).
+The school is made up: a leaf 1.8 km north-east of the Tianxin centroid, clear of the other
+roads. Roads are synthetic too: streets between neighbouring urban districts and expressways
+out to the outer ones, each a gentle curve (a quadratic Bézier whose control point sits off the
+chord by 6-14% of its length, sampled every ~250 m), so tracks look like roads on a map without
+pretending to be the real street grid. Distances are metres on a local equirectangular
+projection (at most ~0.1% off over these 80 km, plenty for a simulator).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import zlib
 from bisect import bisect_right
@@ -99,7 +100,9 @@ def _curve(a: str, b: str, step_m: float = 250.0) -> list[tuple[float, float]]:
     for i in range(n + 1):
         t = i / n
         u = 1 - t
-        out.append((u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1))
+        out.append(
+            (u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1)
+        )
     return out
 
 
@@ -156,9 +159,7 @@ class RoadNetwork:
             self.neighbours[b].append(a)
         self.lengths = {k: _length(p) for k, (p, _) in self.roads.items()}
 
-    def route(
-        self, a: str, b: str, avoid: Callable[[str, str], bool] | None = None
-    ) -> Route:
+    def route(self, a: str, b: str, avoid: Callable[[str, str], bool] | None = None) -> Route:
         """Dijkstra over ten nodes; ``avoid(u, v)`` excludes a road. ValueError if no path."""
         best = {a: 0.0}
         prev: dict[str, str] = {}
@@ -184,13 +185,13 @@ class RoadNetwork:
         nodes.reverse()
         points: list[tuple[float, float]] = [place_xy(a)]
         kinds = []
-        for u, v in zip(nodes, nodes[1:], strict=False):
+        for u, v in itertools.pairwise(nodes):
             start = _length(points)
             road, kind = self.roads[(u, v)]
             points.extend(road[1:])
             kinds.append((start, _length(points), kind))
         cum = [0.0]
-        for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
+        for (xa, ya), (xb, yb) in itertools.pairwise(points):
             cum.append(cum[-1] + math.hypot(xb - xa, yb - ya))
         return Route(points, cum, kinds, tuple(nodes))
 
@@ -205,9 +206,7 @@ class RoadNetwork:
 
 
 def _length(points: list[tuple[float, float]]) -> float:
-    return sum(
-        math.hypot(xb - xa, yb - ya) for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False)
-    )
+    return sum(math.hypot(xb - xa, yb - ya) for (xa, ya), (xb, yb) in itertools.pairwise(points))
 
 
 def demo_fences(hazmat: str = "hazmat", school_bus: str = "school_bus") -> dict:

@@ -29,7 +29,6 @@ from loadtest.fleet.city import (
     FORBIDDEN_CENTRE,
     FORBIDDEN_RADIUS_M,
     OUTER,
-    PLACES,
     SCHOOL_RADIUS_M,
     URBAN,
     RoadNetwork,
@@ -42,8 +41,12 @@ HOUR = 3600.0
 MINUTE = 60.0
 
 POLICE, SCHOOL_BUS, COACH, HEAVY_TRUCK, HAZMAT = (
-    "police", "school_bus", "coach", "heavy_truck", "hazmat",
-)  # fmt: skip
+    "police",
+    "school_bus",
+    "coach",
+    "heavy_truck",
+    "hazmat",
+)
 
 #: class → (company, plate prefix, plate colour (JT/T 697.7), share of the fleet)
 CLASSES: dict[str, tuple[str, str, int, float]] = {
@@ -153,7 +156,7 @@ def build_fleet(count: int, seed: int = 1) -> list[VehicleSpec]:
     their shares; a third of the terminals speak the 2019 protocol."""
     rng = random.Random(seed)
     classes = [cls for cls, _ in ROLES][:count]
-    roles: list[str | None] = [role for _, role in ROLES][:count]
+    roles: list[str | None] = [role for _, role in ROLES[:count]]
     shares = {cls: info[3] for cls, info in CLASSES.items()}
     while len(classes) < count:  # the class furthest below its share next
         cls = max(shares, key=lambda c: shares[c] * (len(classes) + 1) - classes.count(c))
@@ -165,11 +168,19 @@ def build_fleet(count: int, seed: int = 1) -> list[VehicleSpec]:
         numbers[cls] += 1
         n = numbers[cls]
         plate = f"{prefix}{n:04d}警" if cls == POLICE else f"{prefix}{n:04d}"
-        fleet.append(VehicleSpec(
-            index=index, plate=plate, plate_color=color, vehicle_class=cls, company=company,
-            phone=f"1390731{index:04d}", version=2019 if index % 3 == 1 else 2013,
-            home=_home(cls, role, rng),
-        role=role))  # fmt: skip
+        fleet.append(
+            VehicleSpec(
+                index=index,
+                plate=plate,
+                plate_color=color,
+                vehicle_class=cls,
+                company=company,
+                phone=f"1390731{index:04d}",
+                version=2019 if index % 3 == 1 else 2013,
+                home=_home(cls, role, rng),
+                role=role,
+            )
+        )
     return fleet
 
 
@@ -337,9 +348,14 @@ class Plan:
     timeline from the scenario and stay parked after it."""
 
     def __init__(
-        self, spec: VehicleSpec, net: RoadNetwork, start: float, seed: int,
-        timeline: Timeline | None = None, script: Script | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        spec: VehicleSpec,
+        net: RoadNetwork,
+        start: float,
+        seed: int,
+        timeline: Timeline | None = None,
+        script: Script | None = None,
+    ) -> None:
         self.spec = spec
         self.net = net
         self.seed = seed
@@ -439,7 +455,8 @@ def find_slot(night: bool, duration: float, after: float, before: float) -> floa
     while t + duration <= before:
         ends = (t, t + duration * 0.5, t + duration)
         if all(is_night(x) == night for x in ends) and (
-            night or datetime.fromtimestamp(t, BEIJING).date()
+            night
+            or datetime.fromtimestamp(t, BEIJING).date()
             == datetime.fromtimestamp(t + duration, BEIJING).date()
         ):
             return t
@@ -464,10 +481,24 @@ def build_scenario(
     span = end - start
     by_role = {v.role: v for v in fleet if v.role}
 
-    def expect(v: VehicleSpec, kind: str, lo: float, hi: float, due: float, why: str,
-               name: str | None = None, wall_start: bool = False) -> None:  # fmt: skip
-        item = {"plate": v.plate, "type": kind, "start_from": iso(lo), "start_to": iso(hi),
-                "due": iso(due), "why": why}  # fmt: skip
+    def expect(
+        v: VehicleSpec,
+        kind: str,
+        lo: float,
+        hi: float,
+        due: float,
+        why: str,
+        name: str | None = None,
+        wall_start: bool = False,
+    ) -> None:
+        item: dict[str, Any] = {
+            "plate": v.plate,
+            "type": kind,
+            "start_from": iso(lo),
+            "start_to": iso(hi),
+            "due": iso(due),
+            "why": why,
+        }
         if name:
             item["name"] = name
         if wall_start:
@@ -493,8 +524,14 @@ def build_scenario(
         r = rng(v, label)
         tl.drive(route, SPEEDS[SCHOOL_BUS], r, burst=(2000.0, 5000.0, SPEEDING_KMH))
         t0, t1 = tl.at_time(2000.0, at), tl.at_time(5000.0, at)
-        expect(v, "speeding", t0 - 1, t1, clock.wall(t1) + 20,
-               f"{label}: {SPEEDING_KMH:g} km/h for 3 km, limit 60")  # fmt: skip
+        expect(
+            v,
+            "speeding",
+            t0 - 1,
+            t1,
+            clock.wall(t1) + 20,
+            f"{label}: {SPEEDING_KMH:g} km/h for 3 km, limit 60",
+        )
         tl.park(tl.t + MIN_PARK_S)
         tl.drive(net.route("school", v.home, school_roads(net)), SPEEDS[SCHOOL_BUS], r)
 
@@ -507,8 +544,15 @@ def build_scenario(
         tl.idle(5 * MINUTE)
         tl.drive(net.route(there, v.home), SPEEDS[POLICE], r)
         sc.scripts[v.index].sos.append((at, at + 3 * MINUTE))
-        expect(v, "terminal_alarm", at - 1, at + 61, clock.wall(at + 61) + 20,
-               f"{label}: SOS button", name="emergency")  # fmt: skip
+        expect(
+            v,
+            "terminal_alarm",
+            at - 1,
+            at + 61,
+            clock.wall(at + 61) + 20,
+            f"{label}: SOS button",
+            name="emergency",
+        )
 
     if (v := by_role.get("speeding")) and fits(start + 0.25 * span, HOUR):
         speeding(v, start + 0.25 * span, "speeding")
@@ -527,8 +571,14 @@ def build_scenario(
         inside = route.first_within(place_xy(FORBIDDEN_CENTRE), FORBIDDEN_RADIUS_M - 100)
         assert inside is not None
         entry = tl.at_time(inside, at)
-        expect(v, "forbidden_zone", entry - 120, entry + 120, clock.wall(entry + 600) + 20,
-               "hazmat truck through the old-centre ban")  # fmt: skip
+        expect(
+            v,
+            "forbidden_zone",
+            entry - 120,
+            entry + 120,
+            clock.wall(entry + 600) + 20,
+            "hazmat truck through the old-centre ban",
+        )
         tl.park(tl.t + MIN_PARK_S)
         tl.drive(net.route("kaifu", "tianxin", hazmat_roads(net)), SPEEDS[HAZMAT], rng(v, "back"))
     elif v:
@@ -550,18 +600,25 @@ def build_scenario(
         tl.drive(net.route(v.home, "changshaxian"), SPEEDS[HEAVY_TRUCK], rng(v, "silent"))
         sc.scripts[v.index].silent_at = at
         lo = clock.wall(at - 2 * MINUTE) - 5
-        expect(v, "offline", lo, clock.wall(at) + 5, clock.wall(at) + offline_s + 20,
-               "terminal silent (power cut): offline after the rule's limit",
-               wall_start=True)  # fmt: skip
+        expect(
+            v,
+            "offline",
+            lo,
+            clock.wall(at) + 5,
+            clock.wall(at) + offline_s + 20,
+            "terminal silent (power cut): offline after the rule's limit",
+            wall_start=True,
+        )
     for role, night, limit in (("fatigue_day", False, 4 * HOUR), ("fatigue_night", True, 2 * HOUR)):
         v = by_role.get(role)
         if v is None:
             continue
         stint = limit + 15 * MINUTE  # of driving
-        at = find_slot(night, stint * 1.3 + 10 * MINUTE, start, end)
-        if at is None:
+        slot = find_slot(night, stint * 1.3 + 10 * MINUTE, start, end)
+        if slot is None:
             sc.skipped.append(f"{role}: no {'night' if night else 'day'} slot in the window")
             continue
+        at = slot
         tl = timeline(v)
         tl.park(at)
         r = rng(v, role)
@@ -573,9 +630,15 @@ def build_scenario(
         stop = tl.t
         tl.park(stop + 45 * MINUTE)
         prewarn = limit - 30 * MINUTE
-        expect(v, "fatigue_continuous", at + prewarn, stop, clock.wall(stop + 25 * MINUTE) + 20,
-               f"coach driving {stint / HOUR:.2f} h without a rest "
-               f"({'night: limit 2 h' if night else 'day: limit 4 h'})")  # fmt: skip
+        expect(
+            v,
+            "fatigue_continuous",
+            at + prewarn,
+            stop,
+            clock.wall(stop + 25 * MINUTE) + 20,
+            f"coach driving {stint / HOUR:.2f} h without a rest "
+            f"({'night: limit 2 h' if night else 'day: limit 4 h'})",
+        )
     if live:
         t = clock.catch_up
         if v := by_role.get("sos"):

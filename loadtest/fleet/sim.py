@@ -47,11 +47,20 @@ REGISTER_REPLY, PLATFORM_ACK, AUTH = 0x8100, 0x8001, 0x0102
 LOCATION, BATCH, QUERY_REPLY = 0x0200, 0x0704, 0x0201
 #: Platform commands answered with "done" (0x0001 result 0), by name for the statistics.
 ANSWERED = {
-    0x8300: "text", 0x8103: "parameters", 0x8202: "tracking", 0x8203: "alarm confirmation",
-    0x8600: "circles", 0x8601: "delete circles", 0x8602: "rectangles",
-    0x8603: "delete rectangles", 0x8604: "polygon", 0x8605: "delete polygons", 0x8606: "route",
-    0x8607: "delete routes", 0x8201: "position query",
-}  # fmt: skip
+    0x8300: "text",
+    0x8103: "parameters",
+    0x8202: "tracking",
+    0x8203: "alarm confirmation",
+    0x8600: "circles",
+    0x8601: "delete circles",
+    0x8602: "rectangles",
+    0x8603: "delete rectangles",
+    0x8604: "polygon",
+    0x8605: "delete polygons",
+    0x8606: "route",
+    0x8607: "delete routes",
+    0x8201: "position query",
+}
 #: Platform messages that are no command (nothing to answer).
 NOT_COMMANDS = frozenset({PLATFORM_ACK, REGISTER_REPLY, 0x8003, 0x8004})
 SOS_BIT = 1
@@ -171,15 +180,17 @@ class Vehicle:
         term = self.term
         if not term.auth_code:
             self._send(term.register_frame(province=43, city=100))  # Hunan, Changsha
-            reply = await self._wait(REGISTER_REPLY, 0, 10.0)
-            if reply.body.result != 0:
+            reply = _any((await self._wait(REGISTER_REPLY, 0, 10.0)).body)
+            if reply.result != 0:
                 self.stats.refused += 1
-                raise ConnectionError(f"{self.spec.plate}: registration refused ({reply.body.result})")
-            term.auth_code = reply.body.auth_code
+                raise ConnectionError(
+                    f"{self.spec.plate}: registration refused ({reply.body.result})"
+                )
+            term.auth_code = reply.auth_code
             self.stats.registrations += 1
         self._send(term.auth_frame())
-        ack = await self._wait(PLATFORM_ACK, AUTH, 10.0)
-        if ack.body.result != 0:
+        ack = _any((await self._wait(PLATFORM_ACK, AUTH, 10.0)).body)
+        if ack.result != 0:
             term.auth_code = ""  # register again next time
             self.stats.refused += 1
             raise ConnectionError(f"{self.spec.plate}: authentication refused")
@@ -225,14 +236,15 @@ class Vehicle:
                 if self.writer is not None:
                     self.writer.transport.abort()
                 return
-            due = clock.wall(t)
-            while (now := time.time()) < due:
+            # Wait for the report's time (re-read: a tracking request brings it forward).
+            while (now := time.time()) < (due := clock.wall(self.next_t)):
                 beat = self.last_sent + self.heartbeat_s
                 if beat <= now:
                     self._send(self.term.frame(Heartbeat()))
                     self.stats.heartbeats += 1
                     continue
-                await asyncio.sleep(min(due, beat) - now)
+                await asyncio.sleep(min(due, beat, now + 1.0) - now)
+            t = self.next_t
             self._report(t)
             self.next_t = self._next(t)
             if self.writer is not None:
@@ -256,12 +268,16 @@ class Vehicle:
             if window[0] <= t < window[1] and window not in self.sos_cleared:
                 alarm |= SOS_BIT
         return LocationReport(
-            alarm=alarm, status=(1 if st.acc else 0) | 2,  # ACC, positioned
-            latitude=round(st.lat, 6), longitude=round(st.lon, 6), altitude_m=45,
-            speed_kmh=round(st.speed_kmh, 1), heading=st.heading,
+            alarm=alarm,
+            status=(1 if st.acc else 0) | 2,  # ACC, positioned
+            latitude=round(st.lat, 6),
+            longitude=round(st.lon, 6),
+            altitude_m=45,
+            speed_kmh=round(st.speed_kmh, 1),
+            heading=st.heading,
             time=datetime.fromtimestamp(int(t), UTC),
             items=encode_items({"mileage_km": round(self.mileage_km, 1), "satellites": 14}),
-        )  # fmt: skip
+        )
 
     def _report(self, t: float) -> None:
         report = self.location(t)
@@ -296,7 +312,7 @@ class Vehicle:
                 self._on_message(message)
 
     def _on_message(self, message: Message) -> None:
-        msg_id, body = message.msg_id, message.body
+        msg_id, body = message.msg_id, _any(message.body)
         if msg_id == PLATFORM_ACK:
             reply_id = body.reply_id
             if reply_id in (LOCATION, BATCH):
@@ -338,6 +354,11 @@ class Vehicle:
             future.set_result(message)
 
 
+def _any(body: Any) -> Any:
+    """A decoded body, whose type its message id says (``Message.body`` is typed ``Body``)."""
+    return body
+
+
 class Fleet:
     """The simulated fleet: :meth:`start` connects every vehicle (spread over ``ramp_s``),
     :meth:`stop` logs them out."""
@@ -357,10 +378,19 @@ class Fleet:
         self.stats = Stats()
         self.vehicles = [
             Vehicle(
-                Plan(spec, net, clock.start, seed, scenario.timelines.get(spec.index),
-                     scenario.scripts.get(spec.index)),
-                clock, self.stats, address, **timing,
-            )  # fmt: skip
+                Plan(
+                    spec,
+                    net,
+                    clock.start,
+                    seed,
+                    scenario.timelines.get(spec.index),
+                    scenario.scripts.get(spec.index),
+                ),
+                clock,
+                self.stats,
+                address,
+                **timing,
+            )
             for spec in specs
         ]
         self.tasks: list[asyncio.Task[None]] = []
@@ -395,4 +425,3 @@ class Fleet:
             f"online; positions {s.positions_acked:,} acked of {s.positions_sent:,}; "
             f"blind-area batches {s.batches}; commands answered {sum(s.commands.values())}"
         )
-
