@@ -285,7 +285,7 @@ async def _demo(args: argparse.Namespace) -> int:
 def _banner(
     args: argparse.Namespace, passwords: dict[str, str], clock: Any, scenario: Any, count: int
 ) -> None:
-    from loadtest.fleet.plan import USERS
+    from loadtest.fleet.plan import BEIJING, USERS
 
     url = f"http://127.0.0.1:{args.http_port}/"
     lines = [
@@ -299,10 +299,11 @@ def _banner(
         ),
     ]
     if clock.catch_up > clock.wall0:
-        start = datetime.fromtimestamp(clock.start, UTC).astimezone()
+        start = datetime.fromtimestamp(clock.start, BEIJING)
+        minutes = (clock.catch_up - clock.wall0) / 60
         lines.append(
-            f"  time-lapse  from {start:%Y-%m-%d %H:%M %Z}, x{clock.speed:.0f}: live "
-            f"in {(clock.catch_up - clock.wall0) / 60:.1f} min"
+            f"  time-lapse  from {start:%Y-%m-%d %H:%M} Beijing time, x{clock.speed:.0f}: "
+            f"live in {minutes:.1f} min"
         )
     else:
         lines.append("  live (no time-lapse: nothing to replay)")

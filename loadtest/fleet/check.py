@@ -124,6 +124,8 @@ def compare(document: dict[str, Any], alerts: list[dict[str, Any]], now: datetim
         if a["plate"] in plates
         and a["type"] in SCRIPTED_KINDS
         and _time(a["created_at"]) >= started
+        # a silence that began before this run (the demo was stopped): not this run's alarm
+        and not (a["type"] == "offline" and _time(a["start_time"]) < started)
     ]
     out = Outcome()
     used: set[int] = set()
