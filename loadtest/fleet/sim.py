@@ -226,8 +226,8 @@ class Vehicle:
 
     async def _report_loop(self) -> None:
         clock = self.clock
-        if self.next_t is None:
-            self.next_t = clock.now()
+        if self.next_t is None:  # from the window's start, however late this connects
+            self.next_t = clock.start
         while True:
             t = self.next_t
             silent_at = self.script.silent_at
@@ -404,6 +404,15 @@ class Fleet:
     async def wait_online(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.stats.online < count:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def caught_up(self, t: float, timeout: float) -> bool:
+        """Wait until every vehicle has reported up to fix time ``t`` (or went silent)."""
+        deadline = time.monotonic() + timeout
+        while not all(v.silent or (v.next_t or 0.0) >= t for v in self.vehicles):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.05)
