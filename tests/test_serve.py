@@ -62,10 +62,18 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
                 await terminal.send(report(i))
                 assert (await terminal.receive()).body.result == 0
             terminals.append(terminal)
-        await asyncio.sleep(1.5 * (workers - 1))  # the other workers publish their metrics
-        metrics = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
-        )
+        # the other workers publish their metrics every second: wait for the sum (a loaded
+        # machine may take a few rounds), then check every line of it
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            metrics = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
+            )
+            if 'fleetwatch_positions_total{outcome="db"} 20' in metrics:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
         # every worker's, added up
         assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
         assert "fleetwatch_terminals_authenticated 4" in metrics
