@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loadtest.fleet.plan import Scenario, TimeLapse, VehicleSpec, iso
+from loadtest.fleet.plan import BEIJING, Scenario, TimeLapse, VehicleSpec, iso
 
 FATIGUE = ("fatigue_warning", "fatigue_escalation", "fatigue_continuous", "fatigue_daily")
 #: The kinds the scenario scripts: any alert of these for a simulated vehicle must be expected.
@@ -88,12 +88,12 @@ class Outcome:
             f"expected alarms: {len(self.present)} present, {len(self.missing)} missing, "
             f"{len(self.pending)} not due yet; {len(self.unexpected)} unexpected: {verdict}"
         )
-        return "\n".join([head, *lines])
+        return "\n".join([head, *lines, "  (times: Beijing time)"] if lines else [head])
 
 
 def _short(value: Any) -> str:
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return when.strftime("%m-%d %H:%M:%S")
+    """A time as Beijing time (what the dashboard shows)."""
+    return _time(value).astimezone(BEIJING).strftime("%m-%d %H:%M:%S")
 
 
 def _time(value: Any) -> datetime:
