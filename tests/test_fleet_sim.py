@@ -271,3 +271,42 @@ async def test_demo_serves_the_dashboard_to_its_logins_and_stops_on_sigint(
     assert out.read_text().startswith(
         "expected alarms: 0 present, 0 missing, 3 not due yet; 0 unexpected: ok"
     ), out.read_text()
+
+
+@aio_test
+async def test_a_new_vehicle_is_judged_from_its_first_held_position(
+    db_url: str, short_tmp: Path
+) -> None:
+    # Found by the time-lapse: a vehicle with no snapshot is rebuilt from the last hour of its
+    # track; positions held while it was being attached that precede that hour were dropped,
+    # so 4 h 30 of driving uploaded before the attach finished raised no fatigue alarm.
+    from datetime import timedelta
+
+    from tests.supervision_harness import eventually, fix, running_supervision
+
+    async with running_supervision(db_url, short_tmp) as (ingest, supervision):
+        blocker = await asyncpg.connect(db_url)
+        try:
+            locked = blocker.transaction()
+            await locked.start()
+            await blocker.execute("LOCK TABLE rule_state IN EXCLUSIVE MODE")  # claims wait
+            terminal = await Terminal.connect(ingest.port, "13966660001")
+            await terminal.login("湘A66601")  # the attach starts, and waits on the lock
+            start = datetime.now(UTC) - timedelta(hours=5)
+            for minute in range(271):  # 4 h 30 at 60 km/h, a fix a minute
+                at = start + timedelta(minutes=minute)
+                await terminal.send(fix(at, 113.0, 28.0 + minute * 0.009))
+            for _ in range(271):
+                assert (await terminal.receive(10)).body.result == 0
+            await asyncio.sleep(1.5)  # last_positions moves once a second
+            assert supervision.stats.positions == 271 and not supervision.vehicles
+            await locked.rollback()
+        finally:
+            await blocker.close()
+
+        async def fatigue() -> list:
+            rows = await ingest.pool.fetch("SELECT type FROM alerts WHERE type LIKE 'fatigue%'")
+            return [r["type"] for r in rows]
+
+        assert await eventually(fatigue, 10) == ["fatigue_continuous"]
+        await terminal.close()
