@@ -111,6 +111,11 @@ class CommandGateway:
                 log.info("gateway: forgot %d sessions of processes that are gone", removed)
             self.terminals.on_session = self._session_changed
 
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Relay NOTIFYs on ``channel`` to ``callback`` over the gateway's listening connection
+        (one connection per process, not one per subscriber)."""
+        await self.listener.listen(channel, callback)
+
     async def stop(self) -> None:
         if self.terminals is not None:
             self.terminals.on_session = None

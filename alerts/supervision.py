@@ -28,10 +28,14 @@ What runs where:
   JT/T 808) if it is connected to this process; the push row (``terminal_pushes``) is what marks
   them confirmed. A terminal that is offline is confirmed when it next connects (an attempt
   that found it offline does not count).
-* **Every ``fence_interval`` (10 s)**: a fingerprint of the geofences table (count and newest
-  change); when it differs the fences are reloaded and the index rebuilt. Polling, not
-  LISTEN/NOTIFY: one cheap query, no dedicated connection, and the same code works when the
-  fences are edited by the CLI, SQL or another server.
+* **When the geofences change** (the table's trigger NOTIFYs ``fleetwatch_geofences``, heard
+  on the command gateway's listening connection, so no connection of its own) and **every
+  ``fence_interval`` (10 s)** (for a notification lost while that connection was
+  reconnecting): the table's version is read; when it differs the fences are reloaded, the
+  index rebuilt, and the areas re-pushed to the terminals connected here that had their
+  enforcement pushed (only those whose areas changed get a message: the push compares
+  with what each terminal last accepted). An edit in the dashboard, the CLI or SQL reaches
+  the rules in tens of milliseconds, with no restart.
 * **On authentication**: the enforcement template (parameters and areas) is pushed if its
   content differs from what the terminal last accepted (``terminal_pushes``), so a reconnect
   does not resend it; only to provisioned vehicles (not to the unassigned pool of the
@@ -195,6 +199,10 @@ class Supervision:
         self._flushing = False
         self._confirming: set[int] = set()  # alert ids being confirmed by this process
         self._pushing: set[int] = set()  # vehicle ids whose enforcement push is running
+        self._push_again: set[int] = set()  # fences changed while their push was running
+        self._enforced: set[int] = set()  # connected here, enforcement pushed at authentication
+        self._fence_lock = asyncio.Lock()  # one reload at a time (notifications and the poll)
+        self._fence_news = False  # a notification's reload is scheduled
         self._fence_print: Any = None
         self._watch_print: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,6 +240,7 @@ class Supervision:
             await self.reload_fences(force=True)
         except Exception:  # e.g. worker 0 has not migrated yet: the periodic job retries
             log.exception("loading geofences failed; retrying every %s s", self.fence_interval)
+        await self.gateway.listen(geofences.CHANNEL, self._fences_announced)
         await self.keeper.start()
         if self.restore_on_start:
             await self._attach(set(), await self.keeper.claim_left())
@@ -313,11 +322,13 @@ class Supervision:
             await self._load_vehicle(vehicle)
         config = self.enforcement
         if config.on_authentication and (vehicle.provisioned or config.unprovisioned):
+            self._enforced.add(vehicle.id)
             await self.push_enforcement(vehicle.id)
 
     def released(self, vehicle: Terminal) -> None:
         """The vehicle's connection here ended: save its state now, for the worker its
         terminal may reconnect to (that worker also replays what this one judged since)."""
+        self._enforced.discard(vehicle.id)
         if vehicle.id in self.vehicles and not self._closed:  # stop() saves everything
             if not self._released:  # a network blip drops thousands at once: one save
                 assert self._loop is not None
@@ -614,6 +625,7 @@ class Supervision:
         """Push the vehicle's parameter template and areas where they differ from what the
         terminal last accepted (``force``: all of them); returns (item, result) per push."""
         if vehicle_id in self._pushing:
+            self._push_again.add(vehicle_id)  # it may have planned with the old fences
             return []
         self._pushing.add(vehicle_id)
         try:
@@ -638,6 +650,24 @@ class Supervision:
             return results
         finally:
             self._pushing.discard(vehicle_id)
+            if vehicle_id in self._push_again and not self._closed:
+                self._push_again.discard(vehicle_id)
+                self._spawn(self.push_enforcement(vehicle_id))
+
+    def _repush_areas(self) -> None:
+        """Push the changed fences to the terminals held here (a few at a time: a change to
+        a fence that concerns everyone is one message to each of thousands)."""
+        held = [v for v in self._enforced if self.gateway.holds(v)]
+        if not held:
+            return
+        gate = asyncio.Semaphore(20)
+
+        async def one(vehicle_id: int) -> None:
+            async with gate:
+                await self.push_enforcement(vehicle_id)
+
+        for vehicle_id in held:
+            self._spawn(one(vehicle_id))
 
     # ------------------------------------------------------------------ sending
 
@@ -671,16 +701,32 @@ class Supervision:
 
     # ------------------------------------------------------------------ fences
 
+    def _fences_announced(self, _payload: str) -> None:
+        """A NOTIFY of a geofence change: reload soon (a burst of them, once)."""
+        if self._closed or self._fence_news:
+            return
+        self._fence_news = True
+        self._spawn(self._reload_announced())
+
+    async def _reload_announced(self) -> None:
+        self._fence_news = False
+        await self.reload_fences()
+
     async def reload_fences(self, force: bool = False) -> bool:
-        """Rebuild the fence index if the geofences changed, and reload the watchlist if it
-        did; True if anything was reloaded."""
+        """Rebuild the fence index if the geofences changed (then re-push the areas of the
+        terminals held here), and reload the watchlist if it did; True if anything was
+        reloaded."""
         reloaded = False
-        fingerprint = await geofences.fingerprint(self.pool)
-        if force or fingerprint != self._fence_print:
-            self.index.rebuild(await geofences.load(self.pool))
-            self._fence_print = fingerprint
-            self.stats.fence_reloads += 1
-            reloaded = True
+        async with self._fence_lock:
+            fingerprint = await geofences.fingerprint(self.pool)
+            if force or fingerprint != self._fence_print:
+                self.index.rebuild(await geofences.load(self.pool))
+                first = self._fence_print is None
+                self._fence_print = fingerprint
+                self.stats.fence_reloads += 1
+                reloaded = True
+                if not first:
+                    self._repush_areas()
         watch_print = await self.alerts.watchlist_fingerprint()
         if force or watch_print != self._watch_print:
             self.engine.set_watchlist(await self.alerts.watchlist_reasons())

@@ -223,6 +223,7 @@ class Server:
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
         from maps.api import Api
+        from maps.geofences import GeofenceApi
         from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
@@ -311,7 +312,8 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            root = dashboard_root(Api(self.pool, self.acknowledge).resource())
+            api = Api(self.pool, self.acknowledge)
+            root = dashboard_root(api.resource(GeofenceApi(api)))
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]

@@ -106,17 +106,18 @@ class JsonResource(Resource):
         request.finish()
 
 
-def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object body; 415 unless sent as application/json, 400 if not JSON.
+def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object body (413 beyond ``limit`` bytes); 415 unless sent as
+    application/json, 400 if not JSON.
 
     Requiring the JSON content type also means a cross-site HTML form cannot post here."""
     kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if kind != b"application/json":
         raise ApiError(415, "send the body as application/json")
     assert request.content is not None
-    raw = request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+    raw = request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -47,5 +47,6 @@ vendor_npm() {  # vendor_npm PACKAGE VERSION SUBDIR
   echo "setup: vendored $1 $2"
 }
 vendor_npm leaflet 1.9.4 dist
+vendor_npm @geoman-io/leaflet-geoman-free 2.20.2 dist
 
 echo "setup: ready (.venv)"

@@ -73,6 +73,12 @@ class Listener:
     async def start(self) -> None:
         await self._connect()
 
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Also listen on ``channel`` (now if connected, and after every reconnection)."""
+        self.channels[channel] = callback
+        if self.conn is not None:
+            await self.conn.add_listener(channel, _relay(callback))
+
     async def _connect(self) -> None:
         conn = await asyncpg.connect(
             self.url, server_settings={"application_name": application_name(self.worker)}

@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.web.server import Site
 
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
@@ -199,7 +200,8 @@ async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIt
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
-        port = reactor.listenTCP(0, Site(dashboard_root(api.resource())), interface="127.0.0.1")  # type: ignore[attr-defined]
+        root = dashboard_root(api.resource(GeofenceApi(api)))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
             yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api)

@@ -15,6 +15,7 @@ import asyncpg
 
 from fleetwatch.cli import main
 from maps.api import Api
+from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Client, dashboard
@@ -349,7 +350,8 @@ async def test_users_cli(db_url: str) -> None:
 def test_openapi_describes_exactly_the_routes() -> None:
     spec = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
     described = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
-    routes = Api(pool=None).resource().routes
+    api = Api(pool=None)
+    routes = api.resource(GeofenceApi(api)).routes
     served = {
         (method, "/" + "/".join("{id}" if p == "{}" else p for p in pattern))
         for method, pattern in routes

@@ -12,11 +12,13 @@ thread because the server runs on the test's own event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Seeded, dashboard
@@ -25,10 +27,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TIMEOUT_MS = 30_000
 
 
-def _dispatcher_session(url: str, seeded: Seeded, shot: Path) -> dict[str, object]:
-    """Drive the page; return what it showed (asserted by the test, in the main thread)."""
-    outside: list[str] = []
-    errors: list[str] = []
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of Debian's headless Chromium at a control-room screen's size, in Chinese."""
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -38,40 +39,54 @@ def _dispatcher_session(url: str, seeded: Seeded, shot: Path) -> dict[str, objec
         try:
             page = browser.new_page(viewport={"width": 1366, "height": 768}, locale="zh-CN")
             page.set_default_timeout(TIMEOUT_MS)
-
-            def route(r: object) -> None:  # nothing may leave 127.0.0.1 (no CDN, no tiles)
-                request = r.request  # type: ignore[attr-defined]
-                if urlparse(request.url).hostname != "127.0.0.1":
-                    outside.append(request.url)
-                    r.abort()  # type: ignore[attr-defined]
-                else:
-                    r.continue_()  # type: ignore[attr-defined]
-
-            page.route("**/*", route)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url)
-            page.wait_for_selector("body[data-state=login]")
-            login_label = page.inner_text("#login-submit")
-            page.fill("#username", "disp_a")
-            page.fill("#password", PASSWORD)
-            page.click("#login-submit")
-            page.wait_for_selector("body[data-state=ready]")
-            page.wait_for_selector("#map[data-vehicles='2']")
-            plates = sorted(page.locator(".leaflet-tooltip.plate-label").all_inner_texts())
-            items = page.locator("#alerts li")
-            items.first.wait_for()
-            alarms_before = sorted(int(x) for x in _attr_all(items, "data-alert-id"))
-            target = seeded.alerts["京A10001"]
-            item = page.locator(f"#alerts li[data-alert-id='{target}']")
-            item.locator("button.ack").click()
-            item.wait_for(state="detached")
-            # a locator assertion, not wait_for_function: the page's CSP forbids eval
-            expect(page.locator("#alert-count")).to_have_text("1", timeout=TIMEOUT_MS)
-            alarms_after = sorted(int(x) for x in _attr_all(items, "data-alert-id"))
-            notice = page.inner_text("#basemap-notice")
-            page.screenshot(path=str(shot), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def watch(page: Page, outside: list[str], errors: list[str]) -> None:
+    """Refuse (and list in ``outside``) every request that would leave 127.0.0.1 (no CDN, no
+    tiles); list the page's uncaught errors in ``errors``."""
+
+    def route(r: object) -> None:
+        request = r.request  # type: ignore[attr-defined]
+        if urlparse(request.url).hostname != "127.0.0.1":
+            outside.append(request.url)
+            r.abort()  # type: ignore[attr-defined]
+        else:
+            r.continue_()  # type: ignore[attr-defined]
+
+    page.route("**/*", route)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+
+def _dispatcher_session(url: str, seeded: Seeded, shot: Path) -> dict[str, object]:
+    """Drive the page; return what it showed (asserted by the test, in the main thread)."""
+    outside: list[str] = []
+    errors: list[str] = []
+    with chromium_page() as page:
+        watch(page, outside, errors)
+        page.goto(url)
+        page.wait_for_selector("body[data-state=login]")
+        login_label = page.inner_text("#login-submit")
+        page.fill("#username", "disp_a")
+        page.fill("#password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_selector("body[data-state=ready]")
+        page.wait_for_selector("#map[data-vehicles='2']")
+        plates = sorted(page.locator(".leaflet-tooltip.plate-label").all_inner_texts())
+        items = page.locator("#alerts li")
+        items.first.wait_for()
+        alarms_before = sorted(int(x) for x in _attr_all(items, "data-alert-id"))
+        target = seeded.alerts["京A10001"]
+        item = page.locator(f"#alerts li[data-alert-id='{target}']")
+        item.locator("button.ack").click()
+        item.wait_for(state="detached")
+        # a locator assertion, not wait_for_function: the page's CSP forbids eval
+        expect(page.locator("#alert-count")).to_have_text("1", timeout=TIMEOUT_MS)
+        alarms_after = sorted(int(x) for x in _attr_all(items, "data-alert-id"))
+        notice = page.inner_text("#basemap-notice")
+        page.screenshot(path=str(shot), full_page=True)
     return {
         "login_label": login_label,
         "plates": plates,

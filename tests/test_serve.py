@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -39,6 +40,26 @@ async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: f
     raise AssertionError(f"port {port} did not open within {timeout} s")
 
 
+def _value(metrics: str, series: str) -> int:
+    """The value of one series (name with its labels) in a /metrics text; 0 if absent."""
+    match = re.search(rf"^{re.escape(series)} (\d+)$", metrics, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _acked(metrics: str) -> int:
+    """Positions acknowledged as durable: committed ("db") or spooled ("spool")."""
+    return sum(
+        _value(metrics, f'fleetwatch_positions_total{{outcome="{o}"}}') for o in ("db", "spool")
+    )
+
+
+def _stored(metrics: str) -> int:
+    """Rows in the database: committed directly, or moved there from the spool."""
+    return _value(metrics, "fleetwatch_rows_written_total") + _value(
+        metrics, "fleetwatch_rows_replayed_total"
+    )
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @aio_test
 async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: int) -> None:
@@ -69,20 +90,21 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
             metrics = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
             )
-            if 'fleetwatch_positions_total{outcome="db"} 20' in metrics:
+            if _acked(metrics) == 20 and _stored(metrics) >= 20:
                 break
             if asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.5)
         # every worker's, added up
-        assert 'fleetwatch_positions_total{outcome="db"} 20' in metrics
+        # durable in the database at once, or first in the fsynced spool when a flush missed its
+        # deadline (a loaded machine); either way acknowledged, and all written in the end
+        assert _acked(metrics) == 20
         assert "fleetwatch_terminals_authenticated 4" in metrics
         assert 'fleetwatch_ack_seconds_bucket{le="+Inf"} 20' in metrics
         assert "fleetwatch_ack_seconds_count 20" in metrics
         assert "# TYPE fleetwatch_writer_flush_seconds histogram" in metrics
-        assert "# TYPE fleetwatch_rows_written_total counter\nfleetwatch_rows_written_total 20" in (
-            metrics
-        )
+        assert "# TYPE fleetwatch_rows_written_total counter\n" in metrics
+        assert _stored(metrics) >= 20  # a diverted flush may commit too; the replay skips those
         # the dashboard on the same port: the page, and its API refusing an anonymous caller
         page = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/").read().decode()

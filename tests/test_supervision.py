@@ -442,7 +442,8 @@ async def test_nmea_positions_reach_the_rules_once_durable(db_url: str, short_tm
             for i in range(60)
         ]  # fmt: skip
         for i in range(0, 60, 5):  # an NMEA connection submits epoch by epoch
-            assert await submit(track[i : i + 5]) == "db"
+            # durable either way: committed, or spooled when a loaded machine misses the deadline
+            assert await submit(track[i : i + 5]) in ("db", "spool")
 
         async def ended() -> list[Alert]:
             return [a for a in await _alerts(ingest.pool, SPEEDING) if a.end_time]

@@ -7,6 +7,8 @@ import { $, T, api, emit, lang, on, runReady, session, showError, translatePage 
 // Features: each module registers its strings and runs onReady(fn) after login, listens for "logout".
 import "./map.js";
 import "./alarms.js";
+import "./vehicles.js";
+import "./geofences.js";
 
 function showLogin() {
   if (session.user) emit("logout");
