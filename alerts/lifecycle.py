@@ -21,6 +21,11 @@ Why these and no others:
   Closing an *open* alert acknowledges it too (same person, same time): the terminal must still
   be answered, and nobody is left to acknowledge a closed alert.
 * ``closed`` is final. A new episode of the same kind is a new alert.
+* ``review`` is a supervisor's second look at how a handled or closed alert was handled
+  (复核): a verdict (approved / rejected) and a note, once per alert. It does not change the
+  status (closed stays final, a handled alert may still be closed), so it is a step on the
+  side of the chart above rather than a state of its own; who may review (supervisors,
+  admins) is the caller's rule.
 
 The episode (``start_time``/``end_time``) is independent of this: an SOS bit can clear before
 anybody looks, and a dispatcher can close an alert whose episode still runs (its end is still
@@ -49,6 +54,7 @@ class Action(StrEnum):
     ACKNOWLEDGE = "acknowledge"
     HANDLE = "handle"
     CLOSE = "close"
+    REVIEW = "review"
 
 
 STATUSES = tuple(s.value for s in Status)
@@ -56,6 +62,8 @@ STATUSES = tuple(s.value for s in Status)
 #: to the terminal (0x8300), a phone call to the driver, video/photo evidence captured, a report
 #: to the company safety officer, or a written note only.
 HANDLING_ACTIONS = ("text_sent", "phone_call", "evidence", "reported", "note")
+#: A supervisor's verdict on how an alert was handled.
+REVIEW_VERDICTS = ("approved", "rejected")
 SEVERITY_NAMES = {CRITICAL: "critical", HIGH: "high", MEDIUM: "medium", LOW: "low"}
 
 #: (from status, action) -> to status.
@@ -66,6 +74,8 @@ _TRANSITIONS: dict[tuple[Status, Action], Status] = {
     (Status.HANDLED, Action.CLOSE): Status.CLOSED,
     (Status.ACKNOWLEDGED, Action.CLOSE): Status.CLOSED,
     (Status.OPEN, Action.CLOSE): Status.CLOSED,
+    (Status.HANDLED, Action.REVIEW): Status.HANDLED,
+    (Status.CLOSED, Action.REVIEW): Status.CLOSED,
 }
 _NEEDS_REASON = {Status.OPEN, Status.ACKNOWLEDGED}  # closing without handling: say why
 
@@ -85,6 +95,7 @@ class Transition:
     at: datetime
     handling_action: str | None = None
     note: str | None = None
+    verdict: str | None = None
     #: True when this step is the alert's acknowledgement (``acknowledge``, or ``close`` of an
     #: open alert): the moment to answer a terminal alarm with 0x8203.
     acknowledges: bool = False
@@ -103,6 +114,8 @@ def transition(
     handling_action: str | None = None,
     note: str | None = None,
     alert_id: int | None = None,
+    verdict: str | None = None,
+    reviewed: bool = False,
 ) -> Transition:
     """Check one step and return it; raises :class:`LifecycleError` naming what is wrong."""
     who = _who(alert_id)
@@ -123,6 +136,10 @@ def transition(
         raise LifecycleError(f"{step.value}: the time must be timezone-aware (UTC)")
     note_n = (note or "").strip() or None
     target = _TRANSITIONS.get((current, step))
+    if step is Action.REVIEW:
+        _check_review(who, current, target, verdict, note_n, reviewed)
+    elif verdict is not None:
+        raise LifecycleError(f"{step.value}: a verdict belongs to 'review'")
     if target is None:
         raise LifecycleError(f"{who} is {current.value}: {_refusal(current, step)}")
     if step is Action.HANDLE:
@@ -147,8 +164,25 @@ def transition(
         at=at,
         handling_action=handling_action if step is Action.HANDLE else None,
         note=note_n,
+        verdict=verdict if step is Action.REVIEW else None,
         acknowledges=current is Status.OPEN and step in (Action.ACKNOWLEDGE, Action.CLOSE),
     )
+
+
+def _check_review(
+    who: str, current: Status, target: Status | None, verdict: str | None, note: str | None,
+    reviewed: bool,
+) -> None:  # fmt: skip
+    if target is None:
+        raise LifecycleError(
+            f"{who} is {current.value}: only a handled or closed alert can be reviewed"
+        )
+    if reviewed:
+        raise LifecycleError(f"{who} was reviewed already (a review is recorded once)")
+    if verdict not in REVIEW_VERDICTS:
+        raise LifecycleError(f"review: verdict {verdict!r}: one of {', '.join(REVIEW_VERDICTS)}")
+    if note is None:
+        raise LifecycleError("review: a note is required (what was checked, what was wrong)")
 
 
 def _refusal(current: Status, step: Action) -> str:
@@ -162,9 +196,10 @@ def _refusal(current: Status, step: Action) -> str:
 
 
 def _past(step: Action) -> str:
-    return {Action.ACKNOWLEDGE: "acknowledged", Action.HANDLE: "handled", Action.CLOSE: "closed"}[
-        step
-    ]
+    return {
+        Action.ACKNOWLEDGE: "acknowledged", Action.HANDLE: "handled", Action.CLOSE: "closed",
+        Action.REVIEW: "reviewed",
+    }[step]  # fmt: skip
 
 
 def allowed_actions(status: str) -> tuple[Action, ...]:

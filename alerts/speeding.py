@@ -41,6 +41,7 @@ disturbing the live one. The engine ends that lane when the batch sequence ends.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -210,24 +211,9 @@ class SpeedingRule:
 
     @staticmethod
     def _combine(fences: list[Geofence], fix: Fix, profile: Profile) -> tuple[float | None, bool]:
-        at = fix.position.fix_time
         v = fix.vehicle
-        posted: float | None = None
-        express = False
-        for fence in fences:
-            if not fence.active(at) or not fence.applies(v.vehicle_class, v.id, v.company_id):
-                continue
-            if fence.kind == "speed_limit" and fence.expressway:
-                express = True
-            lim = fence.speed_limit_kmh
-            if fence.kind == HAZARD and profile.hazard_kmh is not None:
-                lim = profile.hazard_kmh if lim is None else min(lim, profile.hazard_kmh)
-            if lim is not None and (posted is None or lim < posted):
-                posted = lim
-        own = profile.expressway_kmh if express else profile.elsewhere_kmh
-        if own is None:
-            return posted, express
-        return (own if posted is None or own < posted else posted), express
+        return posted_limit(fences, fix.position.fix_time, v.vehicle_class, v.id, v.company_id,
+                            profile)  # fmt: skip
 
     # ------------------------------------------------------------------ feeding
 
@@ -500,3 +486,28 @@ class SpeedingRule:
             late=late,
             details=details,
         )
+
+
+def posted_limit(
+    fences: Iterable[Geofence], at: datetime, vehicle_class: str, vehicle_id: int,
+    company_id: int | None, profile: Profile,
+) -> tuple[float | None, bool]:  # fmt: skip
+    """(limit in km/h or None, on an expressway) of a vehicle inside these fences at ``at``,
+    before the night factor: the lowest posted limit of the active fences that apply to it,
+    and the class limit (expressway or elsewhere) if lower. The vehicle panel shows it too."""
+    posted: float | None = None
+    express = False
+    for fence in fences:
+        if not fence.active(at) or not fence.applies(vehicle_class, vehicle_id, company_id):
+            continue
+        if fence.kind == "speed_limit" and fence.expressway:
+            express = True
+        lim = fence.speed_limit_kmh
+        if fence.kind == HAZARD and profile.hazard_kmh is not None:
+            lim = profile.hazard_kmh if lim is None else min(lim, profile.hazard_kmh)
+        if lim is not None and (posted is None or lim < posted):
+            posted = lim
+    own = profile.expressway_kmh if express else profile.elsewhere_kmh
+    if own is None:
+        return posted, express
+    return (own if posted is None or own < posted else posted), express

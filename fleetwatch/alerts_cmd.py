@@ -16,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from alerts.lifecycle import HANDLING_ACTIONS, SEVERITY_NAMES, STATUSES
+from alerts.lifecycle import HANDLING_ACTIONS, REVIEW_VERDICTS, SEVERITY_NAMES, STATUSES
 from alerts.model import ALERT_TYPES
 from fleetwatch import dbopts
 
@@ -88,6 +88,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     close.add_argument("--note", metavar="TEXT", help="why, or the outcome")
     close.add_argument("--json", action="store_true", help="print the alert as JSON")
     _command(close, _close)
+
+    review = actions.add_parser(
+        "review",
+        help="a supervisor's second review of a handled or closed alert (once)",
+        description="Record a supervisor's verdict on how an alert was handled (复核). The "
+        "status does not change; an alert is reviewed once.",
+    )
+    review.add_argument("id", type=int, metavar="ID")
+    review.add_argument("--by", required=True, metavar="NAME", help="who reviews it")
+    review.add_argument("--verdict", required=True, choices=REVIEW_VERDICTS)
+    review.add_argument("--note", required=True, metavar="TEXT", help="what was checked")
+    review.add_argument("--json", action="store_true", help="print the alert as JSON")
+    _command(review, _review)
 
     audit = actions.add_parser("audit", help="an alert's audit trail, oldest first")
     audit.add_argument("id", type=int, metavar="ID")
@@ -257,6 +270,14 @@ async def _close(args: argparse.Namespace) -> int:
     _report(
         alert, "closed" + (" (acknowledged too)" if alert.newly_acknowledged else ""), args.json
     )
+    return 0
+
+
+async def _review(args: argparse.Namespace) -> int:
+    alert = await _with_store(
+        args, lambda store: store.review(args.id, args.by, args.verdict, args.note)
+    )
+    _report(alert, f"reviewed ({args.verdict})", args.json)
     return 0
 
 

@@ -222,8 +222,6 @@ class Server:
         from ingest.metrics import Metrics
         from ingest.metrics_resource import MetricsExchange, MetricsResource
         from ingest.positions import revive
-        from maps.api import Api
-        from maps.geofences import GeofenceApi
         from maps.web import dashboard_root
         from store.migrations import migrate, wait_until_migrated
         from store.spool import Spool
@@ -312,8 +310,7 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            api = Api(self.pool, self.acknowledge)
-            root = dashboard_root(api.resource(GeofenceApi(api)))
+            root = dashboard_root(self.dashboard_api())
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
@@ -329,6 +326,22 @@ class Server:
             host = port.getHost()
             say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
+
+    def dashboard_api(self) -> Any:
+        """``/api``: the Api and its features, wired to this worker's gateway and rules."""
+        from ingest.positions import status_names
+        from maps.alarms import AlarmApi
+        from maps.api import Api
+        from maps.geofences import GeofenceApi
+        from maps.panel import PanelApi
+
+        api = Api(self.pool, self.acknowledge)
+        return api.resource(
+            GeofenceApi(api),
+            AlarmApi(api, self.gateway),
+            PanelApi(api, self.gateway, fences=self.supervision.index,
+                     settings=self.supervision.settings, status_names=status_names),
+        )  # fmt: skip
 
     async def acknowledge(self, alert_id: int, by: str) -> Any:
         """The dashboard's acknowledgement: the supervision service's (a terminal alarm is

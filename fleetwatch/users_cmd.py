@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "users",
         help="the dashboard's users (add, list, passwd, disable)",
         description="The dashboard's users. Roles: admin (everything), supervisor (every "
-        "company), dispatcher (one company's vehicles and alerts).",
+        "company, or only the vehicles inside an area), dispatcher (one company's vehicles "
+        "and alerts).",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
 
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("username")
     add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--company", metavar="NAME", help="the dispatcher's company (required)")
+    _area_options(add)
     _password_option(add)
     dbopts.add_database_options(add)
     add.set_defaults(handler=lambda args: dbopts.run(PROG, _add, args))
@@ -51,6 +53,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dbopts.add_database_options(pw)
     pw.set_defaults(handler=lambda args: dbopts.run(PROG, _passwd, args))
 
+    area = actions.add_parser(
+        "area",
+        help="limit a supervisor to an area (GeoJSON polygons), or --clear it",
+        description="A supervisor with an area sees only the vehicles whose last position is "
+        "inside it (a district, a road section).",
+    )
+    area.add_argument("username")
+    _area_options(area)
+    area.add_argument("--clear", action="store_true", help="take the area away (sees all)")
+    dbopts.add_database_options(area)
+    area.set_defaults(handler=lambda args: dbopts.run(PROG, _area, args))
+
     off = actions.add_parser("disable", help="disable a user (ends its sessions; kept for audit)")
     off.add_argument("username")
     dbopts.add_database_options(off)
@@ -63,6 +77,24 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the password from the first line of standard input instead of asking",
     )
+
+
+def _area_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--area", metavar="FILE", help="GeoJSON polygon(s), WGS-84 lon/lat (supervisors only)"
+    )
+    parser.add_argument("--area-name", metavar="NAME", help="what the area is called")
+
+
+def _read_area(args: argparse.Namespace) -> str | None:
+    from geo.areas import AreaError, area_geojson, read_area
+
+    if not args.area:
+        return None
+    try:
+        return area_geojson(read_area(args.area))
+    except AreaError as exc:
+        raise dbopts.CommandError(f"--area: {exc}") from None
 
 
 def _password_hash(args: argparse.Namespace) -> str:
@@ -81,12 +113,17 @@ def _password_hash(args: argparse.Namespace) -> str:
 
 
 async def _add(args: argparse.Namespace) -> int:
-    from store.users import add_user
+    from store.users import add_user, set_area
 
     if args.role == "dispatcher" and not args.company:
         raise dbopts.CommandError("a dispatcher needs --company NAME")
+    if args.area and args.role != "supervisor":
+        raise dbopts.CommandError("only a supervisor has an --area")
+    area = _read_area(args)
     hashed = _password_hash(args)
     user = await _change(args, add_user, args.username, args.role, hashed, args.company)
+    if area is not None:
+        user = await _change(args, set_area, args.username, area, args.area_name)
     print(f"added user {user.id}: {_describe(user)}")
     return 0
 
@@ -116,6 +153,16 @@ async def _passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _area(args: argparse.Namespace) -> int:
+    from store.users import set_area
+
+    if bool(args.area) == bool(args.clear):
+        raise dbopts.CommandError("give either --area FILE or --clear")
+    user = await _change(args, set_area, args.username, _read_area(args), args.area_name)
+    print(f"user {_describe(user)}; its sessions see the new scope now")
+    return 0
+
+
 async def _disable(args: argparse.Namespace) -> int:
     from store.users import disable_user
 
@@ -139,6 +186,8 @@ def _describe(user: User) -> str:
     parts = [user.username, user.role]
     if user.company:
         parts.append(f"company {user.company}")
+    if user.area:
+        parts.append(f"area {user.area_name or '(unnamed)'}")
     if user.disabled:
         parts.append("DISABLED")
     return ", ".join(parts)

@@ -22,7 +22,7 @@ from protocols.jt808 import (
     Message,
     jsonable,
 )
-from protocols.jt808.location import alarm_names
+from protocols.jt808.location import alarm_names, status_flags
 
 _ACC = 0x01
 _POSITIONED = 0x02
@@ -38,6 +38,16 @@ def alarm_set(word: int) -> frozenset[str]:
         if len(_ALARM_SETS) < _ALARM_SETS_MAX:
             _ALARM_SETS[word] = names
     return names
+
+
+def status_names(word: int) -> list[str]:
+    """A stored status word in platform words for people (the vehicle panel): the flags that
+    are set (``acc_on``, ``positioned``, ``doors_locked``, ...) and ``load_*`` unless empty.
+    The dashboard gets this function from the wiring, so it reads no JT/T 808 bit itself."""
+    flags = status_flags(word)
+    names = [k for k, v in flags.items() if v is True]
+    load = flags["load"]
+    return names + ([f"load_{load}"] if load != "empty" else [])
 
 
 def revive(position: Position) -> Position:

@@ -52,7 +52,7 @@ _COLUMNS = """
     a.late, a.driver, a.details::text AS details, a.created_at, a.updated_at,
     a.acknowledged_by, a.acknowledged_at, a.handled_by, a.handled_at, a.handling_action,
     a.handling_note, a.closed_by, a.closed_at, a.close_note, a.escalation_level, a.escalated_at,
-    a.timeline::text AS timeline
+    a.timeline::text AS timeline, a.reviewed_by, a.reviewed_at, a.review_verdict, a.review_note
 """
 ALERT_SELECT = f"SELECT {_COLUMNS} FROM alerts a LEFT JOIN vehicles v ON v.id = a.vehicle_id"
 
@@ -71,6 +71,7 @@ _UPDATES = {
     # Closing an open alert acknowledges it too (see alerts.lifecycle).
     "acknowledged_by = coalesce(acknowledged_by, $2), "
     "acknowledged_at = coalesce(acknowledged_at, $3)",
+    Action.REVIEW: "reviewed_by = $2, reviewed_at = $3, review_verdict = $4, review_note = $5",
 }
 
 
@@ -132,6 +133,11 @@ class Alert:
     escalated_at: datetime | None = None
     #: The incident's steps, oldest first: {"at", "phase", "type", "severity"} (migration 0010).
     timeline: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
+    #: A supervisor's second review of the handling (migration 0012), once.
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_verdict: str | None = None
+    review_note: str | None = None
     #: Set on what a lifecycle call returns when that call acknowledged the alert
     #: (``acknowledge``, or ``close`` of an open alert): answer a terminal alarm with 0x8203.
     newly_acknowledged: bool = field(default=False, compare=False)
@@ -423,6 +429,12 @@ class AlertStore:
         acknowledges it too, see ``newly_acknowledged``)."""
         return await self._step(alert_id, Action.CLOSE, by, at, None, note)
 
+    async def review(
+        self, alert_id: int, by: str, verdict: str, note: str, at: datetime | None = None
+    ) -> Alert:
+        """A supervisor's second review of a handled or closed alert (once; the status stays)."""
+        return await self._step(alert_id, Action.REVIEW, by, at, None, note, verdict)
+
     async def _step(
         self,
         alert_id: int,
@@ -431,22 +443,26 @@ class AlertStore:
         at: datetime | None,
         handling_action: str | None = None,
         note: str | None = None,
+        verdict: str | None = None,
     ) -> Alert:
         at = at or datetime.now(UTC)
         async with self._conn() as conn, conn.transaction():
-            status = await conn.fetchval(
-                "SELECT status FROM alerts WHERE id = $1 FOR UPDATE", alert_id
+            row = await conn.fetchrow(
+                "SELECT status, reviewed_at IS NOT NULL AS reviewed FROM alerts"
+                " WHERE id = $1 FOR UPDATE",
+                alert_id,
             )
-            if status is None:
+            if row is None:
                 raise AlertNotFound(f"no alert {alert_id}")
             step = transition(
-                status, action, by=by, at=at, handling_action=handling_action, note=note,
-                alert_id=alert_id,
+                row["status"], action, by=by, at=at, handling_action=handling_action, note=note,
+                alert_id=alert_id, verdict=verdict, reviewed=row["reviewed"],
             )  # fmt: skip
             own = {
                 Action.ACKNOWLEDGE: (),
                 Action.HANDLE: (step.handling_action, step.note),
                 Action.CLOSE: (step.note,),
+                Action.REVIEW: (step.verdict, step.note),
             }[action]
             await conn.execute(
                 f"UPDATE alerts SET status = $1::text, updated_at = now(), {_UPDATES[action]} "
@@ -466,7 +482,11 @@ class AlertStore:
     async def _audit(conn: asyncpg.Connection, alert_id: int, step: Transition) -> None:
         details: dict[str, Any] = {
             k: v
-            for k, v in (("handling_action", step.handling_action), ("note", step.note))
+            for k, v in (
+                ("handling_action", step.handling_action),
+                ("note", step.note),
+                ("verdict", step.verdict),
+            )
             if v is not None
         }
         if step.acknowledges and step.action is not Action.ACKNOWLEDGE:

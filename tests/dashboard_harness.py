@@ -20,9 +20,12 @@ import asyncpg
 from twisted.internet import reactor
 from twisted.web.server import Site
 
+from ingest.positions import status_names
+from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
+from maps.panel import PanelApi
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -193,14 +196,22 @@ class Dashboard:
 
 
 @asynccontextmanager
-async def dashboard(db_url: str, limiter: LoginLimiter | None = None) -> AsyncIterator[Dashboard]:
-    """The seeded database served on a free 127.0.0.1 port for the duration."""
+async def dashboard(
+    db_url: str, limiter: LoginLimiter | None = None, gateway: Any = None
+) -> AsyncIterator[Dashboard]:
+    """The seeded database served on a free 127.0.0.1 port for the duration; ``gateway``
+    (a running CommandGateway) lets the alarm queue and the vehicle panel send commands."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
-        root = dashboard_root(api.resource(GeofenceApi(api)))
+        features = (
+            GeofenceApi(api),
+            AlarmApi(api, gateway, command_timeout=5.0),
+            PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
+        )
+        root = dashboard_root(api.resource(*features))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port

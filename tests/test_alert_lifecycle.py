@@ -31,6 +31,8 @@ LEGAL = {
     ("acknowledged", "close"): "closed",
     ("handled", "handle"): "handled",
     ("handled", "close"): "closed",
+    ("handled", "review"): "handled",
+    ("closed", "review"): "closed",
 }
 
 
@@ -38,6 +40,8 @@ def step(status: str, action: str, **kw: Any) -> Transition:
     args: dict[str, Any] = {"by": "王调度", "at": T0, "note": "checked on camera"}
     if action == "handle":
         args["handling_action"] = "phone_call"
+    if action == "review":
+        args["verdict"] = "approved"
     args.update(kw)
     return transition(status, action, **args)
 
@@ -49,6 +53,7 @@ def test_every_legal_transition(status: str, action: str) -> None:
     assert (t.by, t.at, t.note) == ("王调度", T0, "checked on camera")
     assert t.acknowledges is (status == "open")  # ack, or close of an open alert
     assert t.handling_action == ("phone_call" if action == "handle" else None)
+    assert t.verdict == ("approved" if action == "review" else None)
 
 
 ILLEGAL = sorted({(s.value, a.value) for s in Status for a in Action} - set(LEGAL))
@@ -66,18 +71,38 @@ def test_every_illegal_transition_is_refused(status: str, action: str) -> None:
         "handled": "it was acknowledged already",
         "open": "acknowledge it before recording how it was handled",
     }[status]
+    if action == "review":
+        expected = "only a handled or closed alert can be reviewed"
     assert expected in message
 
 
 def test_illegal_pairs_are_exactly_the_complement() -> None:
     assert ILLEGAL == [
-        ("acknowledged", "acknowledge"), ("closed", "acknowledge"), ("closed", "close"),
-        ("closed", "handle"), ("handled", "acknowledge"), ("open", "handle"),
+        ("acknowledged", "acknowledge"), ("acknowledged", "review"), ("closed", "acknowledge"),
+        ("closed", "close"), ("closed", "handle"), ("handled", "acknowledge"),
+        ("open", "handle"), ("open", "review"),
     ]  # fmt: skip
     assert allowed_actions("open") == (Action.ACKNOWLEDGE, Action.CLOSE)
     assert allowed_actions("acknowledged") == (Action.HANDLE, Action.CLOSE)
-    assert allowed_actions("handled") == (Action.HANDLE, Action.CLOSE)
-    assert allowed_actions("closed") == ()
+    assert allowed_actions("handled") == (Action.HANDLE, Action.CLOSE, Action.REVIEW)
+    assert allowed_actions("closed") == (Action.REVIEW,)
+
+
+def test_review_needs_a_verdict_and_a_note_and_happens_once() -> None:
+    for bad in (None, "", "ok", "APPROVED"):
+        with pytest.raises(LifecycleError, match=r"review: verdict .*: one of approved, rejected"):
+            step("closed", "review", verdict=bad)
+    for note in (None, "", "  "):
+        with pytest.raises(LifecycleError, match="review: a note is required"):
+            step("handled", "review", note=note)
+    with pytest.raises(LifecycleError, match="alert 9 was reviewed already"):
+        step("closed", "review", reviewed=True, alert_id=9)
+    with pytest.raises(LifecycleError, match="a verdict belongs to 'review'"):
+        step("handled", "close", verdict="approved")
+    rejected = step("closed", "review", verdict="rejected", note=" no text sent ")
+    assert (rejected.verdict, rejected.note, rejected.acknowledges) == (
+        "rejected", "no text sent", False,
+    )  # fmt: skip
 
 
 def test_who_and_when_are_required() -> None:

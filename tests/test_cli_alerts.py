@@ -184,6 +184,21 @@ async def test_alerts_lifecycle(capsys: pytest.CaptureFixture[str], db_url: str)
     assert "severity:          1 (critical)" in out
     assert 'details:           {"bit":0,"name":"emergency","serial":99}' in out
 
+    # A supervisor's second review: once, with a verdict and a note; the status stays.
+    status, out, err = await cli(
+        capsys, "alerts", "review", str(fence), "--by", "监管李", "--verdict", "approved",
+        "--note", "n", "--db", db_url,
+    )  # fmt: skip
+    assert status == 1 and "only a handled or closed alert can be reviewed" in err
+    review = ("alerts", "review", str(sos), "--by", "监管李", "--note", "处置及时", "--db", db_url)
+    status, out, err = await cli(capsys, *review, "--verdict", "approved")
+    assert status == 0, err
+    assert out.strip() == f"alert {sos} reviewed (approved): terminal_alarm, 京A12345, now closed"
+    status, out, err = await cli(capsys, *review, "--verdict", "rejected")
+    assert status == 1 and f"alert {sos} was reviewed already" in err
+    status, out, err = await cli(capsys, "alerts", "show", str(sos), "--db", db_url)
+    assert "review_verdict:    approved" in out and "reviewed_by:       监管李" in out
+
 
 @aio_test
 async def test_watchlist_commands(capsys: pytest.CaptureFixture[str], db_url: str) -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 import asyncpg
 
 from fleetwatch.cli import main
+from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
+from maps.panel import PanelApi
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Client, dashboard
 
@@ -351,7 +353,7 @@ def test_openapi_describes_exactly_the_routes() -> None:
     spec = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
     described = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     api = Api(pool=None)
-    routes = api.resource(GeofenceApi(api)).routes
+    routes = api.resource(GeofenceApi(api), AlarmApi(api), PanelApi(api)).routes
     served = {
         (method, "/" + "/".join("{id}" if p == "{}" else p for p in pattern))
         for method, pattern in routes

@@ -110,10 +110,12 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{http}/").read().decode()
         )
         assert "FleetWatch 监控台" in page
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{http}/api/vehicles")
-        assert refused.value.code == 401
-        assert "not logged in" in json.loads(refused.value.read())["error"]
+        for path in ("vehicles", "alert-queue", "vehicles/1/panel"):  # the features are wired
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                url = f"http://127.0.0.1:{http}/api/{path}"
+                await asyncio.to_thread(urllib.request.urlopen, url)
+            assert refused.value.code == 401, path
+            assert "not logged in" in json.loads(refused.value.read())["error"]
         for terminal in terminals:
             await terminal.close()
     finally:

@@ -9,6 +9,7 @@ import "./map.js";
 import "./alarms.js";
 import "./vehicles.js";
 import "./geofences.js";
+import "./panel.js";
 
 function showLogin() {
   if (session.user) emit("logout");

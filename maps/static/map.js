@@ -60,6 +60,7 @@ function draw(features, fit) {
     marker.bindPopup(() => `<b>${escapeHtml(p.plate || "")}</b><br>${escapeHtml(p.company || "")}<br>` +
       `${p.speed_kmh ?? 0} km/h · ${p.online ? T.online : T.offline}<br>${when(p.fix_time)}`);
     marker.vehicleId = f.id;
+    marker.on("click", () => emit("select-vehicle", f.id)); // the vehicle panel (panel.js)
     markers.addLayer(marker);
   }
   $("#counters").textContent = `${T.vehicles} ${features.length} · ${T.online} ${online} · ` +
