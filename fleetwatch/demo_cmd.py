@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(_demo(args))
+    except asyncio.CancelledError:  # Ctrl-C before the fleet ran; everything is stopped
+        return 130
     except DemoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -192,16 +194,23 @@ async def _demo(args: argparse.Namespace) -> int:
     data: Path = args.data_dir
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    setup = asyncio.current_task()
+    serve: asyncio.subprocess.Process | None = None
+    fleet_sim: Fleet | None = None
+    log = None
+
+    def interrupted() -> None:  # while setting up: abandon it (the cleanup below still runs)
+        if not stop.is_set() and setup is not None and fleet_sim is None:
+            setup.cancel()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, interrupted)
     _say(f"FleetWatch demo in {data.absolute()}")
     cluster = EmbeddedCluster.in_data_dir(data)
     _say("  starting PostgreSQL + PostGIS (the first time creates it: a few seconds)")
-    await asyncio.to_thread(cluster.start)
-    serve = None
-    fleet_sim = None
-    log = None
     try:
+        await asyncio.to_thread(cluster.start)
         fleet = build_fleet(args.vehicles, args.seed)
         passwords, newest = await _seed(cluster.url, args, fleet)
         command = [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from geo.fences import Geofence
 from store import geofences
 from store.users import add_user, set_password
-from store.vehicles import NewVehicle, add_vehicle
+from store.vehicles import NewVehicle, add_vehicle, company_id
 
 if TYPE_CHECKING:
     import asyncpg
@@ -54,6 +54,8 @@ async def seed(
             added += 1
     users_added = users_reset = 0
     for name, role, company, password_hash in users:
+        if company:  # a dispatcher's company, even with none of its vehicles in a small fleet
+            await company_id(conn, company)
         if await conn.fetchval("SELECT 1 FROM users WHERE username = $1", name):
             await set_password(conn, name, password_hash)
             users_reset += 1
