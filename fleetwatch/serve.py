@@ -204,6 +204,7 @@ class Server:
         self.service: Any = None
         self.supervision: Any = None
         self.gateway: Any = None
+        self.live: Any = None  # worker 0: the dashboard's live hub; others: the position relay
         self.gate = _accept_gate()
 
     async def start(self) -> None:
@@ -310,11 +311,21 @@ class Server:
         self.writer.on_pressure = pressure
         exchange = MetricsExchange(args.data_dir / "run" / "metrics", args.workers)
         if args.worker_index == 0:  # one /metrics, adding up every worker's
-            root = dashboard_root(self.dashboard_api())
+            root = dashboard_root(await self.dashboard_api(metrics))
             root.putChild(b"metrics", MetricsResource(metrics, exchange.others))
             site: Any = Site(root)  # a ServerFactory in all but its stubs
             self.ports.append(reactor.listenTCP(args.http_port, site, interface=args.http_listen))  # type: ignore[attr-defined]
         else:
+            from maps.live import PositionRelay
+
+            self.live = relay = PositionRelay(self.pool)  # positions to worker 0's live feed
+            self.writer.subscribe(relay.durable)
+            relay.start()
+            metrics.counter(
+                "fleetwatch_live_relayed_total",
+                "positions sent to the dashboard's worker",
+                lambda: relay.notified,
+            )
             publish = partial(_publish, exchange, args.worker_index, metrics)
             self.every(1.0, publish, "metrics publication")
         self.every(2.0, lambda: self.service.sweep(_monotonic()), "the sweep")
@@ -327,20 +338,36 @@ class Server:
             say(f"fleetwatch: listening on {host.host}:{host.port}")
         tune_gc()
 
-    def dashboard_api(self) -> Any:
-        """``/api``: the Api and its features, wired to this worker's gateway and rules."""
+    async def dashboard_api(self, metrics: Any) -> Any:
+        """``/api``: the Api and its features, wired to this worker's gateway and rules, and
+        the live feed (this writer's positions, the other workers', every alert change)."""
         from ingest.positions import status_names
         from maps.alarms import AlarmApi
         from maps.api import Api
         from maps.geofences import GeofenceApi
+        from maps.live import STATS as LIVE_STATS
+        from maps.live import LiveHub
+        from maps.live_socket import LiveApi
         from maps.panel import PanelApi
+        from maps.tracks import TrackApi
 
+        self.live = hub = LiveHub(self.pool, self.url())
+        await hub.start()
+        self.writer.subscribe(hub.durable)
+        for name, meaning in LIVE_STATS.items():
+            metrics.gauge(
+                f"fleetwatch_live_{name}", meaning,
+                lambda name=name: hub.stats[name],  # type: ignore[misc]
+            )  # fmt: skip
+        metrics.gauge("fleetwatch_live_sockets", "open live sockets", lambda: len(hub.clients))
         api = Api(self.pool, self.acknowledge)
         return api.resource(
             GeofenceApi(api),
             AlarmApi(api, self.gateway),
             PanelApi(api, self.gateway, fences=self.supervision.index,
                      settings=self.supervision.settings, status_names=status_names),
+            TrackApi(api),
+            LiveApi(api, hub),
         )  # fmt: skip
 
     async def acknowledge(self, alert_id: int, by: str) -> Any:
@@ -444,6 +471,8 @@ class Server:
             await writer.close()
         if self.supervision is not None:
             await self.supervision.stop()  # the alerts of those last positions are stored
+        if self.live is not None:
+            await self.live.stop()
         if self.gateway is not None:
             await self.gateway.stop()
         if self.service is not None:

@@ -173,7 +173,7 @@ class Api:
         assert limit is not None and after is not None
         async with self.pool.acquire() as conn:
             rows = await dashboard.vehicles(conn, session.user.scope, after, limit)
-        features = [_feature(row) for row in rows]
+        features = [vehicle_feature(row) for row in rows]
         return 200, {
             "type": "FeatureCollection",
             "features": features,
@@ -221,7 +221,8 @@ class Api:
         return 200, {"alert": alert.to_json()}
 
 
-def _feature(row: dict[str, Any]) -> dict[str, Any]:
+def vehicle_feature(row: dict[str, Any]) -> dict[str, Any]:
+    """A vehicle as an RFC 7946 Feature (REST and the live feed alike)."""
     geometry = (
         {"type": "Point", "coordinates": [row["lon"], row["lat"]]}
         if row["lon"] is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,18 @@ class ApiError(Exception):
 
 
 Handler = Callable[[Request, list[str]], Coroutine[Any, Any, tuple[int, Any]]]
+#: The body of a handler that took the connection over (a WebSocket): nothing more is written.
+UPGRADED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A handler's body that is not JSON (a GPX or HTML export): sent as it is, with its type
+    and headers (e.g. Content-Disposition); errors stay JSON."""
+
+    content: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class JsonResource(Resource):
@@ -94,15 +107,21 @@ class JsonResource(Resource):
     def _write(
         request: Request, done: list[bool], status: int, body: Any, headers: dict[str, str]
     ) -> None:
-        if done:  # the client went away meanwhile
+        if done or body is UPGRADED:  # the client went away meanwhile, or is a WebSocket now
             return
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        kind = body.content_type if isinstance(body, RawBody) else "application/json; charset=utf-8"
+        request.setHeader(b"content-type", kind.encode())
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if isinstance(body, RawBody):
+            headers = {**headers, **body.headers}
         for name, value in headers.items():
             request.setHeader(name.encode(), value.encode())
-        request.write(json.dumps(body, ensure_ascii=False).encode())
+        if isinstance(body, RawBody):
+            request.write(body.content)
+        else:
+            request.write(json.dumps(body, ensure_ascii=False).encode())
         request.finish()
 
 

@@ -61,9 +61,12 @@ class Listener:
         worker: str,
         channels: Mapping[str, Callable[[str], None]],
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        application: str | None = None,
     ) -> None:
         self.url = url
         self.worker = worker
+        #: Only a gateway's connection may carry its key's name: that is how holders are found.
+        self.application = application or application_name(worker)
         self.channels = dict(channels)
         self.on_connect = on_connect
         self.conn: asyncpg.Connection | None = None
@@ -81,7 +84,7 @@ class Listener:
 
     async def _connect(self) -> None:
         conn = await asyncpg.connect(
-            self.url, server_settings={"application_name": application_name(self.worker)}
+            self.url, server_settings={"application_name": self.application}
         )
         for channel, callback in self.channels.items():
             await conn.add_listener(channel, _relay(callback))
@@ -93,7 +96,7 @@ class Listener:
     def _lost(self, conn: Any) -> None:
         if self._closed or conn is not self.conn:
             return
-        log.warning("gateway listener of %s lost its connection; reconnecting", self.worker)
+        log.warning("listener %s lost its connection; reconnecting", self.application)
         self.conn = None
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -104,7 +107,7 @@ class Listener:
                 await self._connect()
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("gateway listener reconnect failed (%s); again in %.1f s", exc, pause)
+                log.warning("listener reconnect failed (%s); again in %.1f s", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 

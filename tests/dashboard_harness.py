@@ -25,7 +25,10 @@ from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
+from maps.live import LiveHub
+from maps.live_socket import Limits, LiveApi
 from maps.panel import PanelApi
+from maps.tracks import TrackApi
 from maps.web import dashboard_root
 from store.users import add_user, hash_password
 from tests.aio import deferred
@@ -184,6 +187,7 @@ class Dashboard:
     pool: Any
     seeded: Seeded
     api: Api
+    hub: LiveHub  # the live feed: subscribe hub.durable to a writer to see its positions
 
     def client(self) -> Client:
         return Client(self.port)
@@ -197,26 +201,33 @@ class Dashboard:
 
 @asynccontextmanager
 async def dashboard(
-    db_url: str, limiter: LoginLimiter | None = None, gateway: Any = None
+    db_url: str, limiter: LoginLimiter | None = None, gateway: Any = None,
+    live: Limits | None = None,
 ) -> AsyncIterator[Dashboard]:
     """The seeded database served on a free 127.0.0.1 port for the duration; ``gateway``
-    (a running CommandGateway) lets the alarm queue and the vehicle panel send commands."""
+    (a running CommandGateway) lets the alarm queue and the vehicle panel send commands;
+    ``live``: the live sockets' limits."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    hub = LiveHub(pool, db_url)
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
         api = Api(pool, limiter=limiter)
+        await hub.start()
         features = (
             GeofenceApi(api),
             AlarmApi(api, gateway, command_timeout=5.0),
             PanelApi(api, gateway, status_names=status_names, command_timeout=5.0),
+            TrackApi(api),
+            LiveApi(api, hub, live),
         )
         root = dashboard_root(api.resource(*features))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         try:
             number = port.getHost().port
-            yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api)
+            yield Dashboard(number, f"http://127.0.0.1:{number}/", pool, seeded, api, hub)
         finally:
             await deferred(port.stopListening())
     finally:
+        await hub.stop()
         await pool.close()

@@ -18,7 +18,10 @@ from maps.alarms import AlarmApi
 from maps.api import Api
 from maps.geofences import GeofenceApi
 from maps.limits import LoginLimiter
+from maps.live import LiveHub
+from maps.live_socket import LiveApi
 from maps.panel import PanelApi
+from maps.tracks import TrackApi
 from tests.aio import aio_test
 from tests.dashboard_harness import PASSWORD, Client, dashboard
 
@@ -353,7 +356,8 @@ def test_openapi_describes_exactly_the_routes() -> None:
     spec = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
     described = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     api = Api(pool=None)
-    routes = api.resource(GeofenceApi(api), AlarmApi(api), PanelApi(api)).routes
+    features = (GeofenceApi(api), AlarmApi(api), PanelApi(api), TrackApi(api))
+    routes = api.resource(*features, LiveApi(api, LiveHub(None, ""))).routes
     served = {
         (method, "/" + "/".join("{id}" if p == "{}" else p for p in pattern))
         for method, pattern in routes

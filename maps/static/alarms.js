@@ -54,9 +54,8 @@ addStrings({
   severity: { 1: "critical", 2: "high", 3: "medium", 4: "low" },
 });
 
-const REFRESH_MS = 10000;
 const MUTE_KEY = "fw-alarm-muted";
-let timer = null;
+let reload = null; // a queued re-read of the queue (live events come in bursts)
 let latest = 0; // a refresh that started before a change must not bring the old state back
 let view = "pending";
 let seen = null; // alert ids already announced (null: before the first load)
@@ -71,9 +70,14 @@ const label = (a) => (a.type === "terminal_alarm" && (a.details || {}).name === 
 onReady(async (user) => {
   buildControls(user);
   await loadAlerts();
-  if (!timer) timer = setInterval(loadAlerts, REFRESH_MS);
 });
-on("logout", () => { clearInterval(timer); timer = null; seen = null; open = null; });
+on("logout", () => { clearTimeout(reload); reload = null; seen = null; open = null; });
+// No polling: the live feed (live.js) says when the queue changed, with a snapshot on each
+// (re)connection and an event for each alert created or changed; the queue (its order and
+// views are the server's) is read again a quarter of a second after the last of a burst.
+const soon = () => { clearTimeout(reload); reload = setTimeout(loadAlerts, 250); };
+on("snapshot", soon);
+on("alert", soon);
 on("alerts-changed", () => loadAlerts());
 
 function buildControls(user) {

@@ -10,6 +10,8 @@ import "./alarms.js";
 import "./vehicles.js";
 import "./geofences.js";
 import "./panel.js";
+import "./replay.js";
+import "./live.js";
 
 function showLogin() {
   if (session.user) emit("logout");

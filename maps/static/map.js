@@ -1,12 +1,14 @@
 // The live map: vehicles in scope as markers with plate labels, counters.
 "use strict";
-import { $, T, api, emit, escapeHtml, on, onReady, when } from "./core.js";
+import { $, T, emit, escapeHtml, on, onReady, when } from "./core.js";
 
-const REFRESH_MS = 10000;
 let map = null;
 let markers = null;
-let timer = null;
-let latest = 0; // only the newest answer is drawn (an older, slower one must not win)
+let current = new Map(); // vehicle id -> its newest Feature (from the live feed)
+let byId = new Map(); // vehicle id -> its marker
+let fitted = false;
+let countersTimer = null;
+let listTimer = null; // the "vehicles" event (the vehicle list) follows deltas every 5 s at most
 
 /** The Leaflet map (created on first login). */
 export const getMap = () => map;
@@ -17,35 +19,58 @@ onReady(async () => {
     markers = L.featureGroup().addTo(map);
   }
   map.invalidateSize();
-  await loadVehicles(true);
-  if (!timer) timer = setInterval(() => loadVehicles(false), REFRESH_MS);
 });
-on("logout", () => { clearInterval(timer); timer = null; });
+on("logout", () => { fitted = false; clearTimeout(listTimer); listTimer = null; });
 
-async function loadVehicles(fit) {
-  const mine = ++latest;
-  const features = [];
-  try {
-    let after = 0;
-    for (let page = 0; page < 50 && after !== null; page++) {  // bounded: 50 x 2000 vehicles
-      const data = await api("GET", "vehicles?limit=2000&after=" + after);
-      features.push(...data.features);
-      after = data.next_after;
-    }
-  } catch (err) {
-    emit("error", err.message);
+// The data comes from the live feed (live.js): the whole state on each (re)connection, then
+// each vehicle's new positions.
+on("snapshot", ({ vehicles }) => {
+  current = new Map(vehicles.map((f) => [f.id, f]));
+  draw(vehicles, !fitted);
+  fitted = true;
+  emit("vehicles", vehicles);
+});
+on("vehicle", (f) => {
+  const before = current.get(f.id);
+  current.set(f.id, f);
+  if (!listTimer) {
+    listTimer = setTimeout(() => { listTimer = null; emit("vehicles", [...current.values()]); }, 5000);
+  }
+  const marker = byId.get(f.id);
+  if (!marker || !f.geometry || (before && before.properties.online !== f.properties.online)) {
+    draw([...current.values()], false); // new on the map, or its colour changes: rare
     return;
   }
-  if (mine !== latest) return;
-  draw(features, fit);
-  emit("vehicles", features);
+  const [lon, lat] = f.geometry.coordinates;
+  marker.setLatLng([lat, lon]);
+  marker.feature = f;
+  mark(marker, f);
+  const el = $("#map");
+  el.dataset.updates = String(Number(el.dataset.updates || 0) + 1);
+  if (!countersTimer) countersTimer = setTimeout(() => { countersTimer = null; counters(); }, 500);
+});
+
+/** Test hooks on the marker's element: which vehicle, where it is now. */
+function mark(marker, f) {
+  const el = marker.getElement && marker.getElement();
+  if (!el || !f.geometry) return;
+  el.dataset.vehicleId = String(f.id);
+  el.dataset.lon = String(f.geometry.coordinates[0]);
+  el.dataset.lat = String(f.geometry.coordinates[1]);
+  el.dataset.fixTime = f.properties.fix_time || "";
+}
+
+function counters() {
+  let online = 0;
+  for (const f of current.values()) if (f.properties.online) online++;
+  $("#counters").textContent = `${T.vehicles} ${current.size} · ${T.online} ${online} · ` +
+    `${T.offline} ${current.size - online}`;
 }
 
 function draw(features, fit) {
   markers.clearLayers();
-  let online = 0;
+  byId = new Map();
   for (const f of features) {
-    if (f.properties.online) online++;
     if (!f.geometry) continue;
     const [lon, lat] = f.geometry.coordinates;
     const p = f.properties;
@@ -57,14 +82,20 @@ function draw(features, fit) {
       permanent: true, direction: "right", offset: [8, 0],
       className: "plate-label" + (p.online ? "" : " offline"),
     });
-    marker.bindPopup(() => `<b>${escapeHtml(p.plate || "")}</b><br>${escapeHtml(p.company || "")}<br>` +
-      `${p.speed_kmh ?? 0} km/h · ${p.online ? T.online : T.offline}<br>${when(p.fix_time)}`);
+    marker.feature = f;
+    marker.bindPopup(() => popup(marker.feature.properties));
     marker.vehicleId = f.id;
     marker.on("click", () => emit("select-vehicle", f.id)); // the vehicle panel (panel.js)
     markers.addLayer(marker);
+    byId.set(f.id, marker);
+    mark(marker, f);
   }
-  $("#counters").textContent = `${T.vehicles} ${features.length} · ${T.online} ${online} · ` +
-    `${T.offline} ${features.length - online}`;
+  counters();
   $("#map").dataset.vehicles = String(markers.getLayers().length);
   if (fit && markers.getLayers().length) map.fitBounds(markers.getBounds().pad(0.3), { maxZoom: 13 });
+}
+
+function popup(p) {
+  return `<b>${escapeHtml(p.plate || "")}</b><br>${escapeHtml(p.company || "")}<br>` +
+    `${p.speed_kmh ?? 0} km/h · ${p.online ? T.online : T.offline}<br>${when(p.fix_time)}`;
 }
