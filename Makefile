@@ -1,5 +1,5 @@
 # The commands a newcomer runs: `make run` (set up + serve) and `make test` (set up + test).
-.PHONY: setup test lint bench run clean
+.PHONY: setup test lint bench run demo clean
 
 setup:
 	./scripts/setup.sh
@@ -30,3 +30,8 @@ run: setup
 
 clean:
 	rm -rf .venv *.egg-info .pytest_cache .hypothesis
+
+# A first look: the server on its embedded PostGIS in ./demo-data with ~200 simulated vehicles in
+# Changsha (a day of driving played in 10 minutes, then live), demo logins printed; Ctrl-C stops all.
+demo: setup
+	.venv/bin/fleetwatch demo --data-dir demo-data

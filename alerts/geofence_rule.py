@@ -46,6 +46,7 @@ live timeline.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -135,7 +136,7 @@ class _Vehicle:
     snapshot: _Lane | None = None  # the live lane as it was before its last gap
     replay: _Lane | None = None
     version: int = -1  # index version the applies cache is for
-    applies: dict[int, bool] = field(default_factory=dict)
+    applies: dict[int, int] = field(default_factory=dict)  # fence id -> _concern()
 
 
 class GeofenceRule:
@@ -325,11 +326,8 @@ class GeofenceRule:
         speed-limit area only sets a limit: the speeding rule's business, not this one's)."""
         known = veh.applies.get(fence.id)
         if known is None:
-            info = veh.info
-            known = veh.applies[fence.id] = (
-                _records(fence) or bool(fence.max_dwell_s)
-            ) and fence.applies(info.vehicle_class, info.id, info.company_id)
-        return known
+            known = veh.applies[fence.id] = _concern(fence, veh.info)
+        return known > _IGNORED
 
     def _step(self, veh: _Vehicle, lane: _Lane, fix: Fix, events: list[AlertEvent]) -> None:
         pos = fix.position
@@ -350,26 +348,42 @@ class GeofenceRule:
 
         states = lane.states
         if fences or states:
-            fids = sorted(fences.keys() | states.keys()) if states else sorted(fences)
+            if len(fences) == 1 and (not states or states.keys() <= fences.keys()):
+                fids: Iterable[int] = fences  # one fence (the usual case): nothing to sort
+            else:
+                fids = sorted(fences.keys() | states.keys()) if states else sorted(fences)
             applies = veh.applies
             for fid in fids:
-                fence = index_fences.get(fid)
-                if fence is None:
-                    continue
-                known = applies.get(fid)  # _applies' cache, read inline (most fixes stop here)
-                if not (self._applies(veh, fence) if known is None else known):
+                concern = applies.get(fid)  # _applies' cache, read inline (most fixes stop here)
+                if concern is None:
+                    fence = index_fences.get(fid)
+                    if fence is None:
+                        continue
+                    concern = applies[fid] = _concern(fence, veh.info)
+                if concern == _IGNORED:
                     continue
                 value = fences.get(fid)
                 st = states.get(fid)
-                if (
-                    st is not None
-                    and st.pending is None
-                    and (value == 1) == st.inside
+                if st is None:
+                    if value == 0:
+                        continue  # in the band with no state: it decides nothing, makes none
+                elif (
+                    st.pending is None
                     and value != 0
-                    and fence.kind not in _ONGOING
-                    and not fence.max_dwell_s
+                    and (value == 1) == st.inside
+                    and (
+                        concern == _STEADY
+                        or (
+                            concern == _ALWAYS_FORBIDDEN
+                            and st.inside
+                            and FORBIDDEN_ZONE in st.episodes
+                        )
+                    )
                 ):
-                    continue  # still on its side, nothing that runs on in time: no change
+                    # still on its side, and nothing that runs on in time can change (a
+                    # forbidden zone with no windows and its passage open stays as it is)
+                    continue
+                fence = index_fences[fid]
                 if st is None:
                     st = states[fid] = _FenceState()
                     if first:  # the first fix sets the sides silently
@@ -658,6 +672,28 @@ class GeofenceRule:
         if held is not None:
             events.append(held)
         events.append(closed)
+
+
+#: What a fence is to a vehicle (the per-vehicle ``applies`` cache): no concern of this rule;
+#: a fence whose side is all there is (no windows opening and closing an ongoing episode, no
+#: dwell limit), so a fix on the confirmed side changes nothing; a forbidden zone in force at
+#: all times, without a dwell limit (inside it with its passage open, nothing changes); any
+#: other (each fix may matter).
+_IGNORED, _STEADY, _ALWAYS_FORBIDDEN, _TIMED = 0, 1, 2, 3
+
+
+def _concern(fence: Geofence, info: VehicleInfo) -> int:
+    """The fence's ``_IGNORED``/``_STEADY``/``_ALWAYS_FORBIDDEN``/``_TIMED`` class for the
+    vehicle (computed once per vehicle, fence and index version)."""
+    if not (_records(fence) or fence.max_dwell_s) or not fence.applies(
+        info.vehicle_class, info.id, info.company_id
+    ):
+        return _IGNORED
+    if fence.max_dwell_s:
+        return _TIMED
+    if fence.kind not in _ONGOING:
+        return _STEADY
+    return _ALWAYS_FORBIDDEN if fence.kind == FORBIDDEN and not fence.windows else _TIMED
 
 
 def _records(fence: Geofence) -> bool:

@@ -156,6 +156,8 @@ class SpeedingRule:
 
     def __init__(self, index: FenceIndex) -> None:
         self.index = index
+        self._limiting: frozenset[int] = frozenset()  # ids of fences that set a limit
+        self._limiting_version = -1  # the index version it is for
         self._live: dict[int, _Lane] = {}
         self._late: dict[int, _Lane] = {}
 
@@ -177,13 +179,9 @@ class SpeedingRule:
             for fid in [fid for fid in inside if fid not in fences]:
                 del inside[fid]
         fresh = lane.last_at is None
+        limiting = self.limiting()
         for fid, value in fences.items():
-            fence = known.get(fid)
-            if fence is None or (
-                fence.speed_limit_kmh is None
-                and fence.kind != HAZARD
-                and not (fence.expressway and fence.kind == "speed_limit")
-            ):
+            if fid not in limiting:
                 continue
             if value == 1:
                 inside[fid] = True
@@ -208,6 +206,21 @@ class SpeedingRule:
         if limit is not None and profile.night_factor != 1.0 and is_night(t):
             limit *= profile.night_factor
         return limit, express
+
+    def limiting(self) -> frozenset[int]:
+        """Ids of the index's fences that bear on a limit (a posted limit, a hazard, an
+        expressway); a fix in none of them, and in none before, is under the class limit."""
+        index = self.index
+        if self._limiting_version != index.version:
+            self._limiting = frozenset(
+                fid
+                for fid, fence in index.fences.items()
+                if fence.speed_limit_kmh is not None
+                or fence.kind == HAZARD
+                or (fence.expressway and fence.kind == "speed_limit")
+            )
+            self._limiting_version = index.version
+        return self._limiting
 
     @staticmethod
     def _combine(fences: list[Geofence], fix: Fix, profile: Profile) -> tuple[float | None, bool]:
@@ -236,7 +249,8 @@ class SpeedingRule:
         if profile.speed_exempt:
             limit: float | None = None
             express = False
-        elif not fix.fences and not lane.inside:
+        elif not lane.inside and (not fix.fences or fix.fences.keys().isdisjoint(self.limiting())):
+            # in no fence that bears on the limit, now or before: the class's own limit
             limit, express = profile.elsewhere_kmh, False
             if limit is not None and profile.night_factor != 1.0 and is_night(t):
                 limit *= profile.night_factor

@@ -433,6 +433,12 @@ class Supervision:
             waited = self._held.pop(vid, [])
             if track and waited:  # stored before the replay read them: judged already
                 last = track[-1].fix_time
+                if starts is not None and starts.get(vid) is None:
+                    # No snapshot: the track is only the last rebuild_window before the newest
+                    # stored fix. What waited from before that was never judged: first, in
+                    # order (a new terminal's backlog of hours lost its start otherwise).
+                    first = track[0].fix_time
+                    track = [p for p in waited if p.fix_time < first] + track
                 waited = [p for p in waited if p.fix_time > last]
             if track or waited:
                 self._feed(info, track + waited if track else waited)

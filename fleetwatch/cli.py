@@ -19,6 +19,7 @@ from fleetwatch import (
     console,
     db_cmd,
     decode,
+    demo_cmd,
     geofences_cmd,
     import_nmea,
     send_cmd,
@@ -39,6 +40,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     alerts_cmd.register_watchlist,
     send_cmd.register,
     users_cmd.register,
+    demo_cmd.register,
 )
 
 

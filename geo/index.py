@@ -17,6 +17,7 @@ The index is immutable between :meth:`FenceIndex.rebuild` calls, which bump ``ve
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Iterable
@@ -172,6 +173,10 @@ class FenceIndex:
         self._inv = 1.0 / cell_deg
         self._compiled: dict[int, _Compiled] = {}
         self._cells: dict[tuple[int, int], tuple[tuple[int, int, Any], ...]] = {}
+        #: Per filled cell, its entries that are not constant, with their fence's bounds:
+        #: ``(fence_id, kind, data, west, south, east, north)``. Only these can have been
+        #: skipped over by a segment inside the cell (see :meth:`crossed_between`).
+        self._open: dict[tuple[int, int], tuple[tuple[Any, ...], ...]] = {}
         self._order: list[_Compiled] = []
         self._tree = shapely.STRtree([])
         self._min_margin = 0.0
@@ -193,6 +198,7 @@ class FenceIndex:
         self._order = list(compiled.values())
         self._tree = shapely.STRtree([c.search for c in self._order])
         self._cells = {}
+        self._open = {}
         self._min_margin = min((f.margin_m for f in by_id.values()), default=0.0)
         self.version += 1
 
@@ -244,9 +250,9 @@ class FenceIndex:
                     if dx * dx + dy * dy <= m2:
                         out[fid] = 0
             elif kind == _EDGES:
-                rx, ry, o_ref, o_edges, i_ref, i_edges = data
-                if _inside(o_ref, o_edges, rx, ry, lon, lat):
-                    out[fid] = 1 if _inside(i_ref, i_edges, rx, ry, lon, lat) else 0
+                _, rx, outer, inner = data
+                if _inside(outer, rx, lon, lat):
+                    out[fid] = 1 if _inside(inner, rx, lon, lat) else 0
             else:  # _SHAPELY: a cell with too many edges for the Python test
                 outer, inner = data
                 if shapely.contains_xy(outer, lon, lat):
@@ -257,6 +263,7 @@ class FenceIndex:
     def _fill(self, key: tuple[int, int]) -> tuple[tuple[int, int, Any], ...]:
         if len(self._cells) >= self.max_cells:
             self._cells.clear()
+            self._open.clear()
         s = self.cell_deg
         x0, y0 = key[0] * s, key[1] * s
         x1, y1 = x0 + s, y0 + s
@@ -268,6 +275,10 @@ class FenceIndex:
                 entries.append(entry)
         result = tuple(sorted(entries, key=lambda e: e[0]))
         self._cells[key] = result
+        compiled = self._compiled
+        self._open[key] = tuple(
+            (fid, kind, data, *compiled[fid].bounds) for fid, kind, data in result if kind != _CONST
+        )
         return result
 
     def _entry(
@@ -297,13 +308,14 @@ class FenceIndex:
         s = self.cell_deg
         rx, ry = x0 + s * 0.5123457, y0 + s * 0.4876543
         grown = box(x0 - s * 1e-6, y0 - s * 1e-6, x1 + s * 1e-6, y1 + s * 1e-6)
-        o_edges = _edges_in(c.outer, grown, rx, ry)
-        i_edges = _edges_in(c.inner, grown, rx, ry) if c.inner is not None else ()
+        o_edges = _edges_in(c.outer, grown)
+        i_edges = _edges_in(c.inner, grown) if c.inner is not None else ()
         if len(o_edges) + len(i_edges) > _EDGE_LIMIT:
             return (fid, _SHAPELY, (c.outer, c.inner))
         o_ref = bool(shapely.contains_xy(c.outer, rx, ry))
         i_ref = c.inner is not None and bool(shapely.contains_xy(c.inner, rx, ry))
-        return (fid, _EDGES, (rx, ry, o_ref, o_edges, i_ref, i_edges))
+        outer = _parity(o_ref, o_edges, rx, ry)
+        return (fid, _EDGES, (o_edges, rx, outer, _parity(i_ref, i_edges, rx, ry)))
 
     def _circle_entry(
         self, c: _Compiled, x0: float, y0: float, x1: float, y1: float
@@ -363,53 +375,97 @@ class FenceIndex:
         have been skipped: both ends more than a margin away from an area means the segment is
         longer than twice that margin, which a fix every few seconds never is.
         """
-        compiled = self._compiled
         inv = self._inv
-        cells = self._cells
         ix1, iy1 = math.floor(lon1 * inv), math.floor(lat1 * inv)
         ix2, iy2 = math.floor(lon2 * inv), math.floor(lat2 * inv)
-        entries: list[tuple[int, int, Any]] | tuple[tuple[int, int, Any], ...] | None
-        if ix1 == ix2 and iy1 == iy2:  # the usual case
-            entries = cells.get((ix1, iy1))
-            if entries is None:
-                entries = self._fill((ix1, iy1))
-        else:
-            entries = self._block(ix1, iy1, ix2, iy2)
-        if entries is not None and not entries:
-            return []
-        # Per candidate fence, its entries in the cells the segment lies in (none: from the
-        # STRtree, for a long segment), after cheap rejections (the bounding box first: most
-        # pairs of fixes end here, before any trigonometry).
+        if ix1 != ix2 or iy1 != iy2:
+            return self._crossed_in_block(ix1, iy1, ix2, iy2, lon1, lat1, lon2, lat2, before, after)
+        # The usual case, both ends in one cell. A constant entry is in ``after`` whatever the
+        # position in the cell, so only the cell's other entries can have been skipped over,
+        # and each fence has one entry: its outer edges there tell whether the segment
+        # entered the outer area, with no GEOS call.
+        candidates = self._open.get((ix1, iy1))
+        if candidates is None:
+            self._fill((ix1, iy1))
+            candidates = self._open[ix1, iy1]
+        hits: list[int] = []
+        length = -1.0
+        for fid, kind, data, w, s, e, n in candidates:
+            if (
+                fid in before
+                or fid in after
+                or (lon1 < w and lon2 < w)
+                or (lon1 > e and lon2 > e)
+                or (lat1 < s and lat2 < s)
+                or (lat1 > n and lat2 > n)
+                or (kind == _EDGES and not _crosses_any(data[0], lon1, lat1, lon2, lat2))
+            ):
+                continue
+            if length < 0.0:
+                length = _length_bound(lon1, lat1, lon2, lat2)
+            c = self._compiled[fid]
+            if (
+                length > 2 * self._min_margin
+                and length > 2 * c.margin
+                and self._hits(c, lon1, lat1, lon2, lat2)
+            ):
+                hits.append(fid)
+        return hits
+
+    def _crossed_in_block(
+        self,
+        ix1: int,
+        iy1: int,
+        ix2: int,
+        iy2: int,
+        lon1: float,
+        lat1: float,
+        lon2: float,
+        lat2: float,
+        before: dict[int, int],
+        after: dict[int, int],
+    ) -> list[int]:
+        """:meth:`crossed_between` for a segment whose ends are in different cells."""
+        # Per candidate fence, its non-constant entries in the cells the segment lies in (a
+        # constant entry tells nothing: a fence with only those there is not entered), after
+        # cheap rejections (the bounding box first, before any trigonometry); for a long
+        # segment, the STRtree's candidates with no entries.
         found: dict[int, list[tuple[int, Any]]] = {}
-        if entries is None:
+        x0, x1 = (ix1, ix2) if ix1 <= ix2 else (ix2, ix1)
+        y0, y1 = (iy1, iy2) if iy1 <= iy2 else (iy2, iy1)
+        if (x1 - x0 + 1) * (y1 - y0 + 1) > 16:
             for fid in self._segment_candidates(lon1, lat1, lon2, lat2):
                 if fid not in before and fid not in after:
                     found[fid] = []
         else:
-            for fid, kind, data in entries:
-                if fid in before or fid in after:
-                    continue
-                w, s, e, n = compiled[fid].bounds
-                if (
-                    (lon1 < w and lon2 < w)
-                    or (lon1 > e and lon2 > e)
-                    or (lat1 < s and lat2 < s)
-                    or (lat1 > n and lat2 > n)
-                ):
-                    continue
-                parts = found.get(fid)
-                if parts is None:
-                    found[fid] = [(kind, data)]
-                else:
-                    parts.append((kind, data))
+            open_ = self._open
+            for ix in range(x0, x1 + 1):
+                for iy in range(y0, y1 + 1):
+                    candidates = open_.get((ix, iy))
+                    if candidates is None:
+                        self._fill((ix, iy))
+                        candidates = open_[ix, iy]
+                    for fid, kind, data, w, s, e, n in candidates:
+                        if (
+                            fid in before
+                            or fid in after
+                            or (lon1 < w and lon2 < w)
+                            or (lon1 > e and lon2 > e)
+                            or (lat1 < s and lat2 < s)
+                            or (lat1 > n and lat2 > n)
+                        ):
+                            continue
+                        parts = found.get(fid)
+                        if parts is None:
+                            found[fid] = [(kind, data)]
+                        else:
+                            parts.append((kind, data))
         if not found:
             return []
-        k = 111_000.0
-        dx = (lon2 - lon1) * k * math.cos(math.radians(lat1))
-        dy = (lat2 - lat1) * k
-        length = math.sqrt(dx * dx + dy * dy) * 1.01  # generous: the test is only a shortcut
+        length = _length_bound(lon1, lat1, lon2, lat2)
         if length <= 2 * self._min_margin:
             return []
+        compiled = self._compiled
         hits = []
         for fid, parts in found.items():
             c = compiled[fid]
@@ -417,11 +473,8 @@ class FenceIndex:
                 continue
             if (
                 parts
-                and all(kind in (_EDGES, _CONST) for kind, _ in parts)
-                and not any(
-                    kind == _EDGES and _crosses_any(data[3], lon1, lat1, lon2, lat2)
-                    for kind, data in parts
-                )
+                and all(kind == _EDGES for kind, _ in parts)
+                and not any(_crosses_any(data[0], lon1, lat1, lon2, lat2) for _, data in parts)
             ):
                 # The segment lies in these cells, both ends outside the outer area, and it
                 # crosses none of the outer boundary's edges there: it never enters it.
@@ -538,11 +591,8 @@ class FenceIndex:
         }
 
 
-def _edges_in(
-    geometry: shapely.Geometry, cell: shapely.Geometry, rx: float, ry: float
-) -> tuple[tuple[float, ...], ...]:
-    """The boundary edges of ``geometry`` clipped to ``cell``, each with what the parity test
-    needs precomputed: (ax, ay, bx, by, ex, ey, reference-side)."""
+def _edges_in(geometry: shapely.Geometry, cell: shapely.Geometry) -> tuple[tuple[float, ...], ...]:
+    """The boundary edges of ``geometry`` clipped to ``cell``: (ax, ay, bx, by, ex, ey)."""
     clipped = shapely.intersection(geometry.boundary, cell)
     edges = []
     for part in shapely.get_parts(clipped):
@@ -560,10 +610,17 @@ def _edges_in(
                 if ax == bx and ay == by:
                     continue
                 ax, ay, bx, by = float(ax), float(ay), float(bx), float(by)
-                ex, ey = bx - ax, by - ay
-                ref_side = ex * (ry - ay) - ey * (rx - ax) > 0
-                edges.append((ax, ay, bx, by, ex, ey, ref_side))
+                edges.append((ax, ay, bx, by, bx - ax, by - ay))
     return tuple(edges)
+
+
+def _length_bound(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """The segment's length in metres, a little over (the shortcuts that use it only skip
+    segments too short to have passed through a fence's margin on both sides)."""
+    k = 111_000.0
+    dx = (lon2 - lon1) * k * math.cos(math.radians(lat1))
+    dy = (lat2 - lat1) * k
+    return math.sqrt(dx * dx + dy * dy) * 1.01
 
 
 def _crosses_any(
@@ -571,7 +628,7 @@ def _crosses_any(
 ) -> bool:
     """Whether the segment (x1, y1)-(x2, y2) crosses any of the edges."""
     dx, dy = x2 - x1, y2 - y1
-    for ax, ay, bx, by, ex, ey, _ in edges:
+    for ax, ay, bx, by, ex, ey in edges:
         if (dx * (ay - y1) - dy * (ax - x1) > 0) != (dx * (by - y1) - dy * (bx - x1) > 0) and (
             ex * (y1 - ay) - ey * (x1 - ax) > 0
         ) != (ex * (y2 - ay) - ey * (x2 - ax) > 0):
@@ -598,21 +655,34 @@ def _meets_box(
     return True
 
 
+def _parity(
+    ref_inside: bool, edges: tuple[tuple[float, ...], ...], rx: float, ry: float
+) -> tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]]:
+    """What :func:`_inside` needs of one boundary in one cell, whose reference point r is
+    ``ref_inside``: the sorted latitudes where the boundary crosses the meridian of r, how
+    many of them are below r, and the edges that are not horizontal as (ay, by, ax, dx/dy)."""
+    ys = sorted(
+        ay + (rx - ax) * ey / ex for ax, ay, bx, by, ex, ey in edges if (ax > rx) != (bx > rx)
+    )
+    slanted = tuple((ay, by, ax, ex / ey) for ax, ay, bx, by, ex, ey in edges if ay != by)
+    return ref_inside, ys, bisect.bisect_left(ys, ry), slanted
+
+
 def _inside(
-    ref_inside: bool,
-    edges: tuple[tuple[float, ...], ...],
+    parity: tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]],
     rx: float,
-    ry: float,
     qx: float,
     qy: float,
 ) -> bool:
-    """Whether q is inside, given that the reference r is ``ref_inside``: every boundary edge
-    the segment r-q crosses flips the answer (both lie in one cell, and so do the edges)."""
-    inside = ref_inside
-    dx, dy = qx - rx, qy - ry
-    for ax, ay, bx, by, ex, ey, ref_side in edges:
-        if (dx * (ay - ry) - dy * (ax - rx) > 0) != (dx * (by - ry) - dy * (bx - rx) > 0) and (
-            ex * (qy - ay) - ey * (qx - ax) > 0
-        ) != ref_side:
-            inside = not inside
+    """Whether q is inside, by the parity of the boundary crossings on the way from the
+    reference point r (both in one cell, as are the edges): along r's meridian to q's
+    latitude (a bisection in the sorted crossings), then along that parallel to q (only
+    the edges that straddle it can be crossed: two comparisons for most)."""
+    ref_inside, ys, below, slanted = parity
+    inside = ref_inside != bool((bisect.bisect_left(ys, qy) - below) & 1)
+    for ay, by, ax, slope in slanted:
+        if (ay > qy) != (by > qy):
+            x = ax + (qy - ay) * slope
+            if (x > qx) != (x > rx):
+                inside = not inside
     return inside

@@ -359,11 +359,15 @@ class JT808Protocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         splitter = self.splitter
         frames = splitter.feed(data)
-        if frames or not splitter.buffered:  # a slow sender is timed per frame, not per byte
+        # A slow sender is timed per frame, not per byte. The splitter keeps a frame's closing
+        # flag (it may open the next one): one byte held after a frame is no partial frame, or
+        # every terminal quiet for frame_timeout between two frames was closed as "slow".
+        partial = splitter.buffered > 1
+        if frames or not partial:
             now = time.monotonic()
             if frames:
                 self.last_seen = now
-            self.partial_since = now if splitter.buffered else 0.0
+            self.partial_since = now if partial else 0.0
         elif not self.partial_since:
             self.partial_since = time.monotonic()
         if splitter.dropped:
