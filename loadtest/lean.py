@@ -78,7 +78,7 @@ from loadtest.terminal import (
     FixClock,
     SimTerminal,
 )
-from protocols.jt808 import V2013, V2019, unescape
+from protocols.jt808 import V2013, V2019, FrameSplitter, unescape
 from protocols.jt808.framing import wrap
 
 _FLAG = b"\x7e"
@@ -163,6 +163,7 @@ class Conn:
         "term",
         "ti",
         "tpls",
+        "tries",
         "wbuf",
     )
 
@@ -176,6 +177,7 @@ class Conn:
         self.step = 0  # fix time = start + step seconds
         self.ti = 0
         self.tpls: list[ReportTemplate] = []
+        self.tries = 0  # handshakes started (a busy server may time out on one)
         self.wbuf = b""
 
 
@@ -232,6 +234,7 @@ class Worker:
                 self.ep.unregister(c.fd)
             c.sock.close()
         c.sock, c.fd, c.live = None, -1, False
+        c.term.splitter = FrameSplitter()  # no partial frame of this link into the next one
 
     def _handshake(self, c: Conn, ev: int) -> bool | None:
         """One event of a connection being set up: True when authenticated, False on failure."""
@@ -275,11 +278,14 @@ class Worker:
         while (todo or busy) and time.monotonic() - t0 < cfg.setup_timeout:
             while todo and busy < limit:
                 c = todo.pop()
+                c.tries += 1
                 try:
                     self._open(c)
                     busy += 1
                 except OSError:
                     self.stats.connect_errors += 1
+                    if c.tries < 3:
+                        todo.insert(0, c)
             for fd, ev in self.ep.poll(0.05):
                 c = self.by_fd[fd]
                 done = self._handshake(c, ev)
@@ -291,6 +297,8 @@ class Worker:
                     self.stats.authenticated += 1
                 else:
                     self._close(c)
+                    if c.tries < 3:
+                        todo.insert(0, c)  # again, after the others
         for c in self.conns:
             if not c.live:
                 self._close(c)
