@@ -461,13 +461,13 @@ class Worker:
             last = now
             n_live = len(live)
             for _ in range(n_live):
-                if tokens < 1:
+                if tokens < burst:  # whole bursts only: the rest waits for the next tick
                     break
                 c = live[ring]
                 ring = ring + 1 if ring + 1 < n_live else 0
                 if c.sock is None:
                     continue
-                n = min(burst, int(tokens), window - len(c.pending))
+                n = min(burst, window - len(c.pending))
                 if n > 0:
                     tokens -= self._send(c, n, now)
         st.send_s = (now - self.go_ns) / 1e9
