@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -594,6 +595,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Lean, argparse.Namespace
     add("--postgres-pid", type=int, help="postmaster pid: count only its cluster")
     add("--verify-db", metavar="URL", help="count stored rows afterwards (asyncpg)")
     add("--recount", type=float, default=5.0, help="count again after this many s (spool)")
+    add("--json", action="store_true", help="also print the summary as one JSON line")
     a = p.parse_args(argv)
     try:
         host = loopback_address(a.host)
@@ -659,13 +661,27 @@ def main(argv: list[str] | None = None) -> int:
             db = asyncio.run(verify_db(a.verify_db, phones, cfg.start))
     s = summary(cfg, st, sampled, db)
     s["mode"] += f", burst {lean.burst}, tick {lean.tick_ms:g} ms"
+    s["latency_ms"]["p95"] = round(st.percentile(0.95), 3)
+    s["per_10s_sent_per_s"] = [
+        round(n / min(10.0, st.send_s - 10 * i), 1)
+        for i, n in enumerate(st.ivl_sent)
+        if st.send_s - 10 * i >= 1.0
+    ]
+    s["lean"] = (
+        {**extra, "reports_per_send": round(st.sent / extra["sends"], 2)}
+        if extra["sends"]
+        else extra
+    )
     print_report(s)
-    sends = extra["sends"]
     print(
-        f"lean: {sends:,} send() calls ({st.sent / sends if sends else 0:.1f} reports each),"
-        f" {extra['fallbacks']} frames via the full framing (escaping)",
+        f"lean: ack latency p95 {s['latency_ms']['p95']:.2f} ms; sent/s per 10 s "
+        + ", ".join(f"{n:,.0f}" for n in s["per_10s_sent_per_s"])
+        + f"; {extra['sends']:,} send() calls ({s['lean'].get('reports_per_send', 0)} reports"
+        f" each), {extra['fallbacks']} frames via the full framing (escaping)",
         flush=True,
     )
+    if a.json:
+        print(json.dumps({"lean": s}, ensure_ascii=False, default=str), flush=True)
     ok = st.authenticated == st.terminals and st.acked > 0 and st.unacked == 0
     if db is not None:
         ok = ok and db["stored"] == st.acked and db["duplicates"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -113,7 +114,8 @@ def test_lean_against_serve_every_ack_stored_once(short_tmp: Path) -> None:
         run = subprocess.run(
             [sys.executable, "-m", "loadtest.lean", "--port", str(jt808), "--terminals", "6",
              "--procs", "2", "--rate", "60", "--duration", "3", "--burst", "2",
-             "--v2019-share", "0.5", "--server-pid", str(proc.pid), "--verify-db", url],
+             "--v2019-share", "0.5", "--server-pid", str(proc.pid), "--verify-db", url,
+             "--json"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         out = run.stdout
@@ -124,6 +126,12 @@ def test_lean_against_serve_every_ack_stored_once(short_tmp: Path) -> None:
         assert f"acked {sent:,}  failed 0  unacked 0" in out
         assert "stored exactly once" in out
         assert f"server pid {proc.pid}:" in out
+        report = json.loads(out.splitlines()[-1])["lean"]
+        assert report["sent"] == report["acked"] == report["db"]["stored"] == sent
+        assert report["db"]["duplicates"] == 0 and report["unacked"] == 0
+        assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"]
+        assert report["latency_ms"]["p95"] <= report["latency_ms"]["p99"] < 5000
+        assert report["loadgen_cpu"]["us_per_position"] > 0
 
         async def count() -> tuple[int, int]:
             conn = await asyncpg.connect(url)
