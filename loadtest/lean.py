@@ -395,6 +395,7 @@ class Worker:
         pending = c.pending
         hist = st.hist
         got = 0
+        last_sent, bucket = -1, 0
         for msg_id, reply_serial, reply_id, result in acks:
             if msg_id != MSG_PLATFORM_ACK or reply_id != MSG_LOCATION:
                 st.other_msgs += 1
@@ -403,11 +404,14 @@ class Worker:
             if sent is None:
                 st.unexpected_acks += 1
                 continue
-            lat = now - sent
-            if lat > st.lat_max_ns:
-                st.lat_max_ns = lat
-            i = int(log(lat if lat > 1 else 1) * _HIST_SCALE)
-            hist[i if i < _HIST_SIZE else _HIST_SIZE - 1] += 1
+            if sent != last_sent:  # a burst's reports share their send time: one log() for all
+                last_sent = sent
+                lat = now - sent
+                if lat > st.lat_max_ns:
+                    st.lat_max_ns = lat
+                i = int(log(lat if lat > 1 else 1) * _HIST_SCALE)
+                bucket = i if i < _HIST_SIZE else _HIST_SIZE - 1
+            hist[bucket] += 1
             if result == 0:
                 got += 1
             else:
