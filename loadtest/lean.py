@@ -433,7 +433,7 @@ class Worker:
         sync("go")
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         now = self.go_ns = time.monotonic_ns()
-        end = now + int(cfg.duration * 1e9)
+        end = now + int(cfg.duration * 1e9) if live else now  # nobody logged in: no run
         tick = int(lean.tick_ms * 1e6)
         rate = cfg.rate / self.procs / 1e9  # positions per ns in this process
         window, burst = cfg.window, lean.burst
