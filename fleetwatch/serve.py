@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default: 127.0.0.1, this host only)",
     )
     parser.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the dashboard's cookies Secure (browsers then send them over HTTPS only): "
+        "use it when a TLS proxy serves the dashboard",
+    )
+    parser.add_argument(
         "--spool-budget-mb",
         type=_positive,
         default=2048,
@@ -383,7 +389,10 @@ class Server:
                 lambda name=name: hub.stats[name],  # type: ignore[misc]
             )  # fmt: skip
         metrics.gauge("fleetwatch_live_sockets", "open live sockets", lambda: len(hub.clients))
-        api = Api(self.pool, self.acknowledge, ignition=ignition_of)
+        api = Api(
+            self.pool, self.acknowledge, ignition=ignition_of,
+            secure_cookies=self.args.secure_cookies,
+        )  # fmt: skip
         return api.resource(
             GeofenceApi(api),
             BaseMapApi(api, self.tiles),

@@ -207,17 +207,19 @@ async def dashboard(
     gateway: Any = None,
     live: Limits | None = None,
     tiles: TileSource | None = None,
+    secure_cookies: bool = False,
 ) -> AsyncIterator[Dashboard]:
     """The seeded database served on a free 127.0.0.1 port for the duration; ``gateway``
     (a running CommandGateway) lets the alarm queue and the vehicle panel send commands;
-    ``live``: the live sockets' limits; ``tiles``: as ``serve --tiles``."""
+    ``live``: the live sockets' limits; ``tiles``: as ``serve --tiles``; ``secure_cookies``: as
+    ``serve --secure-cookies``."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     hub = LiveHub(pool, db_url)
     hub.ignition = ignition_of
     try:
         async with pool.acquire() as conn:
             seeded = await seed(conn)
-        api = Api(pool, limiter=limiter, ignition=ignition_of)
+        api = Api(pool, limiter=limiter, ignition=ignition_of, secure_cookies=secure_cookies)
         await hub.start()
         features = (
             GeofenceApi(api),

@@ -12,6 +12,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from fleetwatch.cli import main
 from maps.alarms import AlarmApi
@@ -44,6 +45,19 @@ async def _refused_queries(client: Client, path: str, cases: list[tuple[str, str
 
 def _plates(collection: dict) -> set[str]:
     return {f["properties"]["plate"] for f in collection["features"]}
+
+
+@pytest.mark.parametrize("secure", [False, True])
+@aio_test
+async def test_cookies_are_secure_behind_tls_only_when_asked(db_url: str, secure: bool) -> None:
+    """``serve --secure-cookies`` (a TLS proxy in front): both cookies are marked Secure; without
+    it they are not, or a browser on plain http://127.0.0.1 could never log in."""
+    async with dashboard(db_url, secure_cookies=secure) as dash:
+        reply = await dash.client().login("disp_a")
+        assert reply.status == 200, reply.body
+        for name in ("fw_session=", "fw_csrf="):
+            cookie = next(c for c in reply.cookies if c.startswith(name))
+            assert ("Secure" in cookie.split("; ")) is secure, cookie
 
 
 @aio_test

@@ -310,3 +310,19 @@ async def test_a_new_vehicle_is_judged_from_its_first_held_position(
 
         assert await eventually(fatigue, 10) == ["fatigue_continuous"]
         await terminal.close()
+
+
+def test_every_vehicle_can_be_planned_from_any_hour_without_its_script() -> None:
+    """A vehicle with a scripted role whose script did not fit the window (a live-only run)
+    gets a regular plan: at 23:20 Beijing time the forbidden-zone truck, homed in the zone and
+    off every hazmat run, once raised StopIteration and its terminal never came online."""
+    from loadtest.fleet.city import RoadNetwork
+    from loadtest.fleet.plan import HOUR, Plan, build_fleet
+
+    net = RoadNetwork()
+    start = time.time()
+    for vehicle in build_fleet(12):
+        for hour in range(24):
+            plan = Plan(vehicle, net, start + hour * HOUR, 1)
+            state = plan.state(plan.timeline.t + 48 * HOUR)
+            assert state is not None

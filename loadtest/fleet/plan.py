@@ -410,7 +410,10 @@ class Plan:
             there = spec.home if here in OUTER else rng.choice(OUTER)
             tl.drive(net.route(here, there), speeds, rng)
         elif cls == HAZMAT:
-            run = next(r for r in HAZMAT_RUNS if spec.home in r and here in r)
+            run = next((r for r in HAZMAT_RUNS if spec.home in r and here in r), None)
+            if run is None:  # the forbidden-zone truck whose script did not fit: its home lies
+                tl.park(tl.t + 6 * HOUR)  # in the zone, off every run, so it stays parked
+                return
             there = run[1] if here == run[0] else run[0]
             tl.drive(net.route(here, there, hazmat_roads(net)), speeds, rng)
         else:  # trucks: to a neighbouring place and, every other leg, home again

@@ -3,11 +3,12 @@
 // supervisors, "to review". Each item: acknowledge, handle (a note, what was done, optionally a
 // text read to the driver), close (a note unless handled), review; its timeline on demand.
 // A beep (WebAudio, no file) for new SOS, fatigue and speeding alarms, mutable (localStorage).
-// Clicking an alarm centres the map on it and opens the vehicle panel ("select-vehicle").
+// Clicking an alarm centres the map on it, opens the vehicle panel ("select-vehicle") and the
+// track around it ("replay", replay.js).
 // Test hooks: li[data-alert-id][data-status], #alerts[data-view][data-loaded], body[data-beeps].
 "use strict";
 import { $, T, addStrings, api, emit, on, onReady, when } from "./core.js";
-import { getMap } from "./map.js";
+import { getMap, mapLatLng } from "./map.js";
 
 addStrings({
   open_alarms: "报警队列", no_alarms: "暂无报警", ack: "确认", handle: "处理", close: "关闭",
@@ -201,14 +202,23 @@ function alertItem(a) {
   return li;
 }
 
-/** Centre the map where the alarm happened (or on the vehicle) and open its panel. */
+const AROUND_MS = 30 * 60 * 1000;
+
+/** Centre the map where the alarm happened, open the vehicle's panel, and replay its track
+ * from half an hour before the alarm to half an hour after its end (now while it lasts): the
+ * replay fits the map to that track and its alarm markers, so the panel and the map's own
+ * "show the vehicle" keep still (the vehicle may be far from where the alarm was). */
 function focusAlert(a) {
   const d = a.details || {};
   const map = getMap();
   if (map && typeof d.lon === "number" && typeof d.lat === "number") {
-    map.setView([d.lat, d.lon], Math.max(map.getZoom(), 14));
+    map.setView(mapLatLng(d.lon, d.lat), Math.max(map.getZoom(), 14));
   }
-  emit("select-vehicle", { id: a.vehicle_id, center: !(typeof d.lon === "number") });
+  emit("select-vehicle", { id: a.vehicle_id, center: false, show: false });
+  const now = Date.now();
+  const end = a.end_time ? Math.min(Date.parse(a.end_time) + AROUND_MS, now) : now;
+  const from = new Date(Date.parse(a.start_time) - AROUND_MS).toISOString();
+  emit("replay", { vehicleId: a.vehicle_id, from, to: new Date(Math.max(end, Date.parse(a.start_time))).toISOString() });
 }
 
 async function step(b, a, action, body) {

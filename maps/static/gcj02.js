@@ -23,3 +23,17 @@ export function wgs84ToGcj02(lon, lat) {
   const m = A * (1 - EE) / (w * Math.sqrt(w)), n = A / Math.sqrt(w);
   return [lon + dLon * 180 / (n * Math.cos(phi) * pi), lat + dLat * 180 / (m * pi)];
 }
+
+/** [lon, lat] GCJ-02 → [lon, lat] WGS-84: the inverse by fixed-point iteration, as
+ * geo/geodesy.py's gcj02_to_wgs84 (a shape drawn on GCJ-02 tiles is stored in WGS-84). */
+export function gcj02ToWgs84(lon, lat) {
+  if (!inChina(lon, lat)) return [lon, lat];
+  let w = [lon, lat];
+  for (let i = 0; i < 30; i++) {
+    const g = wgs84ToGcj02(w[0], w[1]);
+    const e = [g[0] - lon, g[1] - lat];
+    w = [w[0] - e[0], w[1] - e[1]];
+    if (Math.abs(e[0]) < 1e-10 && Math.abs(e[1]) < 1e-10) break;
+  }
+  return w;
+}

@@ -7,7 +7,7 @@
 // listed), [data-saved] (id of the last fence saved); list items have data-fence-id.
 "use strict";
 import { $, T, addStrings, api, emit, escapeHtml, on, onReady, session } from "./core.js";
-import { getMap } from "./map.js";
+import { getMap, mapLatLng, wgsLonLat } from "./map.js";
 import { CLASS_NAMES } from "./vehicles.js";
 
 addStrings({
@@ -101,7 +101,12 @@ function build() {
 
 // ------------------------------------------------------------------ map <-> GeoJSON
 
-const latlngs = (coords) => coords.map(([x, y]) => [y, x]);
+// Stored in WGS-84, drawn where the base map puts it (GCJ-02 on Chinese tiles, as the
+// vehicles): mapLatLng on the way in, wgsLonLat (its inverse) for what was drawn.
+const latlngs = (coords) => coords.map(([x, y]) => mapLatLng(x, y));
+const stored = (at) => wgsLonLat(at).map(r7);
+/** GeoJSON coordinates (any nesting) from map positions back to WGS-84. */
+const unshift = (c) => (typeof c[0] === "number" ? stored(L.latLng(c[1], c[0])) : c.map(unshift));
 
 function toLayer(f) {
   const p = f.properties;
@@ -109,7 +114,7 @@ function toLayer(f) {
   const style = { color: COLOURS[p.kind] || "#555", weight: 2, fillOpacity: 0.15,
     dashArray: f.editable ? null : "6 4" };
   let layer;
-  if (p.shape === "circle") layer = L.circle([g.coordinates[1], g.coordinates[0]], { ...style, radius: p.radius });
+  if (p.shape === "circle") layer = L.circle(mapLatLng(g.coordinates[0], g.coordinates[1]), { ...style, radius: p.radius });
   else if (p.shape === "rectangle") layer = L.rectangle(L.polygon(latlngs(g.coordinates[0])).getBounds(), style);
   else if (p.shape === "polygon") layer = L.polygon(g.coordinates.map(latlngs), style);
   else layer = L.polyline(latlngs(g.coordinates), { ...style, opacity: 0.6 });
@@ -130,17 +135,15 @@ function styleCorridor(layer, width) {
 }
 
 function geometryOf(shape, layer) {
-  if (shape === "circle") {
-    const c = layer.getLatLng();
-    return { type: "Point", coordinates: [r7(c.lng), r7(c.lat)] };
-  }
-  if (shape === "rectangle") {
+  if (shape === "circle") return { type: "Point", coordinates: stored(layer.getLatLng()) };
+  if (shape === "rectangle") { // its corners back to WGS-84 (metres apart from a true box at most)
     const b = layer.getBounds();
-    const [w, s, e, n] = [r7(b.getWest()), r7(b.getSouth()), r7(b.getEast()), r7(b.getNorth())];
+    const [w, s] = stored(b.getSouthWest());
+    const [e, n] = stored(b.getNorthEast());
     return { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] };
   }
-  const g = layer.toGeoJSON(7).geometry;
-  return g;
+  const g = layer.toGeoJSON(10).geometry;
+  return { type: g.type, coordinates: unshift(g.coordinates) };
 }
 
 // ------------------------------------------------------------------ list and loading

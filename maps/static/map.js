@@ -15,7 +15,7 @@
 "use strict";
 import { $, T, addStrings, api, emit, escapeHtml, lang, on, onReady, when } from "./core.js";
 import { drawBaseMap } from "./basemap.js";
-import { wgs84ToGcj02 } from "./gcj02.js";
+import { gcj02ToWgs84, wgs84ToGcj02 } from "./gcj02.js";
 import { iconRef, installIcons } from "./icons.js";
 
 addStrings({
@@ -50,6 +50,8 @@ let cluster = null;
 let timer = null;
 let latest = 0; // only the newest REST answer is applied (an older, slower one must not win)
 let toLatLng = (lon, lat) => L.latLng(lat, lon);
+let fromLatLng = (at) => [at.lng, at.lat];
+const popupExtenders = [];
 /** id → { id, props, lonlat, marker } */
 const vehicles = new Map();
 const pending = new Map(); // id → feature (newest wins), applied by flush()
@@ -64,6 +66,12 @@ let announce = null;
 export const getMap = () => map;
 /** A WGS-84 point where it is drawn on this map (shifted to GCJ-02 when the tiles are). */
 export const mapLatLng = (lon, lat) => toLatLng(lon, lat);
+/** A point of this map (a LatLng drawn on it) as WGS-84 [lon, lat]: mapLatLng's inverse, for
+ * what an operator draws (a geofence) to be stored in the platform's datum. */
+export const wgsLonLat = (at) => fromLatLng(L.latLng(at));
+/** Add to every vehicle popup: fn(box, vehicle) appends its own controls to the popup's box.
+ * The popup is rebuilt on each update of its vehicle, so extras added once would vanish. */
+export const addPopupExtender = (fn) => popupExtenders.push(fn);
 
 /** Apply one vehicle's feature (a full one, or a delta with some properties). */
 export function updateVehicle(feature) {
@@ -235,6 +243,7 @@ function popup(v) {
   button.textContent = following === v.id ? T.unfollow : T.follow;
   button.addEventListener("click", () => follow(following === v.id ? null : v.id));
   box.append(button);
+  for (const extend of popupExtenders) extend(box, { id: v.id, props: p, geometry: v.geometry });
   return box;
 }
 
@@ -370,6 +379,9 @@ async function start() {
   if (!map) {
     installIcons();
     furniture();
+    // the notice sits in the map's own corner: under the page it covered the replay panel
+    const notice = $("#basemap-notice");
+    if (notice) $("#map").append(notice);
     map = L.map("map", { zoomControl: true, attributionControl: false, maxZoom: 18, minZoom: 2, worldCopyJump: true })
       .setView([35, 105], 4);
     cluster = L.markerClusterGroup({
@@ -382,6 +394,7 @@ async function start() {
     const config = await api("GET", "basemap").catch(() => ({ tiles: null, gcj02: false }));
     if (config.gcj02) { // tiles drawn in GCJ-02: every position shifted for display
       toLatLng = (lon, lat) => { const [x, y] = wgs84ToGcj02(lon, lat); return L.latLng(y, x); };
+      fromLatLng = (at) => gcj02ToWgs84(at.lng, at.lat);
     }
     const overlays = await drawBaseMap(map, config, toLatLng, theme());
     const layers = { [T.layer_offline]: overlays.offline, [T.layer_labels]: overlays.labels };
@@ -406,6 +419,7 @@ on("alert", () => {
 on("alerts-changed", () => loadVehicles());
 on("alerts-changed-here", () => loadVehicles()); // an alarm handled here: its vehicle may leave "in alarm"
 on("select-vehicle", (id) => { // chosen elsewhere (the vehicle list): show it and its popup
+  if (typeof id === "object" && id !== null && id.show === false) return; // the caller places the map
   const v = vehicles.get(typeof id === "object" && id !== null ? id.id : id);
   // after the others' reactions (the panel re-centres the map): then show it, popup open
   if (v && v.marker) setTimeout(() => cluster.zoomToShowLayer(v.marker, () => v.marker.openPopup()), 300);

@@ -6,7 +6,7 @@
 // Test hooks: #panel[data-vehicle-id][data-loaded], #panel-reply[data-result].
 "use strict";
 import { $, T, addStrings, api, emit, on, onReady, when } from "./core.js";
-import { getMap } from "./map.js";
+import { getMap, mapLatLng } from "./map.js";
 
 addStrings({
   panel: { title: "车辆详情", close: "关闭", last: "最后上报", speed: "速度", limit: "限速",
@@ -109,7 +109,7 @@ async function show(id, center) {
   panel.hidden = false;
   panel.dataset.loaded = "true";
   const map = getMap();
-  if (center && map && last) map.setView([last.lat, last.lon], Math.max(map.getZoom(), 13));
+  if (center && map && last) map.setView(mapLatLng(last.lon, last.lat), Math.max(map.getZoom(), 13));
 }
 
 function setReply(text, result) {

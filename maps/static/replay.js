@@ -8,8 +8,8 @@
 // answer, parsed), data-t (playback time, ms), data-lon/data-lat
 // (the moving marker), data-playing.
 "use strict";
-import { $, T, addStrings, api, emit, escapeHtml, on, onReady, when } from "./core.js";
-import { getMap } from "./map.js";
+import { $, T, addStrings, api, emit, escapeHtml, on, when } from "./core.js";
+import { addPopupExtender, getMap, mapLatLng } from "./map.js";
 
 addStrings({
   replay: "轨迹回放", replay_vehicle: "车辆", replay_from: "开始", replay_to: "结束",
@@ -41,24 +41,16 @@ const state = {
 // ------------------------------------------------------------------ opening and the form
 
 $("#replay-open").addEventListener("click", () => openPanel({}));
-// A vehicle's popup (map.js marks its markers with vehicleId) gets a replay button.
-let popupHooked = false;
-onReady(() => {
-  const map = getMap();
-  if (!map || popupHooked) return;
-  popupHooked = true;
-  map.on("popupopen", (e) => {
-    const vehicleId = e.popup._source && e.popup._source.vehicleId;
-    const content = e.popup.getElement()?.querySelector(".leaflet-popup-content");
-    if (vehicleId === undefined || !content || content.querySelector(".replay-button")) return;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "replay-button";
-    button.dataset.vehicleId = String(vehicleId);
-    button.textContent = T.replay;
-    button.addEventListener("click", () => emit("replay", { vehicleId }));
-    content.append(document.createElement("br"), button);  // not update(): it re-renders
-  });
+// A vehicle's popup gets a replay button (map.js rebuilds popups on updates: an extender
+// is called on each build, so the button stays).
+addPopupExtender((box, vehicle) => {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "replay-button";
+  button.dataset.vehicleId = String(vehicle.id);
+  button.textContent = T.replay;
+  button.addEventListener("click", () => emit("replay", { vehicleId: vehicle.id }));
+  box.append(document.createElement("br"), button);
 });
 $("#replay-close").addEventListener("click", closePanel);
 on("replay", (detail) => openPanel(detail || {}));
@@ -179,7 +171,9 @@ function draw(collection) {
     coords, speeds: p.speeds, times: p.times.map((iso) => Date.parse(iso)),
   };
   // one polyline per run of one colour: a day is dozens of layers, not thousands
-  let run = [[coords[0][1], coords[0][0]]];
+  // drawn where the base map puts a WGS-84 point (GCJ-02 on Chinese tiles), as the vehicles
+  const at = ([lon, lat]) => mapLatLng(lon, lat);
+  let run = [at(coords[0])];
   let runColour = colour(p.speeds[1] ?? p.speeds[0]);
   for (let i = 1; i < coords.length; i++) {
     const c = colour(p.speeds[i]);
@@ -188,27 +182,29 @@ function draw(collection) {
       run = [run[run.length - 1]];
       runColour = c;
     }
-    run.push([coords[i][1], coords[i][0]]);
+    run.push(at(coords[i]));
   }
   L.polyline(run, { color: runColour, weight: 4, opacity: 0.9, renderer }).addTo(state.layers);
+  const bounds = L.latLngBounds(coords.map(at));
   for (const f of collection.features) {
     if (!f.geometry || f.properties.kind === "track") continue;
-    const [lon, lat] = f.geometry.coordinates;
+    const point = at(f.geometry.coordinates);
+    bounds.extend(point); // an alarm off the kept line is still in view
     const q = f.properties;
     const isStop = q.kind === "stop";
     const label = isStop
       ? `${T.replay_stop} ${Math.round(q.duration_s / 60)} ${T.replay_minutes}<br>${when(q.start)}`
       : `${escapeHtml((T.types && T.types[q.type]) || q.type)}<br>${when(q.start)}`;
-    L.circleMarker([lat, lon], {
+    L.circleMarker(point, {
       radius: isStop ? 6 : 7, weight: 2, color: "#fff", fillOpacity: 1,
       fillColor: isStop ? "#2c3e50" : "#c0392b", className: "replay-" + q.kind,
     }).bindTooltip(label).addTo(state.layers);
   }
-  state.marker = L.circleMarker([coords[0][1], coords[0][0]], {
+  state.marker = L.circleMarker(at(coords[0]), {
     radius: 9, weight: 3, color: "#fff", fillColor: "#e67e22", fillOpacity: 1,
   }).addTo(state.layers);
   panel.dataset.markers = String(state.layers.getLayers().length);
-  map.fitBounds(L.latLngBounds(coords.map(([lon, lat]) => [lat, lon])).pad(0.1));
+  map.fitBounds(bounds.pad(0.1));
   seek(state.track.times[0]);
 }
 
@@ -285,7 +281,7 @@ function seek(t) {
   const f = j > i ? (state.t - times[i]) / (times[j] - times[i]) : 0;
   const lon = coords[i][0] + (coords[j][0] - coords[i][0]) * f;
   const lat = coords[i][1] + (coords[j][1] - coords[i][1]) * f;
-  state.marker.setLatLng([lat, lon]);
+  state.marker.setLatLng(mapLatLng(lon, lat));
   const span = times[times.length - 1] - times[0] || 1;
   $("#replay-slider").value = String(Math.round(((state.t - times[0]) / span) * 1000));
   $("#replay-info").textContent = `${when(new Date(state.t).toISOString())} · ` +

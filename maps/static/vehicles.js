@@ -7,7 +7,7 @@
 // after filtering), [data-total]; each row has data-vehicle-id and data-status.
 "use strict";
 import { $, T, addStrings, api, emit, on, when } from "./core.js";
-import { getMap } from "./map.js";
+import { getMap, mapLatLng } from "./map.js";
 
 export const CLASS_NAMES = {
   zh: { police: "警车", school_bus: "校车", coach: "客车", heavy_truck: "重型货车", hazmat: "危化品车", other: "其他" },
@@ -132,7 +132,7 @@ function rowElement(r, i) {
 function select(id) {
   const row = all.find((r) => r.id === id);
   const map = getMap();
-  if (row && row.lonlat && map) map.setView([row.lonlat[1], row.lonlat[0]], Math.max(map.getZoom(), 14));
+  if (row && row.lonlat && map) map.setView(mapLatLng(row.lonlat[0], row.lonlat[1]), Math.max(map.getZoom(), 14));
   for (const el of document.querySelectorAll(".vl-row.selected")) el.classList.remove("selected");
   const el = document.querySelector(`.vl-row[data-vehicle-id="${id}"]`);
   if (el) el.classList.add("selected");
