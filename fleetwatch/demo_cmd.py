@@ -170,7 +170,9 @@ async def _seed(url: str, args: argparse.Namespace, fleet: list[Any]) -> tuple[d
     return passwords, newest
 
 
-async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
+async def wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """Until ``proc`` (a ``fleetwatch serve``) accepts on 127.0.0.1:``port``; DemoError if it
+    exits first or the port stays closed (the tests that start serve use it too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.returncode is not None:
@@ -239,8 +241,8 @@ async def _demo(args: argparse.Namespace) -> int:
             start_new_session=True,  # Ctrl-C is ours to relay
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        await _wait_for_port(args.http_port, serve, 60)
-        await _wait_for_port(args.jt808_port, serve, 30)
+        await wait_for_port(args.http_port, serve, 60)
+        await wait_for_port(args.jt808_port, serve, 30)
 
         now = time.time()
         start = now - args.hours * 3600

@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from fleetwatch.cli import main
+from fleetwatch.demo_cmd import wait_for_port
 from geo.geojson_io import parse_fences
 from loadtest.fleet.check import compare, expectations
 from loadtest.fleet.city import RoadNetwork, demo_fences
@@ -41,19 +42,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.returncode is None, f"exited with {proc.returncode}"
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"port {port} did not open within {timeout} s")
-
-
 @asynccontextmanager
 async def serving(db_url: str, workdir: Path, offline_s: float = 600) -> AsyncIterator[int]:
     """``fleetwatch serve --db`` on the test's database (policy known); yields its JT/T 808
@@ -68,7 +56,7 @@ async def serving(db_url: str, workdir: Path, offline_s: float = 600) -> AsyncIt
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await _wait_for_port(port, proc, 30)
+        await wait_for_port(port, proc, 30)
         yield port
     finally:
         proc.send_signal(signal.SIGINT)

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from fleetwatch.demo_cmd import wait_for_port
 from tests.aio import aio_test
 from tests.terminal_client import Terminal, report
 
@@ -24,20 +25,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def _wait_for_port(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if proc.returncode is not None:
-            raise AssertionError(f"fleetwatch serve exited with {proc.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"port {port} did not open within {timeout} s")
 
 
 def _value(metrics: str, series: str) -> int:
@@ -73,7 +60,7 @@ async def test_serve_embedded_end_to_end_and_ctrl_c(short_tmp: Path, workers: in
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        await _wait_for_port(jt808, proc, 60)
+        await wait_for_port(jt808, proc, 60)
         await asyncio.sleep(1.0 * (workers - 1))  # the other workers start listening too
         terminals = []
         for n in range(4):  # with several workers the kernel spreads these over them
