@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from alerts.model import FATIGUE_CONTINUOUS, FATIGUE_WARNING, OFFLINE, SPEEDING, TERMINAL_ALARM
+from fleetwatch.demo_cmd import wait_for_port
 from protocols.jt808 import Authenticate
 from store import pushes
 from store.alerts import Alert, AlertStore
@@ -28,7 +29,7 @@ from tests.aio import aio_test
 from tests.supervision_harness import Vehicle, eventually, fix
 from tests.terminal_client import Terminal
 from tests.test_rules_live import KM_PER_DEG, _bj
-from tests.test_serve import _free_port, _wait_for_port
+from tests.test_serve import _free_port
 
 OFFLINE_S = 5.0
 SOS = 1 << 0  # the alarm word's emergency bit
@@ -64,7 +65,7 @@ class Serve:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         log.close()
-        await _wait_for_port(self.port, self.proc, 60)
+        await wait_for_port(self.port, self.proc, 60)
         await asyncio.sleep(1.0 * (self.workers - 1))  # the other workers listen too
 
     async def kill(self) -> None:

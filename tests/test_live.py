@@ -317,7 +317,8 @@ async def test_a_client_that_does_not_read_is_dropped_others_carry_on(
 async def test_position_stored_by_worker_1_reaches_a_socket_on_worker_0(
     short_tmp: Path, pg_cluster: object, db_url: str
 ) -> None:
-    from tests.test_serve import _free_port, _wait_for_port
+    from fleetwatch.demo_cmd import wait_for_port
+    from tests.test_serve import _free_port
 
     jt808, http = _free_port(), _free_port()
     data = short_tmp / "data"
@@ -330,7 +331,7 @@ async def test_position_stored_by_worker_1_reaches_a_socket_on_worker_0(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        await _wait_for_port(http, proc, 60)
+        await wait_for_port(http, proc, 60)
         company = await conn.fetchval("INSERT INTO companies (name) VALUES ('W') RETURNING id")
         for n in range(8):
             await conn.execute(

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import asyncpg
 
+from fleetwatch.demo_cmd import wait_for_port
 from protocols.jt808 import LocationQueryReply, TerminalGeneralResponse
 from store.cluster import EmbeddedCluster
 from tests.aio import aio_test
 from tests.terminal_client import Terminal, report
-from tests.test_serve import _free_port, _wait_for_port
+from tests.test_serve import _free_port
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -53,7 +54,7 @@ async def test_send_text_query_and_track_through_serve_with_two_workers(short_tm
     terminals: dict[str, Terminal] = {}
     db = None
     try:
-        await _wait_for_port(jt808, serve, 60)
+        await wait_for_port(jt808, serve, 60)
         db = await asyncpg.connect(EmbeddedCluster.in_data_dir(data).url)
         # Connect terminals until both workers hold at least one (the kernel picks the worker;
         # the second worker may still be starting when the first already listens).
