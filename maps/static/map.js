@@ -390,7 +390,14 @@ async function start() {
     }).addTo(map);
     map.on("dragstart", () => { if (following !== null) follow(null); });
     map.on("zoomend moveend", dense);
-    cluster.on("animationend", dense);
+    // markercluster ignores a pan that lands during its zoom animation, which left the old
+    // view's markers drawn and the new view's missing until the next move: replay it
+    let missedMove = false;
+    map.on("moveend", () => { if (cluster._inZoomAnimation) missedMove = true; });
+    cluster.on("animationend", () => {
+      if (missedMove && !cluster._inZoomAnimation) { missedMove = false; cluster._moveEnd(); }
+      dense();
+    });
     const config = await api("GET", "basemap").catch(() => ({ tiles: null, gcj02: false }));
     if (config.gcj02) { // tiles drawn in GCJ-02: every position shifted for display
       toLatLng = (lon, lat) => { const [x, y] = wgs84ToGcj02(lon, lat); return L.latLng(y, x); };
