@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -191,3 +192,67 @@ async def test_retention_drops_only_old_daily_partitions(db_url: str) -> None:
         with pytest.raises(ValueError, match="six months"):
             await drop_expired(conn, today, retention_days=30)
         assert len(await list_partitions(conn)) == 3
+
+
+async def _reloptions(conn: asyncpg.Connection, name: str) -> list[str]:
+    return list(
+        await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = $1", name) or []
+    )
+
+
+@aio_test
+async def test_autovacuum_is_off_while_a_day_is_written_and_back_once_it_is_over(
+    db_url: str,
+) -> None:
+    """Today's and later partitions take every live insert without autovacuum passes; the
+    partition of a closed day gets autovacuum back, and autovacuum then really processes it
+    (visibility map, freezing, planner statistics), while last_positions keeps migration
+    0005's settings."""
+    today = date(2030, 5, 10)
+    off = "autovacuum_enabled=false"
+    async with connection(db_url) as conn:
+        await ensure_partitions(conn, today, ahead_days=1, behind_days=1)
+        assert await _reloptions(conn, "positions_20300509") == []  # closed day: default
+        assert await _reloptions(conn, "positions_20300510") == [off]
+        assert await _reloptions(conn, "positions_20300511") == [off]
+        assert off not in await _reloptions(conn, DEFAULT_PARTITION)
+
+        # A day's worth of rows (enough to pass autovacuum's insert and analyse thresholds)
+        # in today's partition and in tomorrow's.
+        for day in (10, 11):
+            start = datetime(2030, 5, day, tzinfo=UTC)
+            await insert(conn, *(fix(start + timedelta(seconds=s)) for s in range(1500)))
+
+        # The next day: the 10th is closed, the 11th is today, the 12th is new.
+        assert await ensure_partitions(conn, today + timedelta(days=1), 1, 1) == [
+            "positions_20300512"
+        ]
+        assert await _reloptions(conn, "positions_20300510") == []
+        assert await _reloptions(conn, "positions_20300511") == [off]
+        assert await _reloptions(conn, "positions_20300512") == [off]
+        options = await _reloptions(conn, "last_positions")
+        assert "autovacuum_vacuum_threshold=5000" in options and off not in options
+
+        # An operator's (or an older version's) partition is brought into line as well.
+        await conn.execute("ALTER TABLE positions_20300512 RESET (autovacuum_enabled)")
+        await ensure_partitions(conn, today + timedelta(days=1), 1, 1)
+        assert await _reloptions(conn, "positions_20300512") == [off]
+
+        # Autovacuum (naptime 5 s in the embedded cluster) now vacuums and analyses the
+        # closed day from the inserts counted while it was off; the open day stays untouched.
+        deadline = asyncio.get_running_loop().time() + 90
+        stats = """
+            SELECT relname, last_autovacuum IS NOT NULL AS vacuumed,
+                   last_autoanalyze IS NOT NULL AS analysed
+            FROM pg_stat_user_tables WHERE relname IN ('positions_20300510', 'positions_20300511')
+        """
+        while True:
+            state = {r["relname"]: (r["vacuumed"], r["analysed"]) for r in await conn.fetch(stats)}
+            if state.get("positions_20300510") == (True, True):
+                break
+            assert asyncio.get_running_loop().time() < deadline, state
+            await asyncio.sleep(1)
+        assert state["positions_20300511"] == (False, False)
+        assert await conn.fetchval(
+            "SELECT reltuples FROM pg_class WHERE relname = 'positions_20300510'"
+        ) == 1500
