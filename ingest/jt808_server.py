@@ -168,6 +168,7 @@ class IngestService:
         #: The command gateway's end in this process (alerts.gateway): commands to terminals.
         self.terminals = TerminalEnd()
         self.paused = False
+        self._to_flush: list[JT808Protocol] = []  # connections with acks queued this turn
         self.metrics.gauge(
             "fleetwatch_terminals_connected",
             "open terminal connections",
@@ -185,6 +186,18 @@ class IngestService:
         self.metrics.inc("fleetwatch_backpressure_events_total", state="on" if on else "off")
         for conn in self.connections:
             conn.set_paused(on)
+
+    def flush_soon(self, conn: JT808Protocol) -> None:
+        """``conn`` has queued output: send it at the end of this loop turn, with whatever
+        else the turn queues for it (see :meth:`JT808Protocol.queue`)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush_queued)
+        self._to_flush.append(conn)
+
+    def _flush_queued(self) -> None:
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            conn.flush_queued()
 
     def bind(self, conn: JT808Protocol) -> None:
         """A terminal authenticated: a second connection of the same terminal replaces the first."""
@@ -282,6 +295,7 @@ class JT808Protocol(protocol.Protocol):
         self._waiting = False  # a registration/authentication answer is pending
         self._held = False  # not read while the backlog is full
         self._closed = False
+        self._queued: list[bytes] | None = None  # acks waiting for the end of the loop turn
         self.commands = PendingCommands()
         self.gnss: dict[str, Any] = {}  # quality of the latest 0x0900 GNSS detail data
         self.gnss_at = 0.0
@@ -593,11 +607,12 @@ class JT808Protocol(protocol.Protocol):
                 # Not durable: no ack, so the terminal retransmits it.
                 self.metrics.inc("fleetwatch_positions_unacked_total", len(positions))
                 return
-            metrics = self.metrics
-            metrics.add(service.k_positions[outcome], len(positions))
+            self.metrics.add(service.k_positions[outcome], len(positions))
             service.ack_seconds.observe(time.monotonic() - started)
             for serial in message.part_serials or (header.serial,):
-                self.reply(header, RESULT_OK, serial)
+                frame = self._ack(header, RESULT_OK, serial)
+                if frame is not None:
+                    self.queue(frame)
 
         service.write(positions, durable)
 
@@ -715,19 +730,43 @@ class JT808Protocol(protocol.Protocol):
         if isinstance(sent, int) and sent < len(data):
             transport.write(data[sent:])
 
-    def reply(self, header: Header, result: int, serial: int | None = None) -> None:
-        """0x8001 for a terminal message (or for one part of it: ``serial``)."""
+    def queue(self, data: bytes) -> None:
+        """Send ``data`` at the end of this loop turn, in one ``send()`` with the rest queued
+        for this connection meanwhile. A flush acknowledges every report it stored at once,
+        and a terminal's reports of one read are in the same flush: at 15,000 positions/s a
+        ``send()`` per ack was a third of a worker's time (sampled), a syscall each, and on
+        loopback each also runs the receiver's TCP path."""
+        queued = self._queued
+        if queued is None:
+            self._queued = [data]
+            self.service.flush_soon(self)
+        else:
+            queued.append(data)
+
+    def flush_queued(self) -> None:
+        queued, self._queued = self._queued, None
+        if queued and not self._closed:
+            self.write(queued[0] if len(queued) == 1 else b"".join(queued))
+
+    def _ack(self, header: Header, result: int, serial: int | None = None) -> bytes | None:
+        """0x8001 for a terminal message (or for one part of it: ``serial``); None (logged)
+        when the connection is closed or the terminal's phone does not fit its layout."""
         if self._closed:
-            return
+            return None
         try:
-            frame = encode_general_response(
+            return encode_general_response(
                 self.phone, self.next_serial(), header.serial if serial is None else serial,
                 header.msg_id, result, self.version, self.protocol_version,
             )  # fmt: skip
         except JT808Error as exc:
             self.bad("cannot answer {peer} ({phone}): {error}", error=str(exc))
-            return
-        self.write(frame)
+            return None
+
+    def reply(self, header: Header, result: int, serial: int | None = None) -> None:
+        """0x8001 for a terminal message (or for one part of it: ``serial``), sent now."""
+        frame = self._ack(header, result, serial)
+        if frame is not None:
+            self.write(frame)
 
     def request_missing_parts(self, now: float) -> None:
         request, abandon = self.reassembler.due(now)

@@ -253,6 +253,9 @@ async def test_autovacuum_is_off_while_a_day_is_written_and_back_once_it_is_over
             assert asyncio.get_running_loop().time() < deadline, state
             await asyncio.sleep(1)
         assert state["positions_20300511"] == (False, False)
-        assert await conn.fetchval(
-            "SELECT reltuples FROM pg_class WHERE relname = 'positions_20300510'"
-        ) == 1500
+        assert (
+            await conn.fetchval(
+                "SELECT reltuples FROM pg_class WHERE relname = 'positions_20300510'"
+            )
+            == 1500
+        )
