@@ -233,29 +233,25 @@ class Server:
 
 
 def _listener_pid(port: int) -> int | None:
-    """The pid listening on ``port`` (to sample an external server's CPU; None if not ours)."""
-    inode = None
+    """The ``fleetwatch serve`` listening on ``port`` (its first worker, whose children are the
+    others), to sample an external server's CPU; None when it is not found."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             for line in f.readlines()[1:]:
                 parts = line.split()
                 if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    inode = parts[9]
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for name in os.listdir("/proc"):
+                    inodes.add(f"socket:[{parts[9]}]")
+    for name in os.listdir("/proc") if inodes else []:
         if not name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{name}/fd"):
-                if os.readlink(f"/proc/{name}/fd/{fd}") == target:
-                    pids = [int(name)]  # the oldest holder: serve's first worker
-                    parent = _parent(int(name))
-                    while parent and _holds(parent, target):
-                        pids.append(parent)
-                        parent = _parent(parent)
-                    return pids[-1]
+            if any(os.readlink(f"/proc/{name}/fd/{fd}") in inodes
+                   for fd in os.listdir(f"/proc/{name}/fd")):  # fmt: skip
+                pid = int(name)
+                while _is_serve(_parent(pid)):
+                    pid = _parent(pid)
+                return pid
     return None
 
 
@@ -265,12 +261,13 @@ def _parent(pid: int) -> int:
     return int(data[data.rindex(b")") + 2 :].split()[1])
 
 
-def _holds(pid: int, target: str) -> bool:
-    with contextlib.suppress(OSError):
-        return any(
-            os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")
-        )
-    return False
+def _is_serve(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in argv and any(b"fleetwatch" in a for a in argv)
 
 
 async def create_login(db_url: str) -> str:
@@ -290,6 +287,19 @@ async def create_login(db_url: str) -> str:
     finally:
         await conn.close()
     return password
+
+
+async def postmaster_pid(db_url: str) -> int | None:
+    """The postmaster of a running database on this host: the parent of our backend."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        return _parent(int(await conn.fetchval("SELECT pg_backend_pid()")))  # while it lives
+    except (OSError, ValueError):
+        return None  # another host's, or not ours to read
+    finally:
+        await conn.close()
 
 
 def scrape_flush(http_port: int) -> dict[str, float]:
@@ -592,7 +602,8 @@ async def run(plan: Plan) -> dict[str, Any]:
             say(f"loadtest: starting serve --workers {plan.workers} on a fresh embedded PostGIS")
             await asyncio.to_thread(server.start, plan)
             say(f"loadtest: serve pid {server.pid}, JT/T 808 port {server.port}, "
-                f"HTTP port {server.http_port}, workers {server.server_pids()}")  # fmt: skip
+                f"HTTP port {server.http_port}, workers {server.server_pids()}, "
+                f"data in {server.work}")  # fmt: skip
         report = await _measure(plan, server, started, load_before)
     finally:
         await asyncio.to_thread(server.stop)
@@ -610,6 +621,8 @@ async def _measure(
         newest = await newest_fix(server.db_url, phones)
         if newest is not None and newest >= cfg.start:  # a second run against the same DB
             cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
+    if server.db_url and server.postgres_pid is None:
+        server.postgres_pid = await postmaster_pid(server.db_url)
     password = await create_login(server.db_url) if server.db_url else None
     probes = Probes(server.host, server.port, plan.probes, plan.alert_every)
     client = task = None
