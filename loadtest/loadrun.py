@@ -220,16 +220,30 @@ class Server:
         text = (self.work / "serve.log").read_text(errors="replace")
         return text[-1500:]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, timeout: float = 120.0) -> str:
+        """Stop our serve (Ctrl-C: it flushes and stops its cluster) and remove its directory;
+        what happened, with the time it took (a slow shutdown is worth knowing)."""
+        if self.proc is None:
+            return "external server left running"
+        t0 = time.monotonic()
+        outcome = "stopped"
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(90)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                outcome = f"killed after {timeout:g} s"
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         if self.work is not None:
+            from store.cluster import EmbeddedCluster
+
+            cluster = EmbeddedCluster.in_data_dir(self.work / "data")
+            if cluster.running:  # serve did not stop it (killed): no orphan postmaster
+                cluster.stop("immediate")
+                outcome += ", its PostgreSQL stopped here"
             shutil.rmtree(self.work, ignore_errors=True)
+        return f"serve {outcome} in {time.monotonic() - t0:.1f} s (exit {self.proc.returncode})"
 
 
 def _listener_pid(port: int) -> int | None:
@@ -531,7 +545,7 @@ class Collector:
         s = {
             "t": time.monotonic(),
             "server": {pid: proc_cpu(pid) for pid in pids},
-            "pg": sum(pg.values()),
+            "pg": pg,
         }
         self.samples.append(s)
         return s
@@ -557,7 +571,10 @@ def usage_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {
         "server_cpu_pct": cpu,
         "rss_mb": round(rss / 2**20, 1),
-        "pg_cpu_pct": round(100 * (b["pg"] - a["pg"]) / wall, 1),
+        # per process: a backend that exits takes its CPU seconds with it
+        "pg_cpu_pct": round(
+            100 * sum(cpu - a["pg"].get(pid, 0.0) for pid, cpu in b["pg"].items()) / wall, 1
+        ),
     }
 
 
@@ -605,8 +622,11 @@ async def run(plan: Plan) -> dict[str, Any]:
                 f"HTTP port {server.http_port}, workers {server.server_pids()}, "
                 f"data in {server.work}")  # fmt: skip
         report = await _measure(plan, server, started, load_before)
+        js, svg = write_report(plan, report)  # before the server stops: that can take a while
+        print(summary_table(report))
+        print(f"report: {js}\nchart:  {svg}", flush=True)
     finally:
-        await asyncio.to_thread(server.stop)
+        say("loadtest: " + await asyncio.to_thread(server.stop))
     return report
 
 
@@ -926,9 +946,6 @@ def main(plan: Plan) -> int:
     """Run, write the report, print the summary; 0 when every acknowledged position was
     stored exactly once (and, with --connections, every terminal stayed connected)."""
     report = asyncio.run(run(plan))
-    js, svg = write_report(plan, report)
-    print(summary_table(report))
-    print(f"report: {js}\nchart:  {svg}")
     ok = report["acked"] > 0 and (report["exactly_once"] or report["stored"] is None)
     c = report.get("connections")
     if c:
