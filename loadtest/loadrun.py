@@ -221,14 +221,16 @@ class Server:
         return text[-1500:]
 
     def stop(self, timeout: float = 120.0) -> str:
-        """Stop our serve (Ctrl-C: it flushes and stops its cluster) and remove its directory;
+        """Stop our serve (it flushes and stops its cluster) and remove its directory;
         what happened, with the time it took (a slow shutdown is worth knowing)."""
         if self.proc is None:
             return "external server left running"
         t0 = time.monotonic()
         outcome = "stopped"
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: started from a background job, serve inherits SIGINT
+            # ignored, and then Twisted leaves it ignored
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

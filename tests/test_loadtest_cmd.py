@@ -86,7 +86,7 @@ def test_rate_ramp_against_a_running_server(short_tmp: Path) -> None:
             "--server", f"127.0.0.1:{jt808}", "--db", url, "--http", f"http://127.0.0.1:{http}",
         )  # fmt: skip
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # SIGINT is ignored when pytest runs in the background
         proc.communicate(timeout=120)
     assert "target 600/s" in text and "p99 so far" in text  # progress on stderr
     assert "exactly once                  yes" in text
