@@ -819,6 +819,7 @@ def _report(
         "stored": db["stored"] if db else None,
         "duplicates": db["duplicates"] if db else None,
         "exactly_once": bool(db and db["stored"] == st.acked and db["duplicates"] == 0),
+        "setup_s": round(st.setup_s, 1),  # connect, register, authenticate every terminal
         "run_s": round(run_s, 1),
         "acked_per_s": round(st.acked / st.send_s, 1) if st.send_s else 0.0,
         "ack_latency_ms": {
@@ -850,6 +851,12 @@ def _report(
             "rss_end_mb": round(rss["end"] / 2**20, 1),
             "rss_per_connection_kb": (
                 round((rss["go"] - rss["idle"]) / st.authenticated / 1024, 2)
+                if st.authenticated
+                else None
+            ),
+            # RSS keeps growing while they stay (buffers, session state): the end's view too
+            "rss_per_connection_end_kb": (
+                round((rss["end"] - rss["idle"]) / st.authenticated / 1024, 2)
                 if st.authenticated
                 else None
             ),
@@ -938,7 +945,9 @@ def summary_table(report: dict[str, Any]) -> str:
              f"{c['requested']:,} / {c['authenticated']:,} / {c['connected_at_end']:,}"),
             ("heartbeats sent/acked", f"{c['heartbeats_sent']:,} / {c['heartbeats_acked']:,}"),
             ("server RSS idle → connected MB", f"{c['rss_idle_mb']} → {c['rss_connected_mb']}"),
-            ("RSS per connection KB", str(c["rss_per_connection_kb"])),
+            ("RSS per connection KB (all in / at end)",
+             f"{c['rss_per_connection_kb']} / {c['rss_per_connection_end_kb']}"),
+            ("setup (connect + register + auth) s", str(report["setup_s"])),
         ]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
