@@ -156,3 +156,24 @@ def test_connections_on_its_own_server(short_tmp: Path) -> None:
     work = Path(text.split("data in ", 1)[1].split()[0])
     assert work.name.startswith("fwload-") and not work.exists()  # its server's dir is removed
     _check_chart(chart, 5)
+
+
+def test_bad_options_are_one_line_errors(capsys: Any) -> None:
+    from fleetwatch.cli import main
+
+    for argv, message in [
+        (["--rate", "100", "--server", "127.0.0.1:1"], "--server, --db and --http go together"),
+        (["--rate", "-5"], "--rate must be > 0"),
+        (["--connections", "0"], "--connections must be ≥ 1"),
+        (["--rate", "100", "--alert-every", "0.5"], "--alert-every > 1"),
+    ]:
+        assert main(["loadtest", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["loadtest", "--rate", "1", "--connections", "5"]) == 2  # one or the other
+    # a server that is not there: an error naming it, no traceback
+    argv = ["loadtest", "--rate", "100", "--server", "127.0.0.1:1", "--db",
+            "postgresql:///x?host=/nonexistent", "--http", "http://127.0.0.1:1"]  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "fleetwatch.cli", *argv], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "nothing listens on 127.0.0.1:1" in run.stderr and "Traceback" not in run.stderr
