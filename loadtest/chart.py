@@ -2,16 +2,17 @@
 polylines are a few dozen lines, and a new heavy dependency for them is not worth it).
 
 Top panel: positions/s per second, sent and acknowledged, and the target rate. Bottom panel:
-that second's p99 ack latency (ms). One point per second of ``report["per_second"]``."""
+that second's p99 ack latency (ms). With ``--connections`` a third panel: terminals connected.
+One point per second of ``report["per_second"]``."""
 
 from __future__ import annotations
 
 from typing import Any
 from xml.sax.saxutils import escape
 
-W, H = 900, 560
+W = 900
 LEFT, RIGHT = 70, 20
-PANELS = ((52, 270), (320, 510))  # (top, bottom) y of each plot area
+PANELS = ((52, 270), (320, 510), (560, 750))  # (top, bottom) y of each plot area
 
 
 def _nice(top: float) -> float:
@@ -54,7 +55,8 @@ def _panel(
         v = y_max * k / 4
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
                    'stroke="#eee"/>')  # fmt: skip
-        out.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
+        text = f"{v:,.0f}" if y_max >= 20 else f"{v:.2f}".rstrip("0").rstrip(".")
+        out.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{text}</text>')
     out.append(f'<text x="{LEFT}" y="{top - 8}">{escape(label)}</text>')
     for n, (key, color, name, dash) in enumerate(keys):
         out.append(_line([(x(r["t"]), y(float(r.get(key) or 0))) for r in rows], color, dash))
@@ -72,9 +74,11 @@ def chart_svg(report: dict[str, Any]) -> str:
     t_max = max((float(r["t"]) for r in rows), default=1.0) or 1.0
     title = (f"fleetwatch loadtest, {report.get('mode', '')}, {report.get('started', '')}: "
              f"p99 ack {report.get('ack_latency_ms', {}).get('p99', '?')} ms")  # fmt: skip
+    panels = 3 if report.get("mode") == "connections" else 2
+    h = PANELS[panels - 1][1] + 50
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-        f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" '
+        f'viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="{LEFT}" y="18" font-size="14">{escape(title)}</text>',
     ]
@@ -83,10 +87,13 @@ def chart_svg(report: dict[str, Any]) -> str:
                     PANELS[0], t_max, "positions per second")  # fmt: skip
     parts += _panel(rows, [("ack_p99_ms", "#d62728", "p99 ack, ms", "")], PANELS[1], t_max,
                     "p99 ack latency of each second, ms")  # fmt: skip
+    if panels == 3:
+        parts += _panel(rows, [("connected", "#9467bd", "connected", "")], PANELS[2], t_max,
+                        "terminals connected")  # fmt: skip
     for k in range(6):
         t = t_max * k / 5
         xx = LEFT + (W - LEFT - RIGHT) * k / 5
-        parts.append(f'<text x="{xx:.1f}" y="{PANELS[1][1] + 16}" text-anchor="middle">'
-                     f"{t:,.0f} s</text>")  # fmt: skip
+        parts.append(f'<text x="{xx:.1f}" y="{PANELS[panels - 1][1] + 16}" '
+                     f'text-anchor="middle">{t:,.0f} s</text>')  # fmt: skip
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -530,7 +530,8 @@ class Collector:
             except (EOFError, OSError):
                 return
             with self.lock:
-                row = self.seconds.setdefault(sec, {"sent": 0, "acked": 0, "hist": {}})
+                row = self.seconds.setdefault(sec, {"sent": 0, "acked": 0, "hist": {}, "open": {}})
+                row["open"][k] = open_conns
                 row["sent"] += sent
                 row["acked"] += acked
                 for i, n in delta.items():
@@ -796,6 +797,7 @@ def _report(
         near = min(per_second, key=lambda p: abs(p["t"] - sec - 1), default={})
         seconds.append({
             "t": sec + 1, "target": lean_rate(plan, sec), "sent": r["sent"], "acked": r["acked"],
+            "connected": sum(r["open"].values()),
             "ack_p99_ms": round(hist_percentile(sorted(r["hist"].items()), 0.99), 2),
             **{k: v for k, v in near.items() if k != "t"},
         })  # fmt: skip
@@ -937,7 +939,8 @@ def summary_table(report: dict[str, Any]) -> str:
     fl = report["writer_flush"]
     rows.append(("writer flushes, mean ms", f"{fl['flushes']:,}, {fl['mean_ms']}"))
     gen = report["loadgen"]["cpu"]
-    rows.append(("generator µs/position", str(gen["us_per_position"])))
+    if report["mode"] == "rate":  # with --connections its CPU goes to heartbeats mostly
+        rows.append(("generator µs/position", str(gen["us_per_position"])))
     c = report.get("connections")
     if c:
         rows += [

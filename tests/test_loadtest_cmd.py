@@ -38,11 +38,11 @@ def _loadtest(out: Path, *args: str) -> tuple[dict[str, Any], str, Path]:
     return json.loads(reports[0].read_text()), text, charts[0]
 
 
-def _check_chart(path: Path, seconds: int) -> None:
+def _check_chart(path: Path, seconds: int, lines_drawn: int = 4) -> None:
     root = ET.parse(path).getroot()  # well-formed XML
     assert root.tag == f"{SVG}svg"
     lines = root.findall(f"{SVG}polyline")
-    assert len(lines) == 4  # target, sent, acked; p99
+    assert len(lines) == lines_drawn  # target, sent, acked; p99; (connected)
     points = [len(p.get("points", "").split()) for p in lines]
     assert all(n >= seconds for n in points), points
 
@@ -155,7 +155,10 @@ def test_connections_on_its_own_server(short_tmp: Path) -> None:
     assert report["loadgen"]["processes"] == 2
     work = Path(text.split("data in ", 1)[1].split()[0])
     assert work.name.startswith("fwload-") and not work.exists()  # its server's dir is removed
-    _check_chart(chart, 5)
+    _check_chart(chart, 5, 5)
+    assert [r["connected"] for r in report["per_second"]][1:-1] == [300] * (
+        len(report["per_second"]) - 2
+    )
 
 
 def test_bad_options_are_one_line_errors(capsys: Any) -> None:
