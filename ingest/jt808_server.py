@@ -143,6 +143,8 @@ class IngestService:
         self.k_positions = {
             o: m.key("fleetwatch_positions_total", outcome=o) for o in ("db", "spool")
         }
+        #: one per send() of queued acks (a connection's acks of one flush share one)
+        self.k_queued_sends = m.key("fleetwatch_queued_sends_total")
         self.ack_seconds = m.histogram(
             "fleetwatch_ack_seconds",
             "location report received → acknowledged (rows durable), seconds",
@@ -196,6 +198,7 @@ class IngestService:
 
     def _flush_queued(self) -> None:
         conns, self._to_flush = self._to_flush, []
+        self.metrics.add(self.k_queued_sends, len(conns))
         for conn in conns:
             conn.flush_queued()
 

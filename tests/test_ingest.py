@@ -274,3 +274,21 @@ async def test_gnss_detail_adds_quality_to_the_next_positions(db_url: str, short
         assert (await terminal.receive()).body.result == 0
         extras = (await _rows(ingest.pool, "13900000012"))[0]["extras"]
         assert '"gnss_hdop": 0.9' in extras and '"gnss_satellites": 9' in extras
+
+
+@aio_test
+async def test_acks_of_one_flush_go_out_in_one_send(db_url: str, short_tmp: Path) -> None:
+    """Reports that arrive together are stored in one flush; their acks (each its own 0x8001,
+    in order) leave in one send() rather than one each."""
+    async with running_ingest(db_url, short_tmp) as ingest:
+        terminal = await Terminal.connect(ingest.port, "13900000031")
+        await terminal.login("沪A00031")
+        frames = [encode_frame(report(i), phone="13900000031", serial=100 + i) for i in range(8)]
+        await terminal.send_raw(b"".join(frames))
+        acks = [await terminal.receive() for _ in range(8)]
+        assert [(a.body.reply_serial, a.body.reply_id, a.body.result) for a in acks] == [
+            (100 + i, 0x0200, 0) for i in range(8)
+        ]
+        assert len(await _rows(ingest.pool, "13900000031")) == 8
+        assert ingest.metrics.value("fleetwatch_queued_sends_total") == 1
+        await terminal.close()
