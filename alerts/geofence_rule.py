@@ -339,7 +339,11 @@ class GeofenceRule:
         index_fences = self.index.fences
 
         prev = lane.last
-        if prev is not None and fix.t - lane.last_t <= self.max_crossing_gap_s:
+        if (
+            prev is not None
+            and fences is not lane.last_fences  # the same dict: one fixed cell (index.classify)
+            and fix.t - lane.last_t <= self.max_crossing_gap_s
+        ):
             crossed = self.index.crossed_between(
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
