@@ -331,13 +331,7 @@ class GeofenceRule:
 
     def _step(self, veh: _Vehicle, lane: _Lane, fix: Fix, events: list[AlertEvent]) -> None:
         pos = fix.position
-        t = pos.fix_time
         fences = fix.fences
-        late = fix.late
-        driver = fix.driver
-        first = lane.last is None
-        index_fences = self.index.fences
-
         prev = lane.last
         if (
             prev is not None
@@ -348,10 +342,16 @@ class GeofenceRule:
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
             for fid in crossed:
-                self._crossing(veh, lane, index_fences[fid], prev, pos, late, driver, events)
+                skipped = self.index.fences[fid]
+                self._crossing(veh, lane, skipped, prev, pos, fix.late, fix.driver, events)
 
         states = lane.states
-        if fences or states:
+        if fences or states:  # (most fixes are in no fence and have no state: done)
+            t = pos.fix_time
+            late = fix.late
+            driver = fix.driver
+            first = prev is None
+            index_fences = self.index.fences
             if len(fences) == 1 and (not states or states.keys() <= fences.keys()):
                 fids: Iterable[int] = fences  # one fence (the usual case): nothing to sort
             else:
@@ -400,7 +400,7 @@ class GeofenceRule:
         lane.last = pos
         lane.last_t = fix.t
         lane.last_fences = fences
-        lane.last_late = late
+        lane.last_late = fix.late
 
     def _advance(
         self,

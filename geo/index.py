@@ -38,6 +38,7 @@ _CONST, _CIRC, _RECT, _EDGES, _SHAPELY = 0, 1, 2, 3, 4
 _DENSIFY_DEG = 0.005
 _QUAD_SEGS = 8  # buffer arcs: 32 segments per circle, <= 0.5% of the buffer distance off
 _EDGE_LIMIT = 48  # more edges than this in one cell: let GEOS test the point instead
+_bisect_left, _bisect_right = bisect.bisect_left, bisect.bisect_right
 _floor = math.floor  # (a module global: one lookup less per call on the hot paths)
 
 
@@ -713,34 +714,44 @@ def _meets_box(
     return True
 
 
+_Parity = tuple[bool, list[float], int, list[float], list[tuple[tuple[float, float, float], ...]]]
+
+
 def _parity(
     ref_inside: bool, edges: tuple[tuple[float, ...], ...], rx: float, ry: float
-) -> tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]]:
+) -> _Parity:
     """What :func:`_inside` needs of one boundary in one cell, whose reference point r is
     ``ref_inside``: the sorted latitudes where the boundary crosses the meridian of r, how
-    many of them are below r, and the edges that are not horizontal as (ay, by, ax, dx/dy)."""
+    many of them are below r, and the edges that are not horizontal cut into latitude bands:
+    the sorted distinct end latitudes of those edges, and per band between two of them the
+    edges that straddle it, as (ax, ay, dx/dy). An edge straddles a latitude y when
+    min(ay, by) <= y < max(ay, by), the same for every y of a band ``[ys[i-1], ys[i])``, so
+    a position's latitude picks its band's few edges by bisection instead of testing all."""
     ys = sorted(
         ay + (rx - ax) * ey / ex for ax, ay, bx, by, ex, ey in edges if (ax > rx) != (bx > rx)
     )
-    slanted = tuple((ay, by, ax, ex / ey) for ax, ay, bx, by, ex, ey in edges if ay != by)
-    return ref_inside, ys, bisect.bisect_left(ys, ry), slanted
+    slanted = [
+        (min(ay, by), max(ay, by), (ax, ay, ex / ey))
+        for ax, ay, bx, by, ex, ey in edges
+        if ay != by
+    ]
+    breaks = sorted({y for lo, hi, _ in slanted for y in (lo, hi)})
+    bands: list[tuple[tuple[float, float, float], ...]] = [()]  # below the lowest end
+    for lo_band, hi_band in itertools.pairwise(breaks):
+        bands.append(tuple(e for lo, hi, e in slanted if lo <= lo_band and hi >= hi_band))
+    bands.append(())  # at or above the highest end
+    return ref_inside, ys, bisect.bisect_left(ys, ry), breaks, bands
 
 
-def _inside(
-    parity: tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]],
-    rx: float,
-    qx: float,
-    qy: float,
-) -> bool:
+def _inside(parity: _Parity, rx: float, qx: float, qy: float) -> bool:
     """Whether q is inside, by the parity of the boundary crossings on the way from the
     reference point r (both in one cell, as are the edges): along r's meridian to q's
     latitude (a bisection in the sorted crossings), then along that parallel to q (only
-    the edges that straddle it can be crossed: two comparisons for most)."""
-    ref_inside, ys, below, slanted = parity
-    inside = ref_inside != bool((bisect.bisect_left(ys, qy) - below) & 1)
-    for ay, by, ax, slope in slanted:
-        if (ay > qy) != (by > qy):
-            x = ax + (qy - ay) * slope
-            if (x > qx) != (x > rx):
-                inside = not inside
+    the edges that straddle it can be crossed: those of q's latitude band)."""
+    ref_inside, ys, below, breaks, bands = parity
+    inside = ref_inside != bool((_bisect_left(ys, qy) - below) & 1)
+    for ax, ay, slope in bands[_bisect_right(breaks, qy)]:
+        x = ax + (qy - ay) * slope
+        if (x > qx) != (x > rx):
+            inside = not inside
     return inside
