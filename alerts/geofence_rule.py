@@ -185,8 +185,15 @@ class GeofenceRule:
         if fix.t < last_t:
             lane = self._replay_lane(veh, pos.fix_time, events)
             lane.seen = pos.received_time
-        elif fix.t - last_t >= self.gap_s and lane.last is not None:
-            veh.snapshot = lane.copy(replay=True)
+        else:
+            if fix.t - last_t >= self.gap_s and lane.last is not None:
+                veh.snapshot = lane.copy(replay=True)
+            fences = fix.fences
+            if not fences and fences is lane.last_fences and not lane.states:
+                # Still in the same empty cell (one dict per such cell: index.classify), in no
+                # fence and with no state: nothing skipped over, nothing to decide.
+                lane.last, lane.last_t, lane.last_late = pos, fix.t, fix.late
+                return
         self._step(veh, lane, fix, events)
 
     def tick(self, now: datetime, events: list[AlertEvent]) -> None:
