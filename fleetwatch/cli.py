@@ -22,6 +22,7 @@ from fleetwatch import (
     demo_cmd,
     geofences_cmd,
     import_nmea,
+    loadtest_cmd,
     send_cmd,
     serve,
     users_cmd,
@@ -41,6 +42,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     send_cmd.register,
     users_cmd.register,
     demo_cmd.register,
+    loadtest_cmd.register,
 )
 
 

@@ -166,34 +166,41 @@ class Fleet:
         writer.close()
 
     async def _login(self, sim: SimTerminal) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Register and authenticate (until the platform's 0x8001 to the 0x0102 says 0)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            sim.splitter = type(sim.splitter)()
-            writer.write(sim.register_frame())
-            auth_serial = -1
-            while True:
-                data = await reader.read(4096)
-                if not data:
-                    raise ConnectionError(f"terminal {sim.plate}: closed while logging in")
-                for reply in sim.feed(data):
-                    if reply.msg_id == MSG_REGISTER_REPLY and reply.result == 0:
-                        sim.auth_code = reply.auth_code
-                        writer.write(sim.auth_frame())
-                        auth_serial = (sim.serial - 1) & 0xFFFF  # the one just used
-                    elif reply.msg_id == MSG_PLATFORM_ACK and reply.reply_serial == auth_serial:
-                        if reply.result != 0:
-                            raise ConnectionError(f"terminal {sim.plate}: auth {reply.result}")
-                        return reader, writer
-        except BaseException:
-            writer.close()
-            raise
+        return await login_terminal(self.port, sim)
 
     async def _read(self, sim: SimTerminal, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
             for reply in sim.feed(data):
                 if reply.msg_id == MSG_PLATFORM_ACK and sim.pending.pop(reply.reply_serial, None):
                     self.acked += 1
+
+
+async def login_terminal(
+    port: int, sim: SimTerminal, host: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Register and authenticate (until the platform's 0x8001 to the 0x0102 says 0); also
+    used by ``loadtest.loadrun``'s alert probes."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        sim.splitter = type(sim.splitter)()
+        writer.write(sim.register_frame())
+        auth_serial = -1
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                raise ConnectionError(f"terminal {sim.plate}: closed while logging in")
+            for reply in sim.feed(data):
+                if reply.msg_id == MSG_REGISTER_REPLY and reply.result == 0:
+                    sim.auth_code = reply.auth_code
+                    writer.write(sim.auth_frame())
+                    auth_serial = (sim.serial - 1) & 0xFFFF  # the one just used
+                elif reply.msg_id == MSG_PLATFORM_ACK and reply.reply_serial == auth_serial:
+                    if reply.result != 0:
+                        raise ConnectionError(f"terminal {sim.plate}: auth {reply.result}")
+                    return reader, writer
+    except BaseException:
+        writer.close()
+        raise
 
 
 # ---------------------------------------------------------------------- 4. clients

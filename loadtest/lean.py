@@ -52,35 +52,36 @@ from math import log
 from typing import Any
 
 from loadtest.load_jt808 import (
-    _HIST_SCALE,
-    _HIST_SIZE,
+    HIST_SCALE,
+    HIST_SIZE,
     INTERVAL_NS,
     IP_BIND_ADDRESS_NO_PORT,
-    MAX_DURATION,
     Config,
     Sampler,
     Stats,
-    _bump,
-    _phones,
-    _raise_nofile,
-    check_db_url,
-    loopback_address,
+    add_run_args,
+    bump,
+    check_run_args,
     newest_fix,
     print_report,
+    raise_nofile,
+    start_time,
     summary,
     verify_db,
     with_workers,
 )
 from loadtest.terminal import (
     MSG_AUTH,
+    MSG_HEARTBEAT,
     MSG_LOCATION,
     MSG_PLATFORM_ACK,
     MSG_REGISTER_REPLY,
     FixClock,
     SimTerminal,
 )
-from protocols.jt808 import V2013, V2019, FrameSplitter, unescape
+from protocols.jt808 import V2013, V2019, FrameSplitter, encode_frame, unescape
 from protocols.jt808.framing import wrap
+from protocols.jt808.terminal import Heartbeat
 
 _FLAG = b"\x7e"
 #: 2-byte big-endian serials; None where a byte would need escaping (0x7d, 0x7e).
@@ -149,6 +150,25 @@ class Lean:
     burst: int = 8  # frames per send() per socket
     tick_ms: float = 10.0
     templates: int = 16  # consecutive fixes per terminal, played back and forth
+    #: the rate after each (start second, positions/s) step; empty: ``Config.rate`` throughout
+    steps: tuple[tuple[float, float], ...] = ()
+    heartbeat_s: float = 0.0  # each terminal sends 0x0002 this often (0: never)
+
+    def rate_at(self, elapsed_s: float, rate: float) -> float:
+        """Positions/s in total at ``elapsed_s`` into the run (``rate`` without steps)."""
+        for start, step_rate in reversed(self.steps):
+            if elapsed_s >= start:
+                return step_rate
+        return rate
+
+    @classmethod
+    def from_args(cls, p: argparse.ArgumentParser, a: argparse.Namespace) -> Lean:
+        """From :func:`add_lean_args`' options (``p.error`` when one is out of range)."""
+        if a.burst < 1 or a.tick <= 0:
+            p.error("--burst must be ≥ 1, --tick > 0")
+        if not 2 <= a.templates <= 1000:
+            p.error("--templates must be 2..1000")
+        return cls(burst=a.burst, tick_ms=a.tick, templates=a.templates)
 
 
 class Conn:
@@ -185,8 +205,16 @@ class Conn:
 class Worker:
     """The terminals of one process: setup (connect, register, authenticate), run, drain."""
 
-    def __init__(self, cfg: Config, lean: Lean, first: int, count: int) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        lean: Lean,
+        first: int,
+        count: int,
+        feed: Callable[..., None] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.feed = feed  # called once a second: (second, sent, acked, hist delta, open conns)
         self.lean = lean
         self.clock = FixClock(cfg.start)
         self.conns = [
@@ -339,7 +367,7 @@ class Worker:
         self.stats.sent += n
         self.stats.msgs_location += n
         i = (now - self.go_ns) // INTERVAL_NS
-        _bump(self.stats.ivl_sent, i, n)
+        bump(self.stats.ivl_sent, i, n)
         self._flush(c)
         return n
 
@@ -398,7 +426,10 @@ class Worker:
         last_sent, bucket = -1, 0
         for msg_id, reply_serial, reply_id, result in acks:
             if msg_id != MSG_PLATFORM_ACK or reply_id != MSG_LOCATION:
-                st.other_msgs += 1
+                if msg_id == MSG_PLATFORM_ACK and reply_id == MSG_HEARTBEAT:
+                    st.heartbeats_acked += 1
+                else:
+                    st.other_msgs += 1
                 continue
             sent = pending.pop(reply_serial, None)
             if sent is None:
@@ -409,8 +440,8 @@ class Worker:
                 lat = now - sent
                 if lat > st.lat_max_ns:
                     st.lat_max_ns = lat
-                i = int(log(lat if lat > 1 else 1) * _HIST_SCALE)
-                bucket = i if i < _HIST_SIZE else _HIST_SIZE - 1
+                i = int(log(lat if lat > 1 else 1) * HIST_SCALE)
+                bucket = i if i < HIST_SIZE else HIST_SIZE - 1
             hist[bucket] += 1
             if result == 0:
                 got += 1
@@ -420,7 +451,31 @@ class Worker:
         if got:
             st.acked += got
             st.last_ack_s = (now - self.go_ns) / 1e9
-            _bump(st.ivl_acked, (now - self.go_ns) // INTERVAL_NS, got)
+            bump(st.ivl_acked, (now - self.go_ns) // INTERVAL_NS, got)
+
+    def _heartbeat(self, c: Conn) -> None:
+        """One 0x0002 through the codec (a few hundred a second at most: no template)."""
+        if c.wbuf and not self._flush(c):
+            return
+        frame = encode_frame(
+            Heartbeat(), phone=c.term.phone, serial=c.serial, version=c.term.version
+        )
+        c.serial = (c.serial + 1) & 0xFFFF
+        c.wbuf = frame
+        self.stats.heartbeats += 1
+        self._flush(c)
+
+    def _second(self, second: int, last: list[int]) -> None:
+        """Hand this second's counts to ``feed``: sent, acked, the latency histogram's growth
+        (sparse: bucket → count) and the connections still open."""
+        st = self.stats
+        hist = st.hist
+        delta = {i: n - last[i] for i, n in enumerate(hist) if n != last[i]}
+        last[:] = hist
+        sent, acked = st.sent - self._fed[0], st.acked - self._fed[1]
+        self._fed = (st.sent, st.acked)
+        assert self.feed is not None
+        self.feed(second, sent, acked, delta, len(self.by_fd), st.heartbeats_acked)
 
     def run(self, sync: Callable[[str], None]) -> Stats:
         """Paced or windowed reports for ``duration`` s, then wait for the acks (drain)."""
@@ -435,14 +490,20 @@ class Worker:
         now = self.go_ns = time.monotonic_ns()
         end = now + int(cfg.duration * 1e9) if live else now  # nobody logged in: no run
         tick = int(lean.tick_ms * 1e6)
-        rate = cfg.rate / self.procs / 1e9  # positions per ns in this process
+        rate = lean.rate_at(0.0, cfg.rate) / self.procs / 1e9  # positions per ns, this process
+        paced = rate > 0 or bool(lean.steps)
         window, burst = cfg.window, lean.burst
         tokens, last, ring = 0.0, now, 0
-        if rate <= 0:
+        if not paced:
             for c in live:
                 self._send(c, window, now)
         next_tick = now + tick
         by_fd = self.by_fd
+        # heartbeats: every live terminal once per heartbeat_s, spread over that time
+        hb_per_ns = len(live) / (lean.heartbeat_s * 1e9) if lean.heartbeat_s > 0 else 0.0
+        hb_due, hb_ring = 0.0, 0
+        next_second, last_hist = now + 1_000_000_000, list(st.hist)
+        self._fed = (0, 0)
         while now < end:
             events = self.ep.poll(max(0.0, (next_tick - now) / 1e9))
             now = time.monotonic_ns()
@@ -451,18 +512,32 @@ class Worker:
                 if c is None:
                     continue
                 self._read(c, now)
-                if rate <= 0 and c.sock is not None:
+                if not paced and c.sock is not None:
                     room = window - len(c.pending)
                     if room >= burst:
                         self._send(c, room, now)
             now = time.monotonic_ns()
             if now < next_tick:
                 continue
+            if hb_per_ns and live:
+                hb_due += (now - last) * hb_per_ns
+                while hb_due >= 1.0:
+                    hb_due -= 1.0
+                    c = live[hb_ring]
+                    hb_ring = hb_ring + 1 if hb_ring + 1 < len(live) else 0
+                    if c.sock is not None:
+                        self._heartbeat(c)
+            if self.feed is not None and now >= next_second:
+                self._second((next_second - self.go_ns) // 1_000_000_000 - 1, last_hist)
+                next_second += 1_000_000_000
             next_tick = max(next_tick + tick, now + tick // 4)
+            if lean.steps:
+                rate = lean.rate_at((now - self.go_ns) / 1e9, cfg.rate) / self.procs / 1e9
             if rate <= 0 or not live:
+                last = now
                 continue
             # token bucket: at most half a second of debt, so a stalled server is not flooded
-            tokens = min(tokens + (now - last) * rate, max(cfg.rate / self.procs / 2, burst))
+            tokens = min(tokens + (now - last) * rate, max(rate * 5e8, burst))
             last = now
             n_live = len(live)
             for _ in range(n_live):
@@ -485,6 +560,9 @@ class Worker:
                 if c is not None:
                     self._read(c, now)
         st.drain_s = (now - self.go_ns) / 1e9 - st.send_s
+        st.connected_end = sum(c.sock is not None for c in live)
+        if self.feed is not None:
+            self._second((now - self.go_ns) // 1_000_000_000, last_hist)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         st.cpu_user_s = ru1.ru_utime - ru0.ru_utime
         st.cpu_sys_s = ru1.ru_stime - ru0.ru_stime
@@ -499,22 +577,27 @@ class Worker:
 
 
 def run_worker(
-    cfg: Config, lean: Lean, k: int, first: int, count: int, sync: Callable[[str], None]
-) -> tuple[Stats, dict[str, int]]:
-    _raise_nofile(count)
+    cfg: Config, lean: Lean, k: int, first: int, count: int, sync: Callable[[str], None],
+    feed: Any = None,
+) -> tuple[Stats, dict[str, int]]:  # fmt: skip
+    """Process ``k``'s terminals; with ``feed`` (a queue) it gets ``(k, second, sent, acked,
+    histogram delta, open connections, heartbeats acked)`` once a second."""
+    raise_nofile(count)
     if cfg.cpus:
         os.sched_setaffinity(0, {cfg.cpus[k % len(cfg.cpus)]})
-    w = Worker(cfg, lean, first, count)
+    put = None if feed is None else (lambda *v: feed.put((k, *v)))
+    w = Worker(cfg, lean, first, count, put)
     w.setup()
     st = w.run(sync)
     return st, {"sends": w.sends, "fallbacks": w.fallbacks}
 
 
 def _child(
-    cfg: Config, lean: Lean, k: int, first: int, count: int, barrier: Any, out: Any, wait: float
-) -> None:
+    cfg: Config, lean: Lean, k: int, first: int, count: int, barrier: Any, out: Any, wait: float,
+    feed: Any = None,
+) -> None:  # fmt: skip
     try:
-        st, extra = run_worker(cfg, lean, k, first, count, lambda _: barrier.wait(wait))
+        st, extra = run_worker(cfg, lean, k, first, count, lambda _: barrier.wait(wait), feed)
         out.put(("ok", first, asdict(st), extra))
     except BaseException as exc:  # report, so the parent does not wait forever
         barrier.abort()
@@ -523,12 +606,15 @@ def _child(
 
 
 def run(
-    cfg: Config, lean: Lean, server_pids: list[int], postgres_pid: int | None = None
-) -> tuple[Stats, dict[str, int], dict[str, Any]]:
-    """Run over ``cfg.procs`` processes (forked); merged stats, extra counters, /proc samples."""
+    cfg: Config, lean: Lean, server_pids: list[int], postgres_pid: int | None = None,
+    feed: Any = None, sync: Callable[[str], None] | None = None,
+) -> tuple[Stats, dict[str, int], dict[str, Any]]:  # fmt: skip
+    """Run over ``cfg.procs`` processes (forked); merged stats, extra counters, /proc samples.
+    ``feed``: a multiprocessing queue for per-second counts (see :func:`run_worker`; the
+    workers are then always child processes); ``sync`` is called with "go" and "end"."""
     sampler = Sampler(server_pids, postgres_pid)
     procs = max(1, min(cfg.procs, cfg.terminals))
-    if procs == 1:
+    if procs == 1 and feed is None:
         st, extra = run_worker(cfg, lean, 0, 0, cfg.terminals, sampler)
         return st, extra, sampler.report()
     ctx = mp.get_context("fork")
@@ -539,7 +625,9 @@ def run(
     for k in range(procs):
         count = cfg.terminals // procs + (1 if k < cfg.terminals % procs else 0)
         p = ctx.Process(
-            target=_child, args=(cfg, lean, k, first, count, barrier, out, wait), daemon=True
+            target=_child,
+            args=(cfg, lean, k, first, count, barrier, out, wait, feed),
+            daemon=True,
         )
         p.start()
         children.append(p)
@@ -550,6 +638,8 @@ def run(
         for phase in ("go", "end"):
             barrier.wait(wait)
             sampler(phase)
+            if sync is not None:
+                sync(phase)
     except threading.BrokenBarrierError:
         errors.append("a worker failed")
     for _ in children:
@@ -571,87 +661,46 @@ def run(
     return total, extra, sampler.report()
 
 
+def add_lean_args(p: argparse.ArgumentParser) -> None:
+    """This generator's own options (on top of :func:`add_run_args`)."""
+    add = p.add_argument
+    add("--burst", type=int, default=8, help="reports per send() per socket")
+    add("--tick", type=float, default=10.0, help="pacing tick, ms")
+    add("--templates", type=int, default=16, help="precomputed fixes per terminal")
+    p.set_defaults(terminals=2000, window=32, rate=10000.0, phone_base=14600000000,
+                   plate_prefix="测L")  # fmt: skip
+
+
+def past_start(rate: float, duration: float, terminals: int) -> datetime:
+    """One fix second per report: start in the past by the reports a terminal will send, so
+    the fix times do not run ahead of the clock (the server flags fixes > 10 min ahead)."""
+    per_terminal = (rate or 40000.0) * duration / terminals
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=int(per_terminal) + 1)
+
+
 def parse_args(argv: list[str] | None) -> tuple[Config, Lean, argparse.Namespace]:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_run_args(p)
+    add_lean_args(p)
     add = p.add_argument
-    add("--host", default="127.0.0.1", help="loopback only (127.0.0.0/8 or ::1)")
-    add("--port", type=int, required=True)
-    add("--terminals", type=int, default=2000)
-    add("--procs", type=int, default=1, help="processes (terminals split over them)")
-    add("--cpus", default="", help="pin process k to CPU k mod this list, e.g. 0 or 0,1")
-    add("--rate", type=float, default=10000.0, help="positions/s in total (0: unpaced)")
-    add("--window", type=int, default=32, help="un-acked reports per connection")
-    add("--burst", type=int, default=8, help="reports per send() per socket")
-    add("--tick", type=float, default=10.0, help="pacing tick, ms")
-    add("--templates", type=int, default=16, help="precomputed fixes per terminal")
-    add("--duration", type=float, default=20.0, help=f"seconds (≤ {MAX_DURATION:g})")
-    add("--drain-timeout", type=float, default=10.0, help="wait for acks at the end, s")
-    add("--setup-timeout", type=float, default=120.0)
-    add("--connect-concurrency", type=int, default=200, help="handshakes in flight")
-    add("--source-addrs", type=int, default=8, help="127.0.0.2.. source addresses")
-    add("--phone-base", type=int, default=14600000000, help="phone of terminal 0")
-    add("--plate-prefix", default="测L", help="plates are PREFIX + 5-digit index")
-    add("--v2019-share", type=float, default=0.0, help="fraction of 2019-layout terminals")
-    add("--start-time", help="first fix time, ISO (default: so the last fix is about now)")
-    add("--server-pid", type=int, action="append", default=[], help="repeatable; +children")
-    add("--postgres-pid", type=int, help="postmaster pid: count only its cluster")
-    add("--verify-db", metavar="URL", help="count stored rows afterwards (asyncpg)")
     add("--recount", type=float, default=5.0, help="count again after this many s (spool)")
-    add("--json", action="store_true", help="also print the summary as one JSON line")
     a = p.parse_args(argv)
-    try:
-        host = loopback_address(a.host)
-        if a.verify_db:
-            check_db_url(a.verify_db)
-    except ValueError as exc:
-        p.error(str(exc))
-    if not 0 < a.duration <= MAX_DURATION or a.rate < 0 or not 0 <= a.v2019_share <= 1:
-        p.error(f"--duration in (0, {MAX_DURATION:g}], --rate ≥ 0, --v2019-share in [0, 1]")
-    if min(a.terminals, a.procs, a.window, a.burst, a.connect_concurrency) < 1 or a.tick <= 0:
-        p.error("--terminals, --procs, --window, --burst, --connect-concurrency must be ≥ 1")
-    if not 2 <= a.templates <= 1000:
-        p.error("--templates must be 2..1000")
-    cpus = tuple(int(c) for c in a.cpus.split(",") if c.strip())
-    now = datetime.now(UTC).replace(microsecond=0)
-    if a.start_time:
-        start = datetime.fromisoformat(a.start_time)
-        start = start if start.tzinfo else start.replace(tzinfo=UTC)
-    else:
-        # one fix second per report: start in the past by the reports a terminal will send, so
-        # the fix times do not run ahead of the clock (the server flags fixes > 10 min ahead)
-        per_terminal = (a.rate or 40000.0) * a.duration / a.terminals
-        start = now - timedelta(seconds=int(per_terminal) + 1)
-    cfg = Config(
-        host=host,
-        port=a.port,
-        terminals=a.terminals,
-        phone_base=a.phone_base,
-        plate_prefix=a.plate_prefix,
-        v2019_share=a.v2019_share,
-        window=a.window,
-        rate=a.rate,
-        duration=a.duration,
-        drain_timeout=a.drain_timeout,
-        connect_concurrency=a.connect_concurrency,
-        setup_timeout=a.setup_timeout,
-        source_addrs=a.source_addrs,
-        procs=min(a.procs, a.terminals),
-        cpus=cpus,
-        start=start,
-    )
-    return cfg, Lean(burst=a.burst, tick_ms=a.tick, templates=a.templates), a
+    check_run_args(p, a)
+    lean = Lean.from_args(p, a)
+    cfg = Config.from_args(a, start_time(a, past_start(a.rate, a.duration, a.terminals)))
+    return cfg, lean, a
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, lean, a = parse_args(argv)
-    phones = _phones(cfg)
+    phones = cfg.phones()
     if a.verify_db and not a.start_time:
         newest = asyncio.run(newest_fix(a.verify_db, phones))
         if newest is not None and newest >= cfg.start:
             cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
-    _raise_nofile(0)
+    raise_nofile(0)
     try:
         st, extra, sampled = run(cfg, lean, with_workers(a.server_pid), a.postgres_pid)
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,8 +62,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linu
 _LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
 # Latency histogram: bucket i holds [1.01**i, 1.01**(i+1)) ns, so percentiles are within 1%.
-_HIST_SCALE = 1 / math.log(1.01)
-_HIST_SIZE = 2800  # up to ~1000 s
+HIST_SCALE = 1 / math.log(1.01)
+HIST_SIZE = 2800  # up to ~1000 s
 _log = math.log
 
 
@@ -124,6 +124,20 @@ class Config:
     def phone(self, index: int) -> str:
         return str(self.phone_base + index)
 
+    def phones(self) -> list[str]:
+        """The run's phones as the server stores them (no leading zeros), for the DB checks."""
+        return [self.phone(self.first_index + k).lstrip("0") for k in range(self.terminals)]
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace, start: datetime) -> Config:
+        """The configuration from :func:`add_run_args`' options (checked by
+        :func:`check_run_args`); options a generator does not offer keep their defaults."""
+        names = {f.name for f in fields(cls)} - {"host", "start", "cpus", "procs"}
+        given = {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+        cpus = tuple(int(c) for c in a.cpus.split(",") if c.strip())
+        procs = min(a.procs, a.terminals)
+        return cls(host=loopback_address(a.host), start=start, cpus=cpus, procs=procs, **given)
+
     def is_2019(self, index: int) -> bool:
         share = self.v2019_share
         return int((index + 1) * share) > int(index * share)
@@ -169,7 +183,10 @@ class Stats:
     cpu_setup_s: float = 0.0
     lat_max_ns: int = 0
     fix_steps: int = 0  # most fixes of one terminal (its last fix time is start + this - 1 s)
-    hist: list[int] = field(default_factory=lambda: [0] * _HIST_SIZE)
+    heartbeats: int = 0  # 0x0002 sent (lean, --heartbeat)
+    heartbeats_acked: int = 0
+    connected_end: int = 0  # connections still open when the run ended (lean)
+    hist: list[int] = field(default_factory=lambda: [0] * HIST_SIZE)
     ivl_sent: list[int] = field(default_factory=list)
     ivl_acked: list[int] = field(default_factory=list)
     results: dict[int, int] = field(default_factory=dict)
@@ -193,19 +210,28 @@ class Stats:
 
     def percentile(self, q: float) -> float:
         """Ack latency in ms at quantile ``q`` (0-1), from the histogram."""
-        total = sum(self.hist)
-        if not total:
-            return 0.0
-        rank = q * total
-        seen = 0
-        for i, n in enumerate(self.hist):
-            seen += n
-            if seen >= rank and n:
-                return min(math.exp((i + 0.5) / _HIST_SCALE), self.lat_max_ns) / 1e6
-        return self.lat_max_ns / 1e6
+        return hist_percentile(enumerate(self.hist), q, self.lat_max_ns)
 
 
-def _bump(series: list[int], index: int, n: int) -> None:
+def hist_percentile(
+    buckets: Iterable[tuple[int, int]], q: float, max_ns: float = math.inf
+) -> float:
+    """Latency in ms at quantile ``q`` of (bucket, count) pairs in bucket order (the latency
+    histogram, or a sparse part of it), at most ``max_ns``; 0 when empty."""
+    pairs = [(i, n) for i, n in buckets if n]
+    total = sum(n for _, n in pairs)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in pairs:
+        seen += n
+        if seen >= rank:
+            return min(math.exp((i + 0.5) / HIST_SCALE), max_ns) / 1e6
+    return min(math.exp((pairs[-1][0] + 0.5) / HIST_SCALE), max_ns) / 1e6
+
+
+def bump(series: list[int], index: int, n: int) -> None:
     """``series[index] += n``, growing the list as needed."""
     if index >= len(series):
         series.extend([0] * (index + 1 - len(series)))
@@ -272,8 +298,8 @@ class Conn(asyncio.Protocol):
                     lat = now - p.sent_ns
                     if lat > st.lat_max_ns:
                         st.lat_max_ns = lat
-                    i = int(_log(lat if lat > 1 else 1) * _HIST_SCALE)
-                    st.hist[i if i < _HIST_SIZE else _HIST_SIZE - 1] += 1
+                    i = int(_log(lat if lat > 1 else 1) * HIST_SCALE)
+                    st.hist[i if i < HIST_SIZE else HIST_SIZE - 1] += 1
                     if r.result == 0:
                         st.acked += p.positions
                         i = (now - w.go_ns) // INTERVAL_NS
@@ -281,7 +307,7 @@ class Conn(asyncio.Protocol):
                         if i < len(acked):
                             acked[i] += p.positions
                         else:
-                            _bump(acked, i, p.positions)
+                            bump(acked, i, p.positions)
                     else:
                         st.failed += p.positions
                         st.results[r.result] = st.results.get(r.result, 0) + p.positions
@@ -370,7 +396,7 @@ class Conn(asyncio.Protocol):
         st.msgs_batch += batches
         st.msgs_location += len(frames) - batches
         st.sent += positions
-        _bump(st.ivl_sent, (now - w.go_ns) // INTERVAL_NS, positions)
+        bump(st.ivl_sent, (now - w.go_ns) // INTERVAL_NS, positions)
         w.in_flight += len(frames)
         return frames, positions
 
@@ -659,7 +685,7 @@ class Worker:
                 self.stats.retransmits += len(late)
 
 
-def _raise_nofile(need: int) -> None:
+def raise_nofile(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -673,7 +699,7 @@ def run_worker(
     cfg: Config, k: int, first: int, count: int, quota: int, sync: Callable[[str], None]
 ) -> Stats:
     """Worker ``k``: terminals ``first ..`` on a fresh asyncio loop in this process."""
-    _raise_nofile(count)
+    raise_nofile(count)
     if cfg.cpus:
         os.sched_setaffinity(0, {cfg.cpus[k % len(cfg.cpus)]})
     return asyncio.run(Worker(cfg, first, count, quota, sync).run())
@@ -896,10 +922,6 @@ def run(
 # -- verification -------------------------------------------------------------------------
 
 
-def _phones(cfg: Config) -> list[str]:
-    return [cfg.phone(cfg.first_index + k).lstrip("0") for k in range(cfg.terminals)]
-
-
 async def newest_fix(url: str, phones: list[str]) -> datetime | None:
     """Newest stored fix of these terminals' vehicles (a new run starts after it)."""
     import asyncpg
@@ -1073,109 +1095,99 @@ def print_report(s: dict[str, Any]) -> None:
 # -- command line ---------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--host", default="127.0.0.1", help="loopback only (127.0.0.0/8 or ::1)")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--terminals", type=int, default=1000)
-    p.add_argument("--phone-base", type=int, default=14500000000, help="phone of terminal 0")
-    p.add_argument("--first-index", type=int, default=0, help="index of the first terminal")
-    p.add_argument("--plate-prefix", default="测A", help="plates are PREFIX + 5-digit index")
-    p.add_argument("--v2019-share", type=float, default=0.0, help="fraction of 2019 terminals")
-    p.add_argument("--window", type=int, default=8, help="un-acked reports per connection")
-    p.add_argument("--rate", type=float, default=0.0, help="positions/s in total (0: max)")
-    p.add_argument("--batch-share", type=float, default=0.0, help="positions sent in 0x0704")
-    p.add_argument("--batch-size", type=int, default=10, help=f"reports per 0x0704 (≤{MAX_BATCH})")
-    p.add_argument("--duration", type=float, default=None, help="seconds (default 20, max 3600)")
-    p.add_argument("--count", type=int, default=0, help="positions in total (then stop)")
-    p.add_argument("--drain-timeout", type=float, default=10.0, help="wait for acks at the end")
-    p.add_argument("--ack-timeout", type=float, default=0.0, help="retransmit after (0: never)")
-    p.add_argument("--connect-rate", type=float, default=2000.0, help="new connections/s")
-    p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight")
-    p.add_argument("--setup-timeout", type=float, default=120.0)
-    p.add_argument("--source-addrs", type=int, default=8, help="127.0.0.2.. source addresses")
-    p.add_argument("--procs", type=int, default=1, help="worker processes")
-    p.add_argument("--cpus", default="", help="pin worker k to CPU k mod this list, e.g. 0 or 0,1")
-    p.add_argument("--start-time", default=None, help="first fix time, ISO (default: now)")
-    p.add_argument(
-        "--server-pid", type=int, action="append", default=[],
-        help="repeatable; its non-postgres child processes (serve --workers) count too",
-    )  # fmt: skip
-    p.add_argument(
-        "--postgres-pid", type=int, help="postmaster pid: count only its cluster's processes"
-    )
-    p.add_argument("--verify-db", metavar="URL", help="count stored rows afterwards (asyncpg)")
-    p.add_argument("--json", action="store_true", help="also print a JSON summary line")
-    a = p.parse_args(argv)
+def add_run_args(p: argparse.ArgumentParser, *, port_required: bool = True) -> None:
+    """The options every generator of ours shares (load_jt808, lean, ``fleetwatch loadtest``);
+    a generator changes a default with ``p.set_defaults`` and checks them with
+    :func:`check_run_args`, then builds its :class:`Config` with :meth:`Config.from_args`."""
+    add = p.add_argument
+    add("--host", default="127.0.0.1", help="loopback only (127.0.0.0/8 or ::1)")
+    add("--port", type=int, required=port_required)
+    add("--terminals", type=int, default=1000)
+    add("--phone-base", type=int, default=14500000000, help="phone of terminal 0")
+    add("--plate-prefix", default="测A", help="plates are PREFIX + 5-digit index")
+    add("--v2019-share", type=float, default=0.0, help="fraction of 2019-layout terminals")
+    add("--window", type=int, default=8, help="un-acked reports per connection")
+    add("--rate", type=float, default=0.0, help="positions/s in total (0: unpaced)")
+    add("--duration", type=float, default=None, help=f"seconds (default 20, ≤ {MAX_DURATION:g})")
+    add("--drain-timeout", type=float, default=10.0, help="wait for acks at the end, s")
+    add("--setup-timeout", type=float, default=120.0)
+    add("--connect-concurrency", type=int, default=200, help="handshakes in flight")
+    add("--source-addrs", type=int, default=8, help="127.0.0.2.. source addresses")
+    add("--procs", type=int, default=1, help="processes (terminals split over them)")
+    add("--cpus", default="", help="pin process k to CPU k mod this list, e.g. 0 or 0,1")
+    add("--start-time", default=None, help="first fix time, ISO")
+    add("--server-pid", type=int, action="append", default=[],
+        help="repeatable; its non-postgres children (serve --workers) count too")  # fmt: skip
+    add("--postgres-pid", type=int, help="postmaster pid: count only its cluster's processes")
+    add("--verify-db", metavar="URL", help="count stored rows afterwards (asyncpg)")
+    add("--json", action="store_true", help="also print the summary as one JSON line")
 
+
+def check_run_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``p.error`` (exit 2) for a shared option out of range; fills ``a.duration``."""
     try:
-        host = loopback_address(a.host)
+        loopback_address(a.host)
         if a.verify_db:
             check_db_url(a.verify_db)
     except ValueError as exc:
         p.error(str(exc))
-    duration = MAX_DURATION if a.duration is None and a.count else (a.duration or 20.0)
-    if not 0 < duration <= MAX_DURATION:
+    a.duration = MAX_DURATION if a.duration is None and getattr(a, "count", 0) else a.duration
+    a.duration = 20.0 if a.duration is None else a.duration
+    if not 0 < a.duration <= MAX_DURATION:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}]")
-    if a.terminals < 1 or a.window < 1 or a.procs < 1 or a.count < 0:
-        p.error("--terminals, --window and --procs must be ≥ 1, --count ≥ 0")
-    if not (0 <= a.v2019_share <= 1 and 0 <= a.batch_share <= 1):
-        p.error("shares are fractions between 0 and 1")
-    if not 1 <= a.batch_size <= MAX_BATCH:
-        p.error(f"--batch-size must be 1..{MAX_BATCH}")
-    if a.connect_rate <= 0 or a.connect_concurrency < 1:
-        p.error("--connect-rate must be > 0, --connect-concurrency ≥ 1")
-    if a.drain_timeout < 0 or a.drain_timeout > 600:
+    if min(a.terminals, a.window, a.procs, a.connect_concurrency) < 1 or a.rate < 0:
+        p.error("--terminals, --window, --procs, --connect-concurrency must be ≥ 1, --rate ≥ 0")
+    if not 0 <= a.v2019_share <= 1:
+        p.error("--v2019-share is a fraction between 0 and 1")
+    if not 0 <= a.drain_timeout <= 600:
         p.error("--drain-timeout must be in [0, 600]")
     try:
-        cpus = tuple(int(c) for c in a.cpus.split(",") if c.strip())
+        cpus = {int(c) for c in a.cpus.split(",") if c.strip()}
     except ValueError:
         p.error("--cpus is a comma-separated list of CPU numbers")
-    if set(cpus) - os.sched_getaffinity(0):
+    if cpus - os.sched_getaffinity(0):
         p.error(f"--cpus: this process may only use CPUs {sorted(os.sched_getaffinity(0))}")
-    start = datetime.now(UTC).replace(microsecond=0)
-    if a.start_time:
-        start = datetime.fromisoformat(a.start_time)
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=UTC)
-    cfg = Config(
-        host=host,
-        port=a.port,
-        terminals=a.terminals,
-        phone_base=a.phone_base,
-        first_index=a.first_index,
-        plate_prefix=a.plate_prefix,
-        v2019_share=a.v2019_share,
-        window=a.window,
-        rate=a.rate,
-        batch_share=a.batch_share,
-        batch_size=a.batch_size,
-        duration=duration,
-        count=a.count,
-        drain_timeout=a.drain_timeout,
-        ack_timeout=a.ack_timeout,
-        connect_rate=a.connect_rate,
-        connect_concurrency=a.connect_concurrency,
-        setup_timeout=a.setup_timeout,
-        source_addrs=a.source_addrs,
-        procs=min(a.procs, a.terminals),
-        cpus=cpus,
-        start=start,
+
+
+def start_time(a: argparse.Namespace, default: datetime) -> datetime:
+    """``--start-time`` (naive means UTC), else ``default``."""
+    if not a.start_time:
+        return default
+    start = datetime.fromisoformat(a.start_time)
+    return start if start.tzinfo else start.replace(tzinfo=UTC)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return cfg, a
+    add_run_args(p)
+    p.add_argument("--first-index", type=int, default=0, help="index of the first terminal")
+    p.add_argument("--batch-share", type=float, default=0.0, help="positions sent in 0x0704")
+    p.add_argument("--batch-size", type=int, default=10, help=f"reports per 0x0704 (≤{MAX_BATCH})")
+    p.add_argument("--count", type=int, default=0, help="positions in total (then stop)")
+    p.add_argument("--ack-timeout", type=float, default=0.0, help="retransmit after (0: never)")
+    p.add_argument("--connect-rate", type=float, default=2000.0, help="new connections/s")
+    a = p.parse_args(argv)
+    check_run_args(p, a)
+    if a.count < 0 or not 0 <= a.batch_share <= 1:
+        p.error("--count must be ≥ 0, --batch-share a fraction between 0 and 1")
+    if not 1 <= a.batch_size <= MAX_BATCH:
+        p.error(f"--batch-size must be 1..{MAX_BATCH}")
+    if a.connect_rate <= 0:
+        p.error("--connect-rate must be > 0")
+    return Config.from_args(a, start_time(a, datetime.now(UTC).replace(microsecond=0))), a
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse_args(argv)
     self_check()  # the packed frames must match the codec
-    phones = _phones(cfg)
+    phones = cfg.phones()
     if a.verify_db and not a.start_time:
         newest = asyncio.run(newest_fix(a.verify_db, phones))
         if newest is not None and newest >= cfg.start:
             cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
-    _raise_nofile(0)
+    raise_nofile(0)
     try:
         stats, sampled = run(cfg, with_workers(a.server_pid), a.postgres_pid)
     except KeyboardInterrupt:
