@@ -179,10 +179,11 @@ class FenceIndex:
         #: ``(fence_id, kind, data, west, south, east, north)``. Only these can have been
         #: skipped over by a segment inside the cell (see :meth:`crossed_between`).
         self._open: dict[tuple[int, int], tuple[tuple[Any, ...], ...]] = {}
-        #: Per filled cell whose entries are all constant (or that has none), its
-        #: classification: one dict per cell, shared by every position in it (see
-        #: :meth:`classify` on what that identity means).
-        self._fixed: dict[tuple[int, int], dict[int, int]] = {}
+        #: What classify reads, one lookup per position: per filled cell whose entries are all
+        #: constant (or that has none), its classification, one dict per cell shared by every
+        #: position in it (see :meth:`classify` on what that identity means); per other cell,
+        #: its entries (as ``_cells``).
+        self._fixed: dict[tuple[int, int], Any] = {}
         self._order: list[_Compiled] = []
         self._tree = shapely.STRtree([])
         self._min_margin = 0.0
@@ -240,16 +241,12 @@ class FenceIndex:
             return {}
         inv = self._inv
         key = (_floor(lon * inv), _floor(lat * inv))
-        fixed = self._fixed.get(key)
-        if fixed is not None:
-            return fixed
-        entries = self._cells.get(key)
+        entries = self._fixed.get(key)
         if entries is None:
             self._fill(key)
-            fixed = self._fixed.get(key)
-            if fixed is not None:
-                return fixed
-            entries = self._cells[key]
+            entries = self._fixed[key]
+        if entries.__class__ is dict:
+            return entries  # type: ignore[no-any-return]
         out: dict[int, int] = {}
         for fid, kind, data in entries:
             if kind == _CONST:
@@ -301,8 +298,7 @@ class FenceIndex:
         open_ = self._open[key] = tuple(
             (fid, kind, data, *compiled[fid].bounds) for fid, kind, data in result if kind != _CONST
         )
-        if not open_:
-            self._fixed[key] = {fid: data for fid, _, data in result}
+        self._fixed[key] = {fid: data for fid, _, data in result} if not open_ else result
         return result
 
     def _entry(
