@@ -767,7 +767,11 @@ class FatigueRule:
         subj = car.subject
         if subj.profile is not profile or subj.long_distance != fix.vehicle.long_distance:
             self._subject(subj.name, subj.driver, profile, fix.vehicle.long_distance)
-        state = motion(p, profile)
+        # motion(p, profile), inlined (the hot path)
+        if p.speed_kmh > profile.moving_kmh and not (p.extras and SPEED_IMPLAUSIBLE in p.extras):
+            state = DRIVE
+        else:
+            state = IDLE if profile.use_acc and p.ignition else STOP
         last_t = car.last_t
         trans = self._trans
         if last_t is None or t <= last_t:

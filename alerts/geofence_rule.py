@@ -185,8 +185,15 @@ class GeofenceRule:
         if fix.t < last_t:
             lane = self._replay_lane(veh, pos.fix_time, events)
             lane.seen = pos.received_time
-        elif fix.t - last_t >= self.gap_s and lane.last is not None:
-            veh.snapshot = lane.copy(replay=True)
+        else:
+            if fix.t - last_t >= self.gap_s and lane.last is not None:
+                veh.snapshot = lane.copy(replay=True)
+            fences = fix.fences
+            if not fences and fences is lane.last_fences and not lane.states:
+                # Still in the same empty cell (one dict per such cell: index.classify), in no
+                # fence and with no state: nothing skipped over, nothing to decide.
+                lane.last, lane.last_t, lane.last_late = pos, fix.t, fix.late
+                return
         self._step(veh, lane, fix, events)
 
     def tick(self, now: datetime, events: list[AlertEvent]) -> None:
@@ -331,23 +338,27 @@ class GeofenceRule:
 
     def _step(self, veh: _Vehicle, lane: _Lane, fix: Fix, events: list[AlertEvent]) -> None:
         pos = fix.position
-        t = pos.fix_time
         fences = fix.fences
-        late = fix.late
-        driver = fix.driver
-        first = lane.last is None
-        index_fences = self.index.fences
-
         prev = lane.last
-        if prev is not None and fix.t - lane.last_t <= self.max_crossing_gap_s:
+        if (
+            prev is not None
+            and fences is not lane.last_fences  # the same dict: one fixed cell (index.classify)
+            and fix.t - lane.last_t <= self.max_crossing_gap_s
+        ):
             crossed = self.index.crossed_between(
                 prev.lon, prev.lat, pos.lon, pos.lat, lane.last_fences, fences
             )
             for fid in crossed:
-                self._crossing(veh, lane, index_fences[fid], prev, pos, late, driver, events)
+                skipped = self.index.fences[fid]
+                self._crossing(veh, lane, skipped, prev, pos, fix.late, fix.driver, events)
 
         states = lane.states
-        if fences or states:
+        if fences or states:  # (most fixes are in no fence and have no state: done)
+            t = pos.fix_time
+            late = fix.late
+            driver = fix.driver
+            first = prev is None
+            index_fences = self.index.fences
             if len(fences) == 1 and (not states or states.keys() <= fences.keys()):
                 fids: Iterable[int] = fences  # one fence (the usual case): nothing to sort
             else:
@@ -396,7 +407,7 @@ class GeofenceRule:
         lane.last = pos
         lane.last_t = fix.t
         lane.last_fences = fences
-        lane.last_late = late
+        lane.last_late = fix.late
 
     def _advance(
         self,

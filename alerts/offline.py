@@ -91,9 +91,9 @@ class OfflineRule:
             link.last_at = received
         link.driver = driver
         online = self._online
-        if vehicle_id in online:
+        try:
             online.move_to_end(vehicle_id)
-        else:
+        except KeyError:
             online[vehicle_id] = link
         if has_fix is None:
             return

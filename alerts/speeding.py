@@ -249,7 +249,12 @@ class SpeedingRule:
         if profile.speed_exempt:
             limit: float | None = None
             express = False
-        elif not lane.inside and (not fix.fences or fix.fences.keys().isdisjoint(self.limiting())):
+        elif not lane.inside and (
+            not fix.fences
+            or fix.fences.keys().isdisjoint(
+                self._limiting if self._limiting_version == self.index.version else self.limiting()
+            )
+        ):
             # in no fence that bears on the limit, now or before: the class's own limit
             limit, express = profile.elsewhere_kmh, False
             if limit is not None and profile.night_factor != 1.0 and is_night(t):

@@ -38,6 +38,8 @@ _CONST, _CIRC, _RECT, _EDGES, _SHAPELY = 0, 1, 2, 3, 4
 _DENSIFY_DEG = 0.005
 _QUAD_SEGS = 8  # buffer arcs: 32 segments per circle, <= 0.5% of the buffer distance off
 _EDGE_LIMIT = 48  # more edges than this in one cell: let GEOS test the point instead
+_bisect_left, _bisect_right = bisect.bisect_left, bisect.bisect_right
+_floor = math.floor  # (a module global: one lookup less per call on the hot paths)
 
 
 @dataclass(slots=True)
@@ -177,6 +179,11 @@ class FenceIndex:
         #: ``(fence_id, kind, data, west, south, east, north)``. Only these can have been
         #: skipped over by a segment inside the cell (see :meth:`crossed_between`).
         self._open: dict[tuple[int, int], tuple[tuple[Any, ...], ...]] = {}
+        #: What classify reads, one lookup per position: per filled cell whose entries are all
+        #: constant (or that has none), its classification, one dict per cell shared by every
+        #: position in it (see :meth:`classify` on what that identity means); per other cell,
+        #: its entries (as ``_cells``).
+        self._fixed: dict[tuple[int, int], Any] = {}
         self._order: list[_Compiled] = []
         self._tree = shapely.STRtree([])
         self._min_margin = 0.0
@@ -199,6 +206,7 @@ class FenceIndex:
         self._tree = shapely.STRtree([c.search for c in self._order])
         self._cells = {}
         self._open = {}
+        self._fixed = {}
         self._min_margin = min((f.margin_m for f in by_id.values()), default=0.0)
         self.version += 1
 
@@ -221,14 +229,24 @@ class FenceIndex:
 
     def classify(self, lon: float, lat: float) -> dict[int, int]:
         """Fence id -> 1 (inside beyond the margin) or 0 (within the margin of the edge);
-        fences not in the result are outside beyond their margin."""
+        fences not in the result are outside beyond their margin.
+
+        The result is the caller's to read, not to change: in a cell whose fences all give one
+        value wherever the position is in it (most cells, empty ones included), every
+        position gets the cell's one dict. So the same dict object for two positions means
+        both are in one such cell, which :meth:`crossed_between` uses (nothing can have been
+        skipped over there). Each cell has a dict of its own, and a rebuild makes new ones.
+        """
         if not self.fences:
             return {}
         inv = self._inv
-        key = (math.floor(lon * inv), math.floor(lat * inv))
-        entries = self._cells.get(key)
+        key = (_floor(lon * inv), _floor(lat * inv))
+        entries = self._fixed.get(key)
         if entries is None:
-            entries = self._fill(key)
+            self._fill(key)
+            entries = self._fixed[key]
+        if entries.__class__ is dict:
+            return entries  # type: ignore[no-any-return]
         out: dict[int, int] = {}
         for fid, kind, data in entries:
             if kind == _CONST:
@@ -264,6 +282,7 @@ class FenceIndex:
         if len(self._cells) >= self.max_cells:
             self._cells.clear()
             self._open.clear()
+            self._fixed.clear()
         s = self.cell_deg
         x0, y0 = key[0] * s, key[1] * s
         x1, y1 = x0 + s, y0 + s
@@ -276,9 +295,10 @@ class FenceIndex:
         result = tuple(sorted(entries, key=lambda e: e[0]))
         self._cells[key] = result
         compiled = self._compiled
-        self._open[key] = tuple(
+        open_ = self._open[key] = tuple(
             (fid, kind, data, *compiled[fid].bounds) for fid, kind, data in result if kind != _CONST
         )
+        self._fixed[key] = {fid: data for fid, _, data in result} if not open_ else result
         return result
 
     def _entry(
@@ -375,19 +395,54 @@ class FenceIndex:
         have been skipped: both ends more than a margin away from an area means the segment is
         longer than twice that margin, which a fix every few seconds never is.
         """
+        if before is after or (lon1 == lon2 and lat1 == lat2):
+            # One cell whose entries are all constant (see classify), or a standing vehicle:
+            # nothing can have been skipped over.
+            return []
         inv = self._inv
-        ix1, iy1 = math.floor(lon1 * inv), math.floor(lat1 * inv)
-        ix2, iy2 = math.floor(lon2 * inv), math.floor(lat2 * inv)
+        ix1, iy1 = _floor(lon1 * inv), _floor(lat1 * inv)
+        ix2, iy2 = _floor(lon2 * inv), _floor(lat2 * inv)
+        open_ = self._open
         if ix1 != ix2 or iy1 != iy2:
+            dx, dy = ix2 - ix1, iy2 - iy1
+            if -1 <= dx <= 1 and -1 <= dy <= 1:
+                # Neighbouring cells (most segments that leave a cell): the segment lies in
+                # these two, or the 2 x 2 block for a diagonal step. Most have no entry that
+                # survives the cheap rejections, so look for one before the full search.
+                keys = ((ix1, iy1), (ix2, iy2)) if not (dx and dy) else (
+                    (ix1, iy1), (ix2, iy2), (ix1, iy2), (ix2, iy1),
+                )  # fmt: skip
+                for key in keys:
+                    candidates = open_.get(key)
+                    if candidates is None:
+                        self._fill(key)
+                        candidates = open_[key]
+                    for fid, _, _, w, s, e, n in candidates:
+                        if not (
+                            fid in before
+                            or fid in after
+                            or (lon1 < w and lon2 < w)
+                            or (lon1 > e and lon2 > e)
+                            or (lat1 < s and lat2 < s)
+                            or (lat1 > n and lat2 > n)
+                        ):
+                            break
+                    else:
+                        continue
+                    break  # a candidate: the full search below
+                else:
+                    return []
             return self._crossed_in_block(ix1, iy1, ix2, iy2, lon1, lat1, lon2, lat2, before, after)
         # The usual case, both ends in one cell. A constant entry is in ``after`` whatever the
         # position in the cell, so only the cell's other entries can have been skipped over,
         # and each fence has one entry: its outer edges there tell whether the segment
         # entered the outer area, with no GEOS call.
-        candidates = self._open.get((ix1, iy1))
+        candidates = open_.get((ix1, iy1))
         if candidates is None:
             self._fill((ix1, iy1))
-            candidates = self._open[ix1, iy1]
+            candidates = open_[ix1, iy1]
+        if not candidates:
+            return []
         hits: list[int] = []
         length = -1.0
         for fid, kind, data, w, s, e, n in candidates:
@@ -655,34 +710,44 @@ def _meets_box(
     return True
 
 
+_Parity = tuple[bool, list[float], int, list[float], list[tuple[tuple[float, float, float], ...]]]
+
+
 def _parity(
     ref_inside: bool, edges: tuple[tuple[float, ...], ...], rx: float, ry: float
-) -> tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]]:
+) -> _Parity:
     """What :func:`_inside` needs of one boundary in one cell, whose reference point r is
     ``ref_inside``: the sorted latitudes where the boundary crosses the meridian of r, how
-    many of them are below r, and the edges that are not horizontal as (ay, by, ax, dx/dy)."""
+    many of them are below r, and the edges that are not horizontal cut into latitude bands:
+    the sorted distinct end latitudes of those edges, and per band between two of them the
+    edges that straddle it, as (ax, ay, dx/dy). An edge straddles a latitude y when
+    min(ay, by) <= y < max(ay, by), the same for every y of a band ``[ys[i-1], ys[i])``, so
+    a position's latitude picks its band's few edges by bisection instead of testing all."""
     ys = sorted(
         ay + (rx - ax) * ey / ex for ax, ay, bx, by, ex, ey in edges if (ax > rx) != (bx > rx)
     )
-    slanted = tuple((ay, by, ax, ex / ey) for ax, ay, bx, by, ex, ey in edges if ay != by)
-    return ref_inside, ys, bisect.bisect_left(ys, ry), slanted
+    slanted = [
+        (min(ay, by), max(ay, by), (ax, ay, ex / ey))
+        for ax, ay, bx, by, ex, ey in edges
+        if ay != by
+    ]
+    breaks = sorted({y for lo, hi, _ in slanted for y in (lo, hi)})
+    bands: list[tuple[tuple[float, float, float], ...]] = [()]  # below the lowest end
+    for lo_band, hi_band in itertools.pairwise(breaks):
+        bands.append(tuple(e for lo, hi, e in slanted if lo <= lo_band and hi >= hi_band))
+    bands.append(())  # at or above the highest end
+    return ref_inside, ys, bisect.bisect_left(ys, ry), breaks, bands
 
 
-def _inside(
-    parity: tuple[bool, list[float], int, tuple[tuple[float, float, float, float], ...]],
-    rx: float,
-    qx: float,
-    qy: float,
-) -> bool:
+def _inside(parity: _Parity, rx: float, qx: float, qy: float) -> bool:
     """Whether q is inside, by the parity of the boundary crossings on the way from the
     reference point r (both in one cell, as are the edges): along r's meridian to q's
     latitude (a bisection in the sorted crossings), then along that parallel to q (only
-    the edges that straddle it can be crossed: two comparisons for most)."""
-    ref_inside, ys, below, slanted = parity
-    inside = ref_inside != bool((bisect.bisect_left(ys, qy) - below) & 1)
-    for ay, by, ax, slope in slanted:
-        if (ay > qy) != (by > qy):
-            x = ax + (qy - ay) * slope
-            if (x > qx) != (x > rx):
-                inside = not inside
+    the edges that straddle it can be crossed: those of q's latitude band)."""
+    ref_inside, ys, below, breaks, bands = parity
+    inside = ref_inside != bool((_bisect_left(ys, qy) - below) & 1)
+    for ax, ay, slope in bands[_bisect_right(breaks, qy)]:
+        x = ax + (qy - ay) * slope
+        if (x > qx) != (x > rx):
+            inside = not inside
     return inside

@@ -228,6 +228,30 @@ def test_crossed_between_skips_short_hops() -> None:
     assert index.crossed_between(*a, *c, {}, {}) == []
 
 
+def test_one_dict_per_fixed_cell_and_skips_still_found() -> None:
+    """classify gives every position in a cell whose entries are all constant that cell's one
+    dict, and crossed_between (and the geofence rule) read that identity as "nothing skipped
+    over". So positions in other cells, in an edge cell, or after a rebuild never share it,
+    and a hop between two empty cells over a fence still finds it."""
+    fence = Geofence(1, "tiny", "zone", "circle", Point(*CENTRE), radius_m=60, margin_m=5)
+    index = FenceIndex([fence])
+    s = index.cell_deg
+    west = (math.floor(CENTRE[0] / s) - 3) * s, math.floor(CENTRE[1] / s) * s
+    p, q = (west[0] + 0.2 * s, west[1] + 0.3 * s), (west[0] + 0.7 * s, west[1] + 0.6 * s)
+    d = index.classify(*p)
+    assert d == {} and index.classify(*q) is d  # one empty cell, one dict
+    assert index.crossed_between(*p, *q, d, index.classify(*q)) == []
+    a, b = destination(*CENTRE, 270, 1300), destination(*CENTRE, 90, 1300)
+    da, db = index.classify(*a), index.classify(*b)
+    assert da == db == {} and da is not db  # two empty cells: two dicts
+    assert index.crossed_between(*a, *b, da, db) == [1]  # skipped over, found
+    # the fence's own cell has a circle test: a new dict per position
+    assert index.classify(*CENTRE) == {1: 1}
+    assert index.classify(*CENTRE) is not index.classify(*CENTRE)
+    index.rebuild([fence])  # same fences, new cells: a new dict
+    assert index.classify(*p) is not d and index.classify(*p) == {}
+
+
 # ----------------------------------------------------------------------------- rebuild
 
 

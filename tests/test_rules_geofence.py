@@ -455,3 +455,20 @@ def test_replay_leaves_a_live_episode_alone() -> None:
     # The live timeline still has its violation open: leaving closes it, dated live.
     events = drive.track([(at(3700), east(-3000)), (at(3760), east(-3000))])
     assert summary(events) == [(FORBIDDEN_ZONE, "close", at(60), at(3700))]
+
+
+def test_standing_in_one_empty_cell_still_confirms_and_sees_new_fences() -> None:
+    """The rule skips fixes that stay in one empty grid cell with no fence state (the index
+    gives such a cell one dict). A vehicle that left a fence and stands in such a cell still
+    gets its exit confirmed there, and a fence drawn around it later is entered: new fences
+    make new cells."""
+    drive = Drive([circle(radius=100.0)])
+    here = [east(1300 + (k % 3)) for k in range(12)]  # a few metres of jitter, one cell
+    assert all(drive.index.classify(*p) is drive.index.classify(*here[0]) for p in here)
+    inside = drive.track([(at(0), CENTRE), (at(10), CENTRE)])
+    standing = drive.track([(at(20 + 10 * k), p) for k, p in enumerate(here)])
+    assert inside == [] and summary(standing) == instant(GEOFENCE_EXIT, at(20))
+    around = Geofence(2, "fence2", "zone", "circle", Point(*here[0]), radius_m=200.0)
+    drive.index.rebuild([circle(radius=100.0), around])
+    later = drive.track([(at(200 + 10 * k), p) for k, p in enumerate(here)])
+    assert summary(later) == instant(GEOFENCE_ENTER, at(200))
