@@ -202,6 +202,7 @@ WRITER_COUNTERS = {
     "rows_written": "rows committed directly",
     "rows_spooled": "rows acknowledged from the spool",
     "rows_replayed": "rows moved from the spool into the database",
+    "rows_stored_late": "spooled rows not replayed: their diverted flush committed after all",
     "rows_refused": "rows neither committed nor spooled (spool full, values the database "
     "refuses): not acknowledged",
     "rows_rejected": "spooled rows the database refused on replay, set aside in rejected.jsonl",

@@ -92,6 +92,11 @@ class Spool:
         self._active: Path | None = None
         self._fd: int | None = None
         self._size = 0
+        # Segments opened by this process: path -> (generation, batches appended). Names are
+        # reused once every segment is gone; generations never are, so a batch's token
+        # (:meth:`append`) cannot name a batch of a later segment with the same name.
+        self._opened = 0
+        self._generations: dict[Path, list[int]] = {}
         self._bytes = sum(p.stat().st_size for p in self.segments())
 
     def segments(self) -> list[Path]:
@@ -106,9 +111,10 @@ class Spool:
     def empty(self) -> bool:
         return self._bytes == 0
 
-    def append(self, rows: list[Row]) -> None:
+    def append(self, rows: list[Row]) -> tuple[int, int]:
         """Write one batch and fsync it: once this returns, the batch survives a crash.
-        Raises :class:`SpoolFull` (nothing written) past the budget."""
+        Raises :class:`SpoolFull` (nothing written) past the budget. Returns the batch's
+        token, (segment generation, 1-based index in the segment), for :meth:`token`."""
         payload = _encode(rows)
         record = _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
         if self.budget_bytes is not None and self._bytes + len(record) > self.budget_bytes:
@@ -128,6 +134,20 @@ class Spool:
             raise
         self._size += len(record)
         self._bytes += len(record)
+        assert self._active is not None
+        opened = self._generations[self._active]
+        opened[1] += 1
+        return opened[0], opened[1]
+
+    def generation(self, segment: Path) -> int | None:
+        """The generation of a segment this process opened (None for older ones): with a
+        batch's index in :meth:`read` order it gives the token :meth:`append` returned."""
+        opened = self._generations.get(segment)
+        return opened[0] if opened is not None else None
+
+    def live(self, generation: int) -> bool:
+        """Whether the segment of that generation is still on disk."""
+        return any(g == generation for g, _ in self._generations.values())
 
     def _size_of_active(self) -> int:
         try:
@@ -142,6 +162,8 @@ class Spool:
         self._active = self.directory / f"{number:08d}.spool"
         self._fd = os.open(self._active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
+        self._opened += 1
+        self._generations[self._active] = [self._opened, 0]
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the new file's name must survive a crash too
@@ -200,6 +222,7 @@ class Spool:
         """Drop a segment whose batches are all in the database."""
         if segment == self._active:
             self._close_active()
+        self._generations.pop(segment, None)
         try:
             size = segment.stat().st_size
         except FileNotFoundError:

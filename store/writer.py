@@ -284,6 +284,7 @@ class WriterStats:
     rows_rejected: int = 0  # spooled (acked), then refused by the database: set aside
     writer_flushes: int = 0
     writer_flushes_diverted: int = 0  # no commit within ack_deadline: spooled instead
+    rows_stored_late: int = 0  # spooled, then committed by the diverted statement: not replayed
     db_failures: int = 0
     last_flush_s: float = 0.0
 
@@ -309,6 +310,36 @@ def _refused(failure: BaseException | None) -> bool:
     rows again cannot help; every other failure (connection, timeout, shutdown) can."""
     sqlstate = getattr(failure, "sqlstate", None) or ""
     return isinstance(failure, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
+
+
+class _LateCommit:
+    """A flush diverted to the spool whose statement went on running. If the statement commits,
+    the spooled copy is already in the database: the replay skips it (under CPU starvation every
+    flush is diverted, and replaying rows that were committed anyway kept the writer there) and
+    the rows' last positions are taken from here instead. Either event may come first."""
+
+    __slots__ = ("committed", "rows", "token", "writer")
+
+    def __init__(self, writer: PositionWriter, rows: list[Row]) -> None:
+        self.writer = writer
+        self.rows = rows
+        self.token: tuple[int, int] | None = None
+        self.committed = False
+
+    def finished(self, op: asyncio.Task[BaseException | None]) -> None:
+        if not op.cancelled() and op.result() is None:
+            self.committed = True
+            self._settle()
+
+    def spooled(self, token: tuple[int, int]) -> None:
+        self.token = token
+        self._settle()
+
+    def _settle(self) -> None:
+        w = self.writer
+        if self.committed and self.token is not None and w.spool.live(self.token[0]):
+            w._stored_late.add(self.token)
+            w._hold_latest(self.rows)
 
 
 class PositionWriter:
@@ -379,6 +410,8 @@ class PositionWriter:
         self._moving: asyncio.Task[bool] | None = None  # a last-position update
         self._strays: set[asyncio.Task[BaseException | None]] = set()  # given up on, running
         self._done_batches: dict[Path, int] = {}  # spool segment -> batches already replayed
+        # spooled batches whose diverted statement committed after all: (generation, index)
+        self._stored_late: set[tuple[int, int]] = set()
         self._latest: dict[int, Row] = {}  # vehicle → newest row stored, not yet a last position
         self._latest_due = 0.0
         self._subscribers: list[Subscriber] = []
@@ -578,9 +611,10 @@ class PositionWriter:
             deadline = self.ack_deadline + len(rows) * ROW_SECONDS
             left = started + deadline - time.monotonic()
             failure: BaseException | None = _NOT_TRIED
+            late = _LateCommit(self, rows)
             if left > 0 and self._healthy(time.monotonic()):
                 write = partial(insert_rows, rows=rows, last=False, known_late=self._behind(rows))
-                failure = await self._db_within(write, left, patience=deadline)
+                failure = await self._db_within(write, left, patience=deadline, late=late)
             if failure is None:
                 outcome = "db"
                 self.stats.rows_written += len(rows)
@@ -589,7 +623,7 @@ class PositionWriter:
                 outcome = "split"  # some submission's rows cannot be stored: find which
                 await self._refuse_or_split(batch, failure)
             else:
-                self.spool.append(rows)
+                late.spooled(self.spool.append(rows))
                 self.stats.rows_spooled += len(rows)
                 outcome = "spool"
         except OSError as exc:  # the spool is full or failing: nothing is acked
@@ -655,11 +689,12 @@ class PositionWriter:
         write: Callable[[asyncpg.Connection], Awaitable[None]],
         deadline: float,
         patience: float | None = None,
+        late: _LateCommit | None = None,
     ) -> BaseException | None:
         """:meth:`_db` if it finishes within ``deadline`` (else a TimeoutError). Past it, an
         operation still waiting for the connection is cancelled (it never reached the
         database); one already running is left to finish or time out on its own (see the
-        class docstring for why that is safe)."""
+        class docstring for why that is safe), and ``late`` hears if it committed."""
         began: list[bool] = []
         op = asyncio.get_running_loop().create_task(self._db(write, began, patience))
         try:
@@ -669,6 +704,8 @@ class PositionWriter:
             if began:
                 self._strays.add(op)
                 op.add_done_callback(self._strays.discard)
+                if late is not None:
+                    op.add_done_callback(late.finished)
             else:
                 op.cancel()
             return exc
@@ -782,6 +819,10 @@ class PositionWriter:
         statement (a spool holds many small flushes); stop at the first failure. Reads only
         sealed segments; when those are done, seals the active one and goes on."""
         while True:
+            if self._strays:
+                # They hold the one connection, so nothing could be replayed before they end;
+                # waiting here lets those that commit mark their spooled copies first.
+                await asyncio.wait(list(self._strays))
             sealed = self.spool.sealed()
             if not sealed:
                 if self.spool.empty or not self.spool.seal():
@@ -789,12 +830,17 @@ class PositionWriter:
                 continue
             for segment in sealed:
                 done = self._done_batches.get(segment, 0)
+                generation = self.spool.generation(segment)
                 group: list[Row] = []
                 index = 0
                 for rows in self.spool.read(segment):
                     index += 1
                     if index <= done:
                         continue  # replayed before; the segment's later batches were not
+                    if (generation, index) in self._stored_late:
+                        self._stored_late.discard((generation, index))
+                        self.stats.rows_stored_late += len(rows)
+                        continue  # its diverted statement committed it after all
                     group.extend(_revive(r) for r in rows)
                     if len(group) >= REPLAY_ROWS:
                         if not await self._replay_rows(group):
@@ -804,6 +850,7 @@ class PositionWriter:
                 if group and not await self._replay_rows(group):
                     return False
                 self._done_batches.pop(segment, None)
+                self._stored_late = {t for t in self._stored_late if t[0] != generation}
                 self.spool.remove(segment)
 
     async def _replay_rows(self, rows: list[Row]) -> bool:

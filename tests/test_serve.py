@@ -41,9 +41,11 @@ def _acked(metrics: str) -> int:
 
 
 def _stored(metrics: str) -> int:
-    """Rows in the database: committed directly, or moved there from the spool."""
-    return _value(metrics, "fleetwatch_rows_written_total") + _value(
-        metrics, "fleetwatch_rows_replayed_total"
+    """Rows in the database: committed directly, moved there from the spool, or spooled and
+    committed by their diverted flush after all."""
+    return sum(
+        _value(metrics, f"fleetwatch_{name}_total")
+        for name in ("rows_written", "rows_replayed", "rows_stored_late")
     )
 
 

@@ -286,7 +286,48 @@ async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
         rows = await conn.fetch("SELECT serial, count(*) AS n FROM positions GROUP BY serial")
         assert sorted(r["serial"] for r in rows) == [0, *range(1, 21), *range(101, 121)]
         assert {r["n"] for r in rows} == {1}
-        assert writer.stats.rows_replayed == 40  # all offered again; the first two were kept once
+        # the first flush's statement committed once the lock went: its spooled copy is not
+        # replayed; the other 19 flushes never reached the database and are
+        assert writer.stats.rows_stored_late == 2
+        assert writer.stats.rows_replayed == 38
+    finally:
+        await writer.close()
+        await locker.close()
+        await conn.close()
+
+
+@aio_test
+async def test_a_diverted_flush_that_commits_late_is_not_replayed(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A flush diverted to the spool whose statement then commits: the replay skips its
+    spooled copy (under CPU starvation replaying rows already stored kept the writer in spool
+    mode), and its rows still move the vehicle's last position."""
+    conn = await asyncpg.connect(db_url)
+    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
+                            max_age=0.001, ack_deadline=0.1, last_interval=0.05)  # fmt: skip
+    writer.start()
+    locker = await asyncpg.connect(db_url)
+    try:
+        (a,) = await _vehicles(conn, 1)
+        assert await writer.submit([_fix(a, 0, 0)]) == "db"
+        stall = locker.transaction()
+        await stall.start()
+        await locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+        assert await writer.submit([_fix(a, 5, 5), _fix(a, 6, 6)]) == "spool"
+        await asyncio.sleep(0.2)
+        await stall.rollback()
+        await _await_replayed(writer.spool)
+        assert writer.stats.rows_stored_late == 2
+        assert writer.stats.rows_replayed == 0
+        rows = await conn.fetch("SELECT serial FROM positions ORDER BY serial")
+        assert [r["serial"] for r in rows] == [0, 5, 6]
+        for _ in range(100):
+            last = await conn.fetchval("SELECT fix_time FROM last_positions WHERE vehicle_id = $1", a)
+            if last == T0 + timedelta(seconds=6):
+                break
+            await asyncio.sleep(0.05)
+        assert last == T0 + timedelta(seconds=6)
     finally:
         await writer.close()
         await locker.close()
@@ -348,6 +389,26 @@ async def test_full_spool_refuses_instead_of_acking(db_url: str, tmp_path: Path)
     finally:
         await writer.close()
         await conn.close()
+
+
+def test_spool_tokens_name_one_batch_even_when_segment_names_come_back(tmp_path: Path) -> None:
+    """Once every segment is removed the next one reuses the first name; a token of the old
+    segment (a late commit heard after it was replayed) must not name a batch of the new one."""
+    spool = Spool(tmp_path / "spool")
+    try:
+        first = spool.append([["a"]])
+        assert spool.append([["b"]]) == (first[0], 2)
+        (segment,) = spool.segments()
+        assert spool.generation(segment) == first[0]
+        spool.seal()
+        spool.remove(segment)
+        assert not spool.live(first[0])
+        again = spool.append([["c"]])
+        assert spool.segments() == [segment]  # the same name again
+        assert again[0] != first[0] and again[1] == 1
+        assert spool.live(again[0]) and spool.generation(segment) == again[0]
+    finally:
+        spool.close()
 
 
 def test_a_spool_has_one_owner(tmp_path: Path) -> None:
