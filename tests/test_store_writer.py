@@ -323,7 +323,9 @@ async def test_a_diverted_flush_that_commits_late_is_not_replayed(
         rows = await conn.fetch("SELECT serial FROM positions ORDER BY serial")
         assert [r["serial"] for r in rows] == [0, 5, 6]
         for _ in range(100):
-            last = await conn.fetchval("SELECT fix_time FROM last_positions WHERE vehicle_id = $1", a)
+            last = await conn.fetchval(
+                "SELECT fix_time FROM last_positions WHERE vehicle_id = $1", a
+            )
             if last == T0 + timedelta(seconds=6):
                 break
             await asyncio.sleep(0.05)
