@@ -446,6 +446,32 @@ async def watch_live(http_port: int, password: str, log: ProbeLog, plates: set[s
     return client, task
 
 
+#: How long the stored count may stand still before it is taken as final: acknowledged rows
+#: in a worker's spool reach the database only as fast as the replay moves them.
+SETTLE_S = 30.0
+
+
+async def settled_count(
+    db_url: str, phones: list[str], since: datetime, acked: int, limit_s: float = 900.0
+) -> dict[str, int]:
+    """The stored rows once every acknowledged one is in, or once the count stopped growing
+    for :data:`SETTLE_S` (after a run past the knee, millions of acked rows may still be in
+    the spools: counting once or twice a few seconds apart reported them missing)."""
+    db = await verify_db(db_url, phones, since)
+    began = last_growth = time.monotonic()
+    while db["stored"] < acked and time.monotonic() - began < limit_s:
+        await asyncio.sleep(5.0)
+        again = await verify_db(db_url, phones, since)
+        if again["stored"] > db["stored"]:
+            last_growth = time.monotonic()
+            print(f"loadtest: {again['stored']:,} of {acked:,} acknowledged rows stored "
+                  "(the spools are being replayed)", file=sys.stderr)  # fmt: skip
+        db = again
+        if time.monotonic() - last_growth > SETTLE_S:
+            break
+    return db
+
+
 async def stored_alerts(db_url: str, plates: list[str], since: datetime) -> list[dict[str, Any]]:
     import asyncpg
 
@@ -714,10 +740,7 @@ async def _measure(
         col.thread.join(2)
         db = None
         if server.db_url:
-            db = await verify_db(server.db_url, phones, cfg.start)
-            if db["stored"] != stats.acked:
-                await asyncio.sleep(5.0)  # spooled rows are replayed into the database
-                db = await verify_db(server.db_url, phones, cfg.start)
+            db = await settled_count(server.db_url, phones, cfg.start, stats.acked)
         alerts = await stored_alerts(server.db_url, probes.plates, started) if server.db_url else []
     finally:
         if client is not None:
