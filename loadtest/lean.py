@@ -62,9 +62,9 @@ from loadtest.load_jt808 import (
     add_run_args,
     bump,
     check_run_args,
-    newest_fix,
     print_report,
     raise_nofile,
+    start_after_stored,
     start_time,
     summary,
     verify_db,
@@ -697,9 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, lean, a = parse_args(argv)
     phones = cfg.phones()
     if a.verify_db and not a.start_time:
-        newest = asyncio.run(newest_fix(a.verify_db, phones))
-        if newest is not None and newest >= cfg.start:
-            cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
+        asyncio.run(start_after_stored(cfg, a.verify_db))
     raise_nofile(0)
     try:
         st, extra, sampled = run(cfg, lean, with_workers(a.server_pid), a.postgres_pid)

@@ -922,6 +922,14 @@ def run(
 # -- verification -------------------------------------------------------------------------
 
 
+async def start_after_stored(cfg: Config, url: str) -> None:
+    """Move ``cfg.start`` past the newest fix already stored for its terminals, so that a
+    second run against the same database is not merged by the (vehicle, fix time) dedup."""
+    newest = await newest_fix(url, cfg.phones())
+    if newest is not None and newest >= cfg.start:
+        cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
+
+
 async def newest_fix(url: str, phones: list[str]) -> datetime | None:
     """Newest stored fix of these terminals' vehicles (a new run starts after it)."""
     import asyncpg
@@ -1184,9 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     self_check()  # the packed frames must match the codec
     phones = cfg.phones()
     if a.verify_db and not a.start_time:
-        newest = asyncio.run(newest_fix(a.verify_db, phones))
-        if newest is not None and newest >= cfg.start:
-            cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
+        asyncio.run(start_after_stored(cfg, a.verify_db))
     raise_nofile(0)
     try:
         stats, sampled = run(cfg, with_workers(a.server_pid), a.postgres_pid)

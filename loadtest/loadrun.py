@@ -52,10 +52,10 @@ from loadtest.load_jt808 import (
     Stats,
     hist_percentile,
     loopback_address,
-    newest_fix,
     postgres_cpu,
     proc_cpu,
     raise_nofile,
+    start_after_stored,
     summary,
     verify_db,
     with_workers,
@@ -667,9 +667,7 @@ async def _measure(
     cfg, lean = _config(plan, server, terminals, procs)
     phones = cfg.phones()
     if server.db_url:
-        newest = await newest_fix(server.db_url, phones)
-        if newest is not None and newest >= cfg.start:  # a second run against the same DB
-            cfg.start = (newest + timedelta(seconds=1)).astimezone(UTC).replace(microsecond=0)
+        await start_after_stored(cfg, server.db_url)
     if server.db_url and server.postgres_pid is None:
         server.postgres_pid = await postmaster_pid(server.db_url)
     password = await create_login(server.db_url) if server.db_url else None

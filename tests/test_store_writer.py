@@ -4,13 +4,16 @@ defers and coalesces last-position updates, and a start-up refresh mends what a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from geo.position import Position
 from store.spool import Spool
@@ -254,16 +257,15 @@ async def _await_replayed(spool: Spool) -> None:
         await asyncio.sleep(0.05)
 
 
-@aio_test
-async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
-    db_url: str, tmp_path: Path
-) -> None:
-    """A real stall (another transaction holds ``positions`` locked): every flush is acked from
-    the spool within the deadline; the first one's statement commits once the lock goes, and
-    the replay of its spooled copy stores nothing twice."""
+@contextlib.asynccontextmanager
+async def _stalled_writer(
+    db_url: str, tmp_path: Path, **options: float
+) -> AsyncIterator[tuple[asyncpg.Connection, PositionWriter, int, Transaction]]:
+    """A warm writer (one row of vehicle ``a`` committed) with ``positions`` then locked by
+    another transaction (``stall``: roll it back to let the writer's statements through)."""
     conn = await asyncpg.connect(db_url)
     writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
-                            max_age=0.001, ack_deadline=0.1, retry_interval=0.05)  # fmt: skip
+                            max_age=0.001, ack_deadline=0.1, **options)  # fmt: skip
     writer.start()
     locker = await asyncpg.connect(db_url)
     try:
@@ -272,6 +274,21 @@ async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
         stall = locker.transaction()
         await stall.start()
         await locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+        yield conn, writer, a, stall
+    finally:
+        await writer.close()
+        await locker.close()
+        await conn.close()
+
+
+@aio_test
+async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A real stall (another transaction holds ``positions`` locked): every flush is acked from
+    the spool within the deadline; the first one's statement commits once the lock goes, and
+    the replay of its spooled copy stores nothing twice."""
+    async with _stalled_writer(db_url, tmp_path, retry_interval=0.05) as (conn, writer, a, stall):
         took = []
         for k in range(1, 21):
             started = time.monotonic()
@@ -290,10 +307,6 @@ async def test_stalled_flush_is_acked_from_the_spool_and_stored_once(
         # replayed; the other 19 flushes never reached the database and are
         assert writer.stats.rows_stored_late == 2
         assert writer.stats.rows_replayed == 38
-    finally:
-        await writer.close()
-        await locker.close()
-        await conn.close()
 
 
 @aio_test
@@ -303,17 +316,7 @@ async def test_a_diverted_flush_that_commits_late_is_not_replayed(
     """A flush diverted to the spool whose statement then commits: the replay skips its
     spooled copy (under CPU starvation replaying rows already stored kept the writer in spool
     mode), and its rows still move the vehicle's last position."""
-    conn = await asyncpg.connect(db_url)
-    writer = PositionWriter(lambda: asyncpg.connect(db_url), Spool(tmp_path / "spool"),
-                            max_age=0.001, ack_deadline=0.1, last_interval=0.05)  # fmt: skip
-    writer.start()
-    locker = await asyncpg.connect(db_url)
-    try:
-        (a,) = await _vehicles(conn, 1)
-        assert await writer.submit([_fix(a, 0, 0)]) == "db"
-        stall = locker.transaction()
-        await stall.start()
-        await locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+    async with _stalled_writer(db_url, tmp_path, last_interval=0.05) as (conn, writer, a, stall):
         assert await writer.submit([_fix(a, 5, 5), _fix(a, 6, 6)]) == "spool"
         await asyncio.sleep(0.2)
         await stall.rollback()
@@ -330,10 +333,6 @@ async def test_a_diverted_flush_that_commits_late_is_not_replayed(
                 break
             await asyncio.sleep(0.05)
         assert last == T0 + timedelta(seconds=6)
-    finally:
-        await writer.close()
-        await locker.close()
-        await conn.close()
 
 
 @aio_test
